@@ -1,0 +1,677 @@
+"""
+Distill-then-Replace (DtR, arXiv 2601.11667) in one file.
+
+1. a pretrained full-attention GPT (the teacher, trained by train_teacher.py if missing),
+2. blockwise local distillation (paper §3.1): every block gets a linear-attention twin,
+   trained to reproduce the teacher block's output from the teacher block's input (MSE),
+3. greedy replacement (paper Algorithm 1): swap in, one at a time, the twin whose swap
+   hurts validation loss least, all the way to the all-linear model; report M_best and M_opt.
+
+    python dtr.py --dataset shakespeare_char
+"""
+import argparse
+import copy
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from kernel import linear_attention
+
+# ---- config ----
+
+def opt(default, help):
+    return dataclasses.field(default=default, metadata={"help": help})
+
+@dataclass
+class Config:
+    # data
+    dataset: str = opt("shakespeare_char", "shakespeare (GPT-2 BPE), shakespeare_char, or path/to/any.txt")
+    tokenizer: str = opt("char", "char | gpt2: how to tokenize your own text file")
+    data_dir: str = opt("data", "where datasets are downloaded and their encoded splits cached")
+    out_dir: str = opt("", "default out/<dataset>-<preset>; teacher.pt there, the run in <out_dir>/<student>/")
+    preset: str = opt("", "tiny | cpu | gpu: model and schedule sizes (default: gpu on CUDA, else cpu)")
+    device: str = opt("auto", "auto | cpu | cuda | mps")
+    seed: int = opt(1337, "random seed")
+    # teacher model (nanoGPT)
+    n_layer: int = opt(6, "transformer blocks")
+    n_head: int = opt(4, "attention heads per block")
+    n_embd: int = opt(128, "model width")
+    block_size: int = opt(128, "context length in tokens")
+    dropout: float = opt(0.0, "dropout while training the teacher")
+    # teacher training (train_teacher.py)
+    batch_size: int = opt(16, "sequences per teacher training step (and per validation batch)")
+    max_iters: int = opt(2000, "teacher training steps")
+    lr: float = opt(2e-3, "teacher peak learning rate")
+    min_lr: float = opt(2e-4, "teacher learning rate at the end of the cosine")
+    warmup_iters: int = opt(100, "teacher linear warmup steps")
+    weight_decay: float = opt(0.1, "AdamW weight decay")
+    grad_clip: float = opt(1.0, "clip gradients to this norm")
+    eval_interval: int = opt(250, "evaluate the teacher every this many steps")
+    # blockwise local distillation
+    student: str = opt("gla", "gla (gated) | hedgehog (plain): the linear-attention twin")
+    distill_iters: int = opt(400, "distillation steps (all blocks train together)")
+    distill_lr: float = opt(2e-3, "distillation peak learning rate")
+    distill_batch_size: int = opt(16, "sequences per distillation step")
+    # greedy replacement
+    val_batches: int = opt(8, "fixed validation batches used for every loss comparison")
+    tolerance: float = opt(0.02, "M_opt keeps val loss <= (1 + tolerance) x the teacher's, in [0, 1)")
+    # after the run
+    sample_tokens: int = opt(200, "tokens to generate from the teacher and M_opt at the end")
+    sample: str = opt("", "path to a checkpoint (teacher.pt, m_opt.pt, ...): generate from it and exit")
+
+PRESETS = {
+    # the whole pipeline in seconds: for smoke tests and for watching every phase go by
+    "tiny": dict(n_layer=4, n_head=2, n_embd=32, block_size=32, batch_size=8, max_iters=100,
+                 eval_interval=50, warmup_iters=10, distill_iters=40, distill_batch_size=8,
+                 val_batches=2, sample_tokens=50),
+    # a few minutes on a laptop CPU
+    "cpu": dict(),
+    # nanoGPT's baby GPT
+    "gpu": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2, batch_size=64,
+                max_iters=5000, lr=1e-3, min_lr=1e-4, eval_interval=500, distill_iters=1000,
+                distill_batch_size=64, distill_lr=1e-3, val_batches=16),
+}
+
+# On a CPU the GPT-2 vocabulary (11,706 rows after remapping) costs more per step than the
+# whole 6-layer trunk, so BPE runs take fewer, smaller steps to stay within minutes.
+BPE_OVERRIDES = {"cpu": dict(batch_size=8, max_iters=1200, distill_batch_size=8)}
+
+class DtrError(Exception):
+    """A problem with the user's input: printed as one line, exit code 2, no traceback."""
+
+def atomic_save(obj, path):
+    """Write to a temp file, then rename: a killed run never leaves a half-written file."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = path + ".tmp"
+    if path.endswith(".json"):
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2)
+    else:
+        torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+def choose_device(name):
+    """The one place device and dtype are chosen: cuda -> mps -> cpu, bf16 autocast on CUDA."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+        reason = "auto-detected"
+    else:
+        reason = "asked for"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise DtrError("--device cuda, but PyTorch sees no CUDA GPU; use --device cpu (or auto)")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise DtrError("--device mps, but MPS is not available; use --device cpu (or auto)")
+    if name not in ("cpu", "cuda", "mps"):
+        raise DtrError(f"unknown --device {name!r}; use auto, cpu, cuda or mps")
+    bf16 = name == "cuda" and torch.cuda.is_bf16_supported()
+    print(f"device {name} ({reason}){', bf16 autocast' if bf16 else ', fp32'}")
+    return name, bf16
+
+def autocast(device, bf16):
+    return torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16)
+
+# ---- data ----
+
+SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+BUILTIN = {"shakespeare": "gpt2", "shakespeare_char": "char"}  # dataset -> tokenizer
+
+def gpt2_encoding():
+    import tiktoken  # only needed for BPE datasets
+    try:
+        return tiktoken.get_encoding("r50k_base")  # the same 50,257-token vocabulary as "gpt2"
+    except Exception as e:
+        raise DtrError(f"could not load GPT-2's BPE through tiktoken ({e}); connect to the internet "
+                       f"once, or set TIKTOKEN_CACHE_DIR to a folder that holds its cache") from None
+
+def encode(text, meta):
+    """Text -> list of ids in our compact vocabulary."""
+    if meta["tokenizer"] == "char":
+        stoi = {c: i for i, c in enumerate(meta["vocab"])}
+        return [stoi[c] for c in text]
+    remap = {t: i for i, t in enumerate(meta["vocab"])}  # GPT-2 id -> compact id
+    return [remap[t] for t in gpt2_encoding().encode_ordinary(text)]
+
+def decode(ids, meta):
+    if meta["tokenizer"] == "char":
+        return "".join(meta["vocab"][i] for i in ids)
+    return gpt2_encoding().decode([meta["vocab"][i] for i in ids])
+
+def load_data(cfg):
+    """Returns (train, val, meta): int64 token tensors and the tokenizer's meta. The split is
+    nanoGPT's: first 90% of the characters train, last 10% validate. Encoded splits are cached."""
+    if cfg.dataset in BUILTIN:
+        name, tokenizer = cfg.dataset, BUILTIN[cfg.dataset]
+        src = os.path.join(cfg.data_dir, name, "input.txt")
+        if not os.path.exists(src):
+            download(SHAKESPEARE_URL, src)
+    elif os.path.isfile(cfg.dataset):
+        if cfg.tokenizer not in ("char", "gpt2"):
+            raise DtrError(f"unknown --tokenizer {cfg.tokenizer!r}; use char or gpt2")
+        src, tokenizer = cfg.dataset, cfg.tokenizer
+        name = os.path.splitext(os.path.basename(src))[0] + "-" + tokenizer
+    else:
+        raise DtrError(f"--dataset {cfg.dataset!r} is neither a built-in dataset "
+                       f"({', '.join(BUILTIN)}) nor a readable text file")
+    try:
+        with open(src, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DtrError(f"cannot read {src} as UTF-8 text ({e}); pass a readable UTF-8 file") from None
+    folder = os.path.join(cfg.data_dir, name)
+    sha = hashlib.sha256(text.encode()).hexdigest()
+    meta_path = os.path.join(folder, "meta.json")
+    if os.path.exists(meta_path):
+        with open(meta_path) as f:
+            meta = json.load(f)
+        if meta.get("source_sha256") == sha and meta.get("tokenizer") == tokenizer:
+            train, val = (np.fromfile(os.path.join(folder, s + ".bin"), dtype=np.uint16) for s in ("train", "val"))
+            return torch.from_numpy(train.astype(np.int64)), torch.from_numpy(val.astype(np.int64)), meta
+    n = int(0.9 * len(text))
+    if tokenizer == "char":
+        vocab = sorted(set(text))
+    else:  # keep only the GPT-2 ids that occur: 11,706 rows instead of 50,257 for Shakespeare
+        vocab = sorted(set(gpt2_encoding().encode_ordinary(text)))
+    if len(vocab) > 65535:
+        raise DtrError(f"{src} has {len(vocab)} distinct tokens, more than the 65,535 we store; use --tokenizer gpt2")
+    meta = {"dataset": name, "tokenizer": tokenizer, "vocab": vocab, "source_sha256": sha}
+    train, val = (np.array(encode(part, meta), dtype=np.uint16) for part in (text[:n], text[n:]))
+    os.makedirs(folder, exist_ok=True)
+    for split, arr in (("train", train), ("val", val)):
+        arr.tofile(os.path.join(folder, split + ".bin"))
+    atomic_save(meta, meta_path)  # written last: it marks the cache complete
+    return torch.from_numpy(train.astype(np.int64)), torch.from_numpy(val.astype(np.int64)), meta
+
+def download(url, path):
+    print(f"downloading {url} -> {path}")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r:
+            data = r.read()
+    except OSError as e:
+        raise DtrError(f"could not download tiny Shakespeare ({e}); put the file from {url} "
+                       f"at {path} by hand and rerun") from None
+    with open(path + ".tmp", "wb") as f:
+        f.write(data)
+    os.replace(path + ".tmp", path)
+
+def get_batch(data, block_size, batch_size, device, generator=None):
+    """Random windows for training: x and the next-token targets y, both (B, T)."""
+    ix = torch.randint(len(data) - block_size - 1, (batch_size,), generator=generator)
+    x = torch.stack([data[i:i + block_size] for i in ix])
+    y = torch.stack([data[i + 1:i + 1 + block_size] for i in ix])
+    return x.to(device), y.to(device)
+
+def fixed_batches(data, block_size, batch_size, n_batches, device):
+    """Deterministic windows spread evenly over the split: every candidate in the greedy
+    search sees exactly the same tokens, so loss differences are real, not sampling noise."""
+    if len(data) < block_size + 2:
+        raise DtrError(f"the validation split has {len(data)} tokens, fewer than the context "
+                       f"({block_size}) + 2; use a longer text or a smaller --block_size")
+    starts = torch.linspace(0, len(data) - block_size - 1, n_batches * batch_size).long()
+    x = torch.stack([data[i:i + block_size] for i in starts])
+    y = torch.stack([data[i + 1:i + 1 + block_size] for i in starts])
+    return [(xb.to(device), yb.to(device)) for xb, yb in zip(x.split(batch_size), y.split(batch_size))]
+
+# ---- model: the teacher (nanoGPT) ----
+
+@dataclass
+class GPTConfig:
+    block_size: int = 128
+    vocab_size: int = 65
+    n_layer: int = 6
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+
+class CausalSelfAttention(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.n_head = config.n_head
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q, k, v for all heads
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.dropout = config.dropout
+
+    def forward(self, x):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return F.dropout(self.c_proj(y), self.dropout, self.training)
+
+class MLP(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+
+class Block(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd)
+        self.mlp = MLP(config)
+
+    def forward(self, x, attn=None):
+        # attn: run this block with another attention module in place of its own; distillation
+        # uses it to train a student inside the teacher's frozen LayerNorms and MLP
+        x = x + (attn or self.attn)(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+class GPT(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=nn.LayerNorm(config.n_embd),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # weight tying
+        self.apply(self._init_weights)
+        for pn, p in self.named_parameters():  # GPT-2's scaled init of the residual projections
+            if pn.endswith("c_proj.weight"):
+                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            torch.nn.init.zeros_(module.bias)
+
+    def embed(self, idx):
+        T = idx.size(1)
+        if T > self.config.block_size:
+            raise DtrError(f"sequence of {T} tokens is longer than the context {self.config.block_size}")
+        pos = torch.arange(T, device=idx.device)
+        return self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+
+    def head(self, x, targets=None):
+        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab)
+        loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+        return logits, loss
+
+    def forward(self, idx, targets=None):
+        x = self.embed(idx)
+        for block in self.transformer.h:
+            x = block(x)
+        return self.head(x, targets)
+
+    def linear_layers(self):
+        return [i for i, b in enumerate(self.transformer.h) if isinstance(b.attn, LinearAttention)]
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=0.8, top_k=40, generator=None):
+        for _ in range(max_new_tokens):
+            logits, _ = self(idx[:, -self.config.block_size:])
+            logits = logits[:, -1, :].float() / temperature
+            v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+            logits[logits < v[:, [-1]]] = -float("inf")
+            idx_next = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
+            idx = torch.cat((idx, idx_next), dim=1)
+        return idx
+
+# ---- model: the linear-attention students ----
+
+class LinearAttention(nn.Module):
+    """Drop-in student for CausalSelfAttention (same forward(x)). q/k/v/o start as copies of
+    the teacher's; softmax(q.k) is replaced by phi(q).phi(k) with a learned Hedgehog feature map
+    phi(x) = softmax([xW, -xW]) (per head, W initialised to the identity). gated=True adds a
+    data-dependent per-head decay g_t in (0, 1] (our compact GLA), initialised close to 1."""
+
+    def __init__(self, teacher_attn, gated):
+        super().__init__()
+        self.n_head = teacher_attn.n_head
+        self.c_attn = copy.deepcopy(teacher_attn.c_attn)
+        self.c_proj = copy.deepcopy(teacher_attn.c_proj)
+        C = self.c_attn.in_features
+        hs = C // self.n_head
+        eye = torch.eye(hs).repeat(self.n_head, 1, 1)  # (nh, hs, hs)
+        self.fmap_q = nn.Parameter(eye.clone())
+        self.fmap_k = nn.Parameter(eye.clone())
+        self.gate = None
+        if gated:
+            self.gate = nn.Linear(C, self.n_head)  # log g_t = logsigmoid(x W + b) / 16, as in GLA
+            nn.init.zeros_(self.gate.weight)
+            nn.init.constant_(self.gate.bias, 4.0)  # g ~ 0.999: long memory, close to the plain variant
+
+    def feature_map(self, x, w):
+        x = torch.einsum("bhtd,hde->bhte", x, w)
+        return torch.cat([x, -x], dim=-1).softmax(dim=-1)  # (B, nh, T, 2 hs), non-negative
+
+    def forward(self, x):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        q, k = self.feature_map(q, self.fmap_q), self.feature_map(k, self.fmap_k)  # (B, nh, T, 2 hs)
+        log_g = None
+        if self.gate is not None:
+            log_g = (F.logsigmoid(self.gate(x).float()) / 16).transpose(1, 2)  # (B, nh, T)
+        y = linear_attention(q, k, v, log_g, normalize=True)  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.c_proj(y)
+
+def make_students(model, gated):
+    return [LinearAttention(block.attn, gated) for block in model.transformer.h]
+
+def swap_in(model, layers, students):
+    """The hybrid: the listed layers' attention replaced by their students (setattr, no copies)."""
+    for i in layers:
+        model.transformer.h[i].attn = students[i]
+    return model
+
+# ---- blockwise local distillation (paper §3.1) ----
+
+@torch.no_grad()
+def block_io(model, idx):
+    """One teacher forward: the input and output of every block, lists of (B, T, C)."""
+    x = model.embed(idx)
+    inputs, outputs = [], []
+    for block in model.transformer.h:
+        inputs.append(x)
+        x = block(x)
+        outputs.append(x)
+    return inputs, outputs
+
+def block_mse(model, students, batches, device, bf16):
+    """Per layer: MSE of the student block against the teacher block, and that MSE relative to
+    the variance of the teacher block's residual update (comparable across layers)."""
+    L = len(students)
+    mse, var = torch.zeros(L), torch.zeros(L)
+    with torch.no_grad(), autocast(device, bf16):
+        for x, _ in batches:
+            inputs, outputs = block_io(model, x)
+            for i, (block, s) in enumerate(zip(model.transformer.h, students)):
+                mse[i] += F.mse_loss(block(inputs[i], attn=s).float(), outputs[i].float()).item()
+                var[i] += (outputs[i] - inputs[i]).float().var().item()
+    return (mse / len(batches)).tolist(), (mse / var).tolist()
+
+def distill_blocks(model, students, train, cfg, device, bf16):
+    """Train every student at once. Each student sees the teacher's own hidden state entering its
+    block and must reproduce the teacher block's output; the block's LayerNorms and MLP stay
+    frozen, so only the student's attention parameters learn. Blocks are independent: the sum of
+    per-block losses gives each student exactly its own block's gradient."""
+    model.eval().requires_grad_(False)
+    params = [p for s in students for p in s.parameters()]
+    for s in students:
+        s.train().requires_grad_(True)
+    optimizer = torch.optim.AdamW(params, lr=cfg.distill_lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    t0 = time.time()
+    for it in range(cfg.distill_iters):
+        lr = cfg.distill_lr * 0.5 * (1 + math.cos(math.pi * it / cfg.distill_iters))  # cosine to 0
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        x, _ = get_batch(train, cfg.block_size, cfg.distill_batch_size, device, gen)
+        with autocast(device, bf16):
+            inputs, outputs = block_io(model, x)  # no grad: the teacher is a fixed target
+            losses = [F.mse_loss(block(inp, attn=s).float(), out.float())
+                      for block, s, inp, out in zip(model.transformer.h, students, inputs, outputs)]
+        loss = sum(losses)
+        if not torch.isfinite(loss):
+            raise DtrError(f"distillation diverged (loss {loss.item()}) at step {it}; "
+                           f"lower --distill_lr (now {cfg.distill_lr})")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        if it % 100 == 0 or it == cfg.distill_iters - 1:
+            dt = time.time() - t0
+            eta = dt / (it + 1) * (cfg.distill_iters - it - 1)
+            per_layer = " ".join(f"L{i} {l.item():.4f}" for i, l in enumerate(losses))
+            print(f"distill  step {it + 1}/{cfg.distill_iters} | mse {per_layer} | "
+                  f"{1000 * dt / (it + 1):.0f} ms/step | eta {fmt_time(eta)}")
+    for s in students:
+        s.eval().requires_grad_(False)
+    return students
+
+def fmt_time(seconds):
+    return f"{int(seconds) // 60}:{int(seconds) % 60:02d}"
+
+# ---- greedy replacement (paper Algorithm 1) ----
+
+@torch.no_grad()
+def val_loss(model, batches, device="cpu", bf16=False):
+    """Mean next-token loss over fixed batches."""
+    with autocast(device, bf16):
+        return sum(model(x, y)[1].item() for x, y in batches) / len(batches)
+
+@torch.no_grad()
+def greedy_replace(model, students, batches, device="cpu", bf16=False):
+    """Algorithm 1: starting from the teacher, each round tries every still-full layer swapped
+    for its student and commits the swap with the lowest validation loss, until every layer is
+    linear. Returns the trajectory [{"k", "layer", "val_loss", "rel_change"}, ...] and leaves
+    `model` as the teacher it was given."""
+    model.eval()
+    blocks = model.transformer.h
+    teacher_attn = [block.attn for block in blocks]
+    teacher_loss = val_loss(model, batches, device, bf16)
+    linear, trajectory = [], []
+    for k in range(1, len(blocks) + 1):
+        # the current hybrid is shared by every candidate up to the layer it swaps: run it once
+        # and cache every layer's input, so a candidate only recomputes from its own layer on
+        with autocast(device, bf16):
+            cached = [block_io(model, x)[0] for x, _ in batches]  # [batch][layer] -> (B, T, C)
+            losses = {}
+            for i in (i for i in range(len(blocks)) if i not in linear):
+                total = 0.0
+                for (_, y), inputs in zip(batches, cached):
+                    h = blocks[i](inputs[i], attn=students[i])
+                    for block in blocks[i + 1:]:
+                        h = block(h)
+                    total += model.head(h, y)[1].item()
+                losses[i] = total / len(batches)
+        best = min(losses, key=losses.get)  # ties go to the lower layer index
+        linear.append(best)
+        swap_in(model, [best], students)
+        trajectory.append({"k": k, "layer": best, "val_loss": losses[best],
+                           "rel_change": losses[best] / teacher_loss - 1})
+        print(f"greedy   round {k}/{len(blocks)} | " +
+              " ".join(f"L{i} {l:.4f}" for i, l in losses.items()) +
+              f" | replace L{best} -> {losses[best]:.4f} ({100 * trajectory[-1]['rel_change']:+.2f}%)")
+    for block, attn in zip(blocks, teacher_attn):  # hand the teacher back unchanged
+        block.attn = attn
+    return teacher_loss, trajectory
+
+def select_models(teacher_loss, trajectory, tolerance):
+    """M_best: the lowest val loss seen (the teacher counts; ties go to more linear layers).
+    M_opt: the most linear layers whose val loss stays within `tolerance` of the teacher's."""
+    points = [(0, teacher_loss)] + [(t["k"], t["val_loss"]) for t in trajectory]
+    order = [t["layer"] for t in trajectory]
+    k_best = min(points, key=lambda p: (p[1], -p[0]))[0]
+    k_opt = max(k for k, loss in points if loss <= (1 + tolerance) * teacher_loss)
+    pick = lambda k: {"linear_layers": sorted(order[:k]), "val_loss": points[k][1]}
+    return pick(k_best), pick(k_opt)
+
+# ---- checkpoints, report and sampling ----
+
+MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "block_size")
+
+def model_args(cfg, meta):
+    return dict(vocab_size=len(meta["vocab"]), dropout=cfg.dropout, **{f: getattr(cfg, f) for f in MODEL_FIELDS})
+
+def load_model(path, device):
+    """Rebuild the model in a checkpoint: the teacher, or a hybrid with students at linear_layers."""
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=False)
+        model = GPT(GPTConfig(**ckpt["model_args"]))
+        gated = ckpt.get("student") == "gla"
+        swap_in(model, ckpt.get("linear_layers", []), make_students(model, gated))
+        model.load_state_dict(ckpt["state_dict"])
+    except Exception as e:  # a truncated file, someone else's pickle, a different architecture
+        raise DtrError(f"cannot load checkpoint {path} ({type(e).__name__}: {str(e)[:200]}); "
+                       f"delete it to start over, or point to a checkpoint written by this project") from None
+    return model.to(device).eval(), ckpt
+
+def check_compatible(ckpt, cfg, meta, path):
+    """Refuse a teacher trained with other model settings or on other data, naming the difference."""
+    want = model_args(cfg, meta)
+    for key in MODEL_FIELDS + ("vocab_size",):
+        if ckpt["model_args"][key] != want[key]:
+            raise DtrError(f"{path} was trained with {key}={ckpt['model_args'][key]} but this run has "
+                           f"{key}={want[key]}; pass --{key} {ckpt['model_args'][key]}, another --out_dir, or delete it to retrain")
+    if ckpt["meta"]["source_sha256"] != meta["source_sha256"] or ckpt["meta"]["tokenizer"] != meta["tokenizer"]:
+        raise DtrError(f"{path} was trained on other data ({ckpt['meta']['dataset']}, {ckpt['meta']['tokenizer']} "
+                       f"tokenizer); use another --out_dir, or delete it to retrain")
+
+def save_hybrid(path, model, students, linear_layers, cfg, meta, val):
+    swap_in(model, linear_layers, students)
+    atomic_save({"model_args": model_args(cfg, meta), "state_dict": model.state_dict(),
+                 "config": dataclasses.asdict(cfg), "meta": meta, "student": cfg.student,
+                 "linear_layers": linear_layers, "val_loss": val}, path)
+    for i in linear_layers:  # back to the teacher
+        model.transformer.h[i].attn = model.teacher_attn[i]
+
+def sample_text(model, meta, n_tokens, device, seed):
+    gen = torch.Generator(device=device).manual_seed(seed)
+    start = torch.tensor([encode("\n", meta)], device=device)
+    return decode(model.generate(start, n_tokens, generator=gen)[0].tolist(), meta)
+
+def print_trajectory(teacher_loss, trajectory, m_best, m_opt, tolerance):
+    print(f"\n  k | replaced | val loss | vs teacher\n  0 |        - | {teacher_loss:8.4f} |")
+    for t in trajectory:
+        print(f"{t['k']:3d} |       L{t['layer']} | {t['val_loss']:8.4f} | {100 * t['rel_change']:+7.2f}%")
+    for name, m in (("M_best", m_best), (f"M_opt (tolerance {tolerance:.0%})", m_opt)):
+        print(f"{name}: linear layers {m['linear_layers']}, val loss {m['val_loss']:.4f}")
+
+# ---- main ----
+
+def parse_args(argv=None):
+    """Config from the command line: defaults <- preset <- the flags the user gave."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in dataclasses.fields(Config):
+        parser.add_argument(f"--{f.name}", type=type(f.default), default=None, help=f.metadata["help"])
+    args = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
+    preset = args.get("preset") or ("gpu" if args.get("device", "auto") in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+    if preset not in PRESETS:
+        raise DtrError(f"unknown --preset {preset!r}; use one of {', '.join(PRESETS)}")
+    bpe = BUILTIN.get(args.get("dataset"), args.get("tokenizer")) == "gpt2"
+    cfg = Config(**{**PRESETS[preset], **(BPE_OVERRIDES.get(preset, {}) if bpe else {}), **args, "preset": preset})
+    if not cfg.out_dir:
+        name = os.path.splitext(os.path.basename(cfg.dataset))[0]
+        cfg.out_dir = os.path.join("out", f"{name}-{preset}")
+    return cfg
+
+def run(cfg):
+    t_start = time.time()
+    device, bf16 = choose_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    if cfg.sample:
+        model, ckpt = load_model(cfg.sample, device)
+        print(f"{cfg.sample}: linear layers {ckpt.get('linear_layers', [])}, val loss {ckpt.get('val_loss', float('nan')):.4f}")
+        print(sample_text(model, ckpt["meta"], cfg.sample_tokens, device, cfg.seed))
+        return None
+    if not 0 <= cfg.tolerance < 1:
+        raise DtrError(f"--tolerance {cfg.tolerance} is outside [0, 1); it is a relative increase, e.g. 0.02 for 2%")
+    if cfg.student not in ("gla", "hedgehog"):
+        raise DtrError(f"unknown --student {cfg.student!r}; use gla or hedgehog")
+    train, val, meta = load_data(cfg)
+    if len(train) < cfg.block_size + 2:
+        raise DtrError(f"the training split has {len(train)} tokens, fewer than the context "
+                       f"({cfg.block_size}) + 2; use a longer text or a smaller --block_size")
+    val_b = fixed_batches(val, cfg.block_size, cfg.batch_size, cfg.val_batches, device)
+    print(f"data     {meta['dataset']}: {len(train):,} train / {len(val):,} val tokens, vocab {len(meta['vocab']):,}")
+
+    # 1. the teacher: reuse it, or train it
+    teacher_path = os.path.join(cfg.out_dir, "teacher.pt")
+    t0 = time.time()
+    if os.path.exists(teacher_path):
+        model, ckpt = load_model(teacher_path, device)
+        check_compatible(ckpt, cfg, meta, teacher_path)
+        print(f"teacher  reusing {teacher_path}")
+        t_teacher = 0.0
+    else:
+        import train_teacher  # imports this file, so imported here rather than at the top
+        model = train_teacher.train(cfg, train, val, meta, device, bf16, teacher_path)
+        t_teacher = time.time() - t0
+    model.requires_grad_(False)
+    model.teacher_attn = [block.attn for block in model.transformer.h]
+
+    # 2. blockwise local distillation, or its saved result
+    run_dir = os.path.join(cfg.out_dir, cfg.student)
+    students_path = os.path.join(run_dir, "students.pt")
+    with open(teacher_path, "rb") as f:
+        teacher_sha = hashlib.sha256(f.read()).hexdigest()
+    distill_key = {"teacher_sha256": teacher_sha, "student": cfg.student, "distill_iters": cfg.distill_iters,
+                   "distill_lr": cfg.distill_lr, "distill_batch_size": cfg.distill_batch_size, "seed": cfg.seed}
+    students = [s.to(device) for s in make_students(model, cfg.student == "gla")]
+    t0 = time.time()
+    saved = torch.load(students_path, map_location=device) if os.path.exists(students_path) else None
+    if saved is not None and saved["key"] == distill_key:
+        for s, sd in zip(students, saved["students"]):
+            s.load_state_dict(sd)
+        print(f"distill  reusing {students_path}")
+    else:
+        distill_blocks(model, students, train, cfg, device, bf16)
+    mse, rel_mse = block_mse(model, students, val_b, device, bf16)
+    if not all(math.isfinite(m) for m in mse):
+        raise DtrError(f"distilled students produce NaN/inf (per-layer MSE {mse}); lower --distill_lr and rerun")
+    atomic_save({"key": distill_key, "students": [s.state_dict() for s in students]}, students_path)
+    t_distill = time.time() - t0
+    print("distill  per-layer MSE " + " ".join(f"L{i} {m:.5f}" for i, m in enumerate(mse)))
+    print("distill  relative MSE  " + " ".join(f"L{i} {r:.4f}" for i, r in enumerate(rel_mse)))
+
+    # 3. greedy replacement
+    t0 = time.time()
+    teacher_loss, trajectory = greedy_replace(model, students, val_b, device, bf16)
+    m_best, m_opt = select_models(teacher_loss, trajectory, cfg.tolerance)
+    t_greedy = time.time() - t0
+    print_trajectory(teacher_loss, trajectory, m_best, m_opt, cfg.tolerance)
+    for name, m in (("m_best", m_best), ("m_opt", m_opt)):
+        save_hybrid(os.path.join(run_dir, name + ".pt"), model, students, m["linear_layers"], cfg, meta, m["val_loss"])
+    report = {
+        "dataset": meta["dataset"], "student": cfg.student, "device": device, "config": dataclasses.asdict(cfg),
+        "n_layer": cfg.n_layer, "teacher": {"val_loss": teacher_loss},
+        "distill": {"mse": mse, "rel_mse": rel_mse}, "trajectory": trajectory, "tolerance": cfg.tolerance,
+        "m_best": m_best, "m_opt": m_opt,
+        "timings_s": {"teacher": t_teacher, "distill": t_distill, "greedy": t_greedy, "total": time.time() - t_start},
+    }
+    atomic_save(report, os.path.join(run_dir, "report.json"))
+    print(f"timings  teacher {t_teacher:.0f}s | distill {t_distill:.0f}s | greedy {t_greedy:.0f}s | "
+          f"total {time.time() - t_start:.0f}s")
+
+    # 4. what the two models write
+    print(f"\n---- sample from the teacher ----\n{sample_text(model, meta, cfg.sample_tokens, device, cfg.seed)}")
+    swap_in(model, m_opt["linear_layers"], students)
+    print(f"\n---- sample from M_opt (linear layers {m_opt['linear_layers']}) ----\n"
+          f"{sample_text(model, meta, cfg.sample_tokens, device, cfg.seed)}")
+    print(f"\nwrote {run_dir}/: report.json, students.pt, m_best.pt, m_opt.pt "
+          f"(generate more: python dtr.py --sample {run_dir}/m_opt.pt)")
+    return report
+
+def main(argv=None):
+    try:
+        run(parse_args(argv))
+    except DtrError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("\ninterrupted; rerun the same command to continue from the saved teacher and students", file=sys.stderr)
+        sys.exit(130)
+
+if __name__ == "__main__":
+    main()
