@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import os
+import platform
 import sys
 import time
 import urllib.request
@@ -69,6 +70,7 @@ class Config:
     # after the run
     sample_tokens: int = opt(200, "tokens to generate from the teacher and M_opt at the end")
     sample: str = opt("", "path to a checkpoint (teacher.pt, m_opt.pt, ...): generate from it and exit")
+    readme: str = opt("", "comma-separated report.json paths: regenerate README.md's results from them and exit")
 
 PRESETS = {
     # the whole pipeline in seconds: for smoke tests and for watching every phase go by
@@ -558,6 +560,51 @@ def print_trajectory(teacher_loss, trajectory, m_best, m_opt, tolerance):
     for name, m in (("M_best", m_best), (f"M_opt (tolerance {tolerance:.0%})", m_opt)):
         print(f"{name}: linear layers {m['linear_layers']}, val loss {m['val_loss']:.4f}")
 
+def machine():
+    """What produced the numbers, for the report and the README."""
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    if os.path.exists("/proc/cpuinfo"):
+        names = [l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")]
+        cpu = names[0] if names else cpu
+    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+def results_markdown(reports):
+    """The README's results section, generated from report.json files (never typed by hand)."""
+    out = []
+    for r in reports:
+        c, t = r["config"], r["timings_s"]
+        out += [f"#### `{r['student']}` student on {r['dataset']} (preset `{c['preset']}`)", "",
+                f"`{r['command']}` on {r['machine']}, {r['date']}: teacher {t['teacher']:.0f} s, "
+                f"distillation {t['distill']:.0f} s, greedy {t['greedy']:.0f} s, total {t['total']:.0f} s.", "",
+                "| k | replaced | val loss | vs teacher |", "|---|---|---|---|",
+                f"| 0 | - (teacher) | {r['teacher']['val_loss']:.4f} | |"]
+        out += [f"| {s['k']} | L{s['layer']} | {s['val_loss']:.4f} | {100 * s['rel_change']:+.2f}% |" for s in r["trajectory"]]
+        for name, m in (("M_best", r["m_best"]), (f"M_opt (tolerance {r['tolerance']:.0%})", r["m_opt"])):
+            full = [i for i in range(r["n_layer"]) if i not in m["linear_layers"]]
+            out.append(f"\n**{name}**: {len(m['linear_layers'])}/{r['n_layer']} layers linear, "
+                       f"full attention kept in {full or 'none'}, val loss {m['val_loss']:.4f}.")
+        out += ["", "Distillation, relative MSE per layer: " +
+                ", ".join(f"L{i} {x:.3f}" for i, x in enumerate(r["distill"]["rel_mse"])), ""]
+    return "\n".join(out)
+
+def update_readme(report_paths, readme="README.md"):
+    reports = []
+    for p in report_paths:
+        with open(p) as f:
+            reports.append(json.load(f))
+    text = open(readme).read()
+    start, end = "<!-- results:start -->", "<!-- results:end -->"
+    if start not in text or end not in text:
+        raise DtrError(f"{readme} has no {start} ... {end} markers to fill")
+    head, rest = text.split(start)
+    new = head + start + "\n" + results_markdown(reports) + "\n" + end + rest.split(end)[1]
+    with open(readme + ".tmp", "w") as f:
+        f.write(new)
+    os.replace(readme + ".tmp", readme)
+    print(f"rewrote the results section of {readme} from {len(reports)} report(s)")
+
 # ---- main ----
 
 def parse_args(argv=None):
@@ -580,6 +627,8 @@ def run(cfg):
     t_start = time.time()
     device, bf16 = choose_device(cfg.device)
     torch.manual_seed(cfg.seed)
+    if cfg.readme:
+        return update_readme(cfg.readme.split(","))
     if cfg.sample:
         model, ckpt = load_model(cfg.sample, device)
         print(f"{cfg.sample}: linear layers {ckpt.get('linear_layers', [])}, val loss {ckpt.get('val_loss', float('nan')):.4f}")
@@ -645,6 +694,8 @@ def run(cfg):
         save_hybrid(os.path.join(run_dir, name + ".pt"), model, students, m["linear_layers"], cfg, meta, m["val_loss"])
     report = {
         "dataset": meta["dataset"], "student": cfg.student, "device": device, "config": dataclasses.asdict(cfg),
+        "command": "python " + " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]), "machine": machine(),
+        "date": time.strftime("%Y-%m-%d"),
         "n_layer": cfg.n_layer, "teacher": {"val_loss": teacher_loss},
         "distill": {"mse": mse, "rel_mse": rel_mse}, "trajectory": trajectory, "tolerance": cfg.tolerance,
         "m_best": m_best, "m_opt": m_opt,

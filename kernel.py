@@ -20,11 +20,27 @@ Chunked form (chunk of C steps starting at state S_0; b_t = sum_{s<=t in chunk} 
 
 Every exponent is <= 0, so nothing overflows however strong the decay.
 
+Backward, with dS the gradient of the loss w.r.t. the state at the chunk end, walking the
+chunks in reverse (D_ts = exp(b_t - b_s) for s <= t, else 0; dA_ts = (do_t . v_s) D_ts):
+
+    dq_t  = sum_{s<=t} dA_ts k_s + exp(b_t) S_0 do_t                          (= S_t do_t)
+    dk_s  = sum_{t>=s} dA_ts q_t + exp(b_C - b_s) dS v_s
+    dv_s  = sum_{t>=s} (q_t . k_s) D_ts do_t + exp(b_C - b_s) dS^T k_s
+    dS_0  = exp(b_C) dS + sum_t exp(b_t) q_t do_t^T                            (reverse state passing)
+
+Gate: with B_t = cumsum(log_g) over the whole sequence, every log_g enters only through
+exp(B_t - B_s) (query t, key s) or exp(B_T - B_s) (final state). Moving B_t by eps scales
+the terms where t is the query up and those where t is the key down, so
+dL/dB_t = q_t . dq_t - k_t . dk_t (+ <S_T, dS_T> at t = T), and dlog_g_t = sum_{t'>=t} dL/dB_t'.
+
 File map: naive quadratic reference -> PyTorch chunked form -> recurrent one-token step
--> one dispatch function `linear_attention` -> __main__ self-check and benchmark.
+-> Triton kernels -> autograd wrapper -> one dispatch function `linear_attention`
+-> __main__ self-check and benchmark (`python kernel.py --help`).
 """
+import argparse
 import math
 import os
+import statistics
 import time
 
 import torch
@@ -63,23 +79,28 @@ def chunked_linear_attention(q, k, v, log_g=None, initial_state=None, chunk_size
     C = chunk_size
     N = -(-T // C)  # number of chunks; the ragged tail is zero-padded, padded rows are dropped
     pad = N * C - T
-    q, k, v = (F.pad(_acc(x), (0, 0, 0, pad)) for x in (q, k, v))
+    q, k, v = _acc(q), _acc(k), _acc(v)
     log_g = q.new_zeros(B, H, T) if log_g is None else _acc(log_g)
-    log_g = F.pad(log_g, (0, pad))  # padded steps: g = 1 and k = 0, so the state passes through
-    q, k, v = (x.view(B, H, N, C, -1) for x in (q, k, v))  # (B, H, N, C, D)
-    b = log_g.view(B, H, N, C).cumsum(-1)  # (B, H, N, C) decay from chunk start, inclusive
+    if pad:  # padded steps: g = 1 and k = 0, so the state passes through (pad only when needed: it copies)
+        q, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
+        log_g = F.pad(log_g, (0, pad))
+    q, k, v = (x.reshape(B, H, N, C, -1) for x in (q, k, v))  # (B, H, N, C, D), copies only if strided
+    b = log_g.reshape(B, H, N, C).cumsum(-1)  # (B, H, N, C) decay from chunk start, inclusive
     causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
     decay = torch.exp((b[..., :, None] - b[..., None, :]).masked_fill(~causal, -math.inf))
     o = ((q @ k.transpose(-1, -2)) * decay) @ v  # intra-chunk part, all chunks at once
-    q_in = q * torch.exp(b)[..., None]  # q_t scaled by the decay since the chunk start
+    # State passing. The per-chunk increments k_out^T v are one batched matmul; only the cheap
+    # D x Dv update S_{n+1} = g_n S_n + dS_n is a Python loop (one matmul per chunk is slow on CPU).
     k_out = k * torch.exp(b[..., -1:] - b)[..., None]  # k_s scaled by the decay until the chunk end
+    dS = k_out.transpose(-1, -2) @ v  # (B, H, N, D, Dv)
     g_chunk = torch.exp(b[..., -1])[..., None, None]  # (B, H, N, 1, 1) decay over a whole chunk
     S = q.new_zeros(B, H, D, Dv) if initial_state is None else _acc(initial_state)
-    o_inter = []
-    for n in range(N):  # sequential hand-off of the D x Dv state
-        o_inter.append(q_in[:, :, n] @ S)
-        S = g_chunk[:, :, n] * S + k_out[:, :, n].transpose(-1, -2) @ v[:, :, n]
-    o = o + torch.stack(o_inter, dim=2)
+    S_in = []  # the state entering each chunk
+    for n in range(N):
+        S_in.append(S)
+        S = g_chunk[:, :, n] * S + dS[:, :, n]
+    q_in = q * torch.exp(b)[..., None]  # q_t scaled by the decay since the chunk start
+    o = o + q_in @ torch.stack(S_in, dim=2)  # inter-chunk part, (B, H, N, C, Dv)
     return o.view(B, H, N * C, Dv)[:, :, :T], S
 
 # ---- recurrent one-token step ----
@@ -96,6 +117,194 @@ def linear_attention_step(q, k, v, log_g=None, state=None):
     o = (q[..., None, :] @ state).squeeze(-2)  # (B, H, Dv)
     return o, state
 
+# ---- Triton kernels ----
+# One program per (batch, head) walks the chunks in order with the whole D x Dv state in
+# registers (fp32), like the PyTorch loop above; D and Dv are padded to powers of two and
+# masked. flash-linear-attention also splits D and Dv across programs for more parallelism;
+# this version stays one program per head to stay short. The backward recomputes the
+# per-chunk states instead of storing them: a second pass over q, k, v is cheap, whereas
+# storing T / C states of D x Dv fp32 costs as much memory as the activations themselves.
+
+try:
+    import triton
+    import triton.language as tl
+    HAS_TRITON = True
+except ImportError:  # kernel.py stays importable, and the torch path usable, without triton
+    HAS_TRITON = False
+
+if HAS_TRITON:
+
+    @triton.jit
+    def _load_tile(p, rows, cols, R, Cn):
+        """rows x cols tile of a row-major (R, Cn) matrix, zero outside it, as fp32."""
+        mask = (rows[:, None] < R) & (cols[None, :] < Cn)
+        return tl.load(p + rows[:, None] * Cn + cols[None, :], mask=mask, other=0.).to(tl.float32)
+
+    @triton.jit
+    def _store_tile(p, x, rows, cols, R, Cn):
+        mask = (rows[:, None] < R) & (cols[None, :] < Cn)
+        tl.store(p + rows[:, None] * Cn + cols[None, :], x.to(p.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _chunk_decay(p_g, t, T, BT: tl.constexpr, HAS_G: tl.constexpr):
+        """b (BT,): decay since the chunk start; b_C: over the whole chunk; D (BT, BT):
+        exp(b_t - b_s) for s <= t, else 0. Rows past T have log_g = 0: the state passes through."""
+        if HAS_G:
+            b_g = tl.load(p_g + t, mask=t < T, other=0.).to(tl.float32)
+        else:
+            b_g = tl.zeros([BT], dtype=tl.float32)
+        b_b = tl.cumsum(b_g, 0)
+        i = tl.arange(0, BT)
+        # only ever exponentiate b_t - b_s with s <= t (<= 0); the rest is exp(-inf) = 0
+        b_D = tl.exp(tl.where(i[:, None] >= i[None, :], b_b[:, None] - b_b[None, :], float("-inf")))
+        return b_b, tl.sum(b_g, 0), b_D
+
+    @triton.jit
+    def _fwd_kernel(q, k, v, g, h0, o, ht, T, D: tl.constexpr, DV: tl.constexpr,
+                    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                    HAS_G: tl.constexpr, HAS_H0: tl.constexpr):
+        bh = tl.program_id(0).to(tl.int64)
+        q, k, v, o, g = q + bh * T * D, k + bh * T * D, v + bh * T * DV, o + bh * T * DV, g + bh * T
+        ik, iv, it = tl.arange(0, BK), tl.arange(0, BV), tl.arange(0, BT)
+        # (BK, BV) running state S
+        b_h = tl.zeros([BK, BV], dtype=tl.float32)
+        if HAS_H0:
+            b_h = _load_tile(h0 + bh * D * DV, ik, iv, D, DV)
+        for n in range(tl.cdiv(T, BT)):
+            t = n * BT + it
+            b_b, b_C, b_D = _chunk_decay(g, t, T, BT, HAS_G)
+            # (BT, BK), (BT, BK), (BT, BV) tiles of this chunk
+            b_q, b_k, b_v = _load_tile(q, t, ik, T, D), _load_tile(k, t, ik, T, D), _load_tile(v, t, iv, T, DV)
+            # (BT, BT) decayed causal scores -> (BT, BV) intra + inter output
+            b_A = tl.dot(b_q, tl.trans(b_k)) * b_D
+            b_o = tl.dot(b_A, b_v) + tl.dot(b_q * tl.exp(b_b)[:, None], b_h)
+            _store_tile(o, b_o, t, iv, T, DV)
+            # state passing: S <- exp(b_C) S + sum_s exp(b_C - b_s) k_s v_s^T
+            b_h = b_h * tl.exp(b_C) + tl.dot(tl.trans(b_k * tl.exp(b_C - b_b)[:, None]), b_v)
+        _store_tile(ht + bh * D * DV, b_h, ik, iv, D, DV)
+
+    @triton.jit
+    def _bwd_dq_kernel(q, k, v, g, h0, do, dht, dq, dgq, dgT, T, D: tl.constexpr, DV: tl.constexpr,
+                       BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                       HAS_G: tl.constexpr, HAS_H0: tl.constexpr, HAS_DHT: tl.constexpr):
+        """Forward walk that recomputes the states: dq, q . dq per step and <S_T, dS_T>."""
+        bh = tl.program_id(0).to(tl.int64)
+        q, k, v, g = q + bh * T * D, k + bh * T * D, v + bh * T * DV, g + bh * T
+        do, dq, dgq = do + bh * T * DV, dq + bh * T * D, dgq + bh * T
+        ik, iv, it = tl.arange(0, BK), tl.arange(0, BV), tl.arange(0, BT)
+        # (BK, BV) state entering the chunk
+        b_h = tl.zeros([BK, BV], dtype=tl.float32)
+        if HAS_H0:
+            b_h = _load_tile(h0 + bh * D * DV, ik, iv, D, DV)
+        for n in range(tl.cdiv(T, BT)):
+            t = n * BT + it
+            b_b, b_C, b_D = _chunk_decay(g, t, T, BT, HAS_G)
+            b_q, b_k = _load_tile(q, t, ik, T, D), _load_tile(k, t, ik, T, D)
+            b_v, b_do = _load_tile(v, t, iv, T, DV), _load_tile(do, t, iv, T, DV)
+            # (BT, BT) dA_ts = (do_t . v_s) D_ts -> (BT, BK) dq = dA k + exp(b) do S^T
+            b_dA = tl.dot(b_do, tl.trans(b_v)) * b_D
+            b_dq = tl.dot(b_dA, b_k) + tl.dot(b_do, tl.trans(b_h)) * tl.exp(b_b)[:, None]
+            _store_tile(dq, b_dq, t, ik, T, D)
+            if HAS_G:
+                tl.store(dgq + t, tl.sum(b_q * b_dq, 1), mask=t < T)
+            b_h = b_h * tl.exp(b_C) + tl.dot(tl.trans(b_k * tl.exp(b_C - b_b)[:, None]), b_v)
+        if HAS_G and HAS_DHT:  # b_h is now the final state S_T
+            tl.store(dgT + bh, tl.sum(tl.sum(b_h * _load_tile(dht + bh * D * DV, ik, iv, D, DV), 1), 0))
+
+    @triton.jit
+    def _bwd_dkv_kernel(q, k, v, g, do, dht, dgq, dgT, dk, dv, dg, dh0, T, D: tl.constexpr,
+                        DV: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                        HAS_G: tl.constexpr, HAS_H0: tl.constexpr, HAS_DHT: tl.constexpr):
+        """Reverse walk carrying dS: dk, dv, dlog_g (a reverse cumsum, so it rides along) and dS_0."""
+        bh = tl.program_id(0).to(tl.int64)
+        q, k, v, g = q + bh * T * D, k + bh * T * D, v + bh * T * DV, g + bh * T
+        do, dk, dv, dgq, dg = do + bh * T * DV, dk + bh * T * D, dv + bh * T * DV, dgq + bh * T, dg + bh * T
+        ik, iv, it = tl.arange(0, BK), tl.arange(0, BV), tl.arange(0, BT)
+        # (BK, BV) gradient w.r.t. the state at the end of the current chunk
+        b_dh = tl.zeros([BK, BV], dtype=tl.float32)
+        b_carry = 0.  # sum of dL/dB over all later steps, seeded with <S_T, dS_T>
+        if HAS_DHT:
+            b_dh = _load_tile(dht + bh * D * DV, ik, iv, D, DV)
+            if HAS_G:
+                b_carry = tl.load(dgT + bh)
+        NT = tl.cdiv(T, BT)
+        for i in range(NT):
+            t = (NT - 1 - i) * BT + it
+            b_b, b_C, b_D = _chunk_decay(g, t, T, BT, HAS_G)
+            b_q, b_k = _load_tile(q, t, ik, T, D), _load_tile(k, t, ik, T, D)
+            b_v, b_do = _load_tile(v, t, iv, T, DV), _load_tile(do, t, iv, T, DV)
+            # (BT, BT) scores A_ts and their gradient dA_ts, indexed [query t, key s]
+            b_A = tl.dot(b_q, tl.trans(b_k)) * b_D
+            b_dA = tl.dot(b_do, tl.trans(b_v)) * b_D
+            # (BT, 1) decay from each key to the chunk end, where dS takes over
+            b_kd = tl.exp(b_C - b_b)[:, None]
+            b_dk = tl.dot(tl.trans(b_dA), b_q) + tl.dot(b_v, tl.trans(b_dh)) * b_kd  # (BT, BK)
+            b_dv = tl.dot(tl.trans(b_A), b_do) + tl.dot(b_k, b_dh) * b_kd  # (BT, BV)
+            _store_tile(dk, b_dk, t, ik, T, D)
+            _store_tile(dv, b_dv, t, iv, T, DV)
+            if HAS_G:
+                # (BT,) dL/dB_t, then its suffix sum: within the chunk plus all later chunks
+                b_x = tl.load(dgq + t, mask=t < T, other=0.) - tl.sum(b_k * b_dk, 1)
+                b_dg = tl.sum(tl.where(it[None, :] >= it[:, None], b_x[None, :], 0.), 1) + b_carry
+                tl.store(dg + t, b_dg, mask=t < T)
+                b_carry += tl.sum(b_x, 0)
+            # reverse state passing: dS <- exp(b_C) dS + sum_t exp(b_t) q_t do_t^T
+            b_dh = b_dh * tl.exp(b_C) + tl.dot(tl.trans(b_q * tl.exp(b_b)[:, None]), b_do)
+        if HAS_H0:
+            _store_tile(dh0 + bh * D * DV, b_dh, ik, iv, D, DV)
+
+# ---- autograd wrapper ----
+
+class TritonLinearAttention(torch.autograd.Function):
+    """(o fp32, final state fp32) = chunked linear attention, forward and backward in Triton."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, log_g, initial_state, chunk_size):
+        B, H, T, D = q.shape
+        Dv = v.shape[-1]
+        if not HAS_TRITON:
+            raise RuntimeError("impl='triton' needs the triton package (pip install triton)")
+        if not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+            raise RuntimeError("impl='triton' on CPU tensors runs only with TRITON_INTERPRET=1 set "
+                               "before triton is imported; use impl='torch' on CPU")
+        if max(D, Dv) > 256:  # the whole state lives in one program's registers
+            raise ValueError(f"impl='triton' supports head dims up to 256, got D={D}, Dv={Dv} "
+                             "(Dv includes the normaliser column)")
+        if chunk_size < 16 or chunk_size & (chunk_size - 1):
+            raise ValueError(f"impl='triton' wants a power-of-two chunk_size >= 16, got {chunk_size}")
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        g = log_g.contiguous() if log_g is not None else q  # q: an unused placeholder pointer
+        h0 = initial_state.contiguous() if initial_state is not None else q
+        o = q.new_empty(B, H, T, Dv, dtype=torch.float32)
+        ht = q.new_empty(B, H, D, Dv, dtype=torch.float32)
+        ctx.meta = dict(D=D, DV=Dv, BT=chunk_size, BK=max(16, triton.next_power_of_2(D)),
+                        BV=max(16, triton.next_power_of_2(Dv)), HAS_G=log_g is not None,
+                        HAS_H0=initial_state is not None)
+        _fwd_kernel[(B * H,)](q, k, v, g, h0, o, ht, T, **ctx.meta)
+        ctx.save_for_backward(q, k, v, log_g, initial_state)
+        ctx.set_materialize_grads(False)  # dht stays None when the final state is unused
+        return o, ht
+
+    @staticmethod
+    def backward(ctx, do, dht):
+        q, k, v, log_g, initial_state = ctx.saved_tensors
+        B, H, T, D = q.shape
+        meta = ctx.meta
+        do = q.new_zeros(B, H, T, v.shape[-1], dtype=torch.float32) if do is None else do.float().contiguous()
+        g = log_g if log_g is not None else q
+        h0 = initial_state if initial_state is not None else q
+        dht_ = dht.float().contiguous() if dht is not None else q
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        dgq = q.new_empty(B, H, T, dtype=torch.float32)  # q_t . dq_t
+        dgT = q.new_zeros(B, H, dtype=torch.float32)  # <S_T, dS_T>
+        dg = q.new_empty(B, H, T, dtype=torch.float32)
+        dh0 = torch.empty_like(initial_state) if initial_state is not None else q
+        _bwd_dq_kernel[(B * H,)](q, k, v, g, h0, do, dht_, dq, dgq, dgT, T, HAS_DHT=dht is not None, **meta)
+        _bwd_dkv_kernel[(B * H,)](q, k, v, g, do, dht_, dgq, dgT, dk, dv, dg, dh0, T,
+                                  HAS_DHT=dht is not None, **meta)
+        dlog_g = dg.to(log_g.dtype) if log_g is not None else None
+        return dq, dk, dv, dlog_g, dh0 if initial_state is not None else None, None
+
 # ---- dispatch ----
 
 def linear_attention(q, k, v, log_g=None, normalize=True, initial_state=None,
@@ -108,11 +317,13 @@ def linear_attention(q, k, v, log_g=None, normalize=True, initial_state=None,
                          f"got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
     if log_g is not None and log_g.shape != q.shape[:3]:
         raise ValueError(f"log_g must be (B, H, T) = {tuple(q.shape[:3])}, got {tuple(log_g.shape)}")
-    impl = impl or os.environ.get("DTR_LINEAR_ATTENTION_IMPL") or "torch"
+    impl = impl or os.environ.get("DTR_LINEAR_ATTENTION_IMPL") or ("triton" if q.is_cuda and HAS_TRITON else "torch")
     if normalize:  # carry the key-sum z as an extra value column (see the top of the file)
         v = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)
     if impl == "torch":
         o, state = chunked_linear_attention(q, k, v, log_g, initial_state, chunk_size)
+    elif impl == "triton":
+        o, state = TritonLinearAttention.apply(q, k, v, log_g, initial_state, chunk_size)
     elif impl == "naive":
         o, state = naive_linear_attention(q, k, v, log_g, initial_state)
     else:
@@ -121,3 +332,115 @@ def linear_attention(q, k, v, log_g=None, normalize=True, initial_state=None,
         o = o[..., :-1] / (o[..., -1:] + EPS)
     o = o.to(q.dtype)
     return (o, state) if output_final_state else o
+
+# ---- self-check and benchmark ----
+
+def _rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+def self_check(device):
+    """Each usable form vs the fp64 naive reference: output, final state and every gradient."""
+    torch.manual_seed(0)
+    B, H, T, D = 2, 2, 100, 48  # T not a multiple of the chunk, D and Dv + 1 not powers of two
+    x = [torch.rand(B, H, T, D), torch.rand(B, H, T, D), torch.randn(B, H, T, D),
+         -torch.rand(B, H, T), torch.randn(B, H, D, D + 1)]  # q, k, v, log_g, S_0
+
+    def run(impl, dtype, dev):
+        ins = [t.to(dev, dtype, copy=True).requires_grad_() for t in x]
+        o, S = linear_attention(*ins[:4], initial_state=ins[4], output_final_state=True,
+                                chunk_size=32, impl=impl)
+        (o.square().sum() + S.square().sum()).backward()
+        return [o, S] + [t.grad for t in ins]
+
+    ref = run("naive", torch.float64, "cpu")
+    triton_ok = HAS_TRITON and (device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1")
+    for impl in ["torch"] + (["triton"] if triton_ok else []):
+        errs = [_rel(a.cpu(), b) for a, b in zip(run(impl, torch.float32, device), ref)]
+        tol = 5e-3 if impl == "triton" and device.type == "cuda" else 1e-4  # tl.dot uses TF32 on GPU
+        names = "o state dq dk dv dlog_g dS0".split()
+        print(f"check    {impl:6s} fp32 vs fp64 naive, T={T} D={D} | "
+              + " ".join(f"{n} {e:.1e}" for n, e in zip(names, errs))
+              + f" | {'ok' if max(errs) < tol else 'FAIL'} (tol {tol:g})")
+    if not triton_ok:
+        print("check    triton skipped: " + ("not installed" if not HAS_TRITON else
+              "no CUDA device (run with TRITON_INTERPRET=1 to check it on CPU, slowly)"))
+
+def _time_ms(fn, reps, sync):
+    fn()  # warm-up: allocator, Triton compilation
+    times = []
+    for _ in range(reps):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+def benchmark(device, max_T, reps, with_fla):
+    """Chunked linear attention (gated, normalised) vs causal softmax SDPA vs the naive form."""
+    cuda = device.type == "cuda"
+    dtype = torch.bfloat16 if cuda else torch.float32
+    impl = "triton" if cuda and HAS_TRITON else "torch"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    B, H, D = 1, 4, 64
+    naive_max = 8192 if cuda else 4096  # it materialises several (B, H, T, T) fp32 tensors
+    forms = {"chunked": lambda q, k, v, g: linear_attention(q, k, v, g, impl=impl),
+             "sdpa": lambda q, k, v, g: F.scaled_dot_product_attention(q, k, v, is_causal=True),
+             "naive": lambda q, k, v, g: linear_attention(q, k, v, g, impl="naive")}
+    if with_fla and cuda:
+        try:  # flash-linear-attention's chunk kernel for the same scalar-gated recurrence, unnormalised
+            from fla.ops.simple_gla import chunk_simple_gla
+            forms["fla"] = lambda q, k, v, g: chunk_simple_gla(
+                *(t.transpose(1, 2) for t in (q, k, v)), g=g.transpose(1, 2), scale=1.0)[0]
+        except ImportError:
+            pass
+    print(f"bench    device {device}, {dtype}, B={B} H={H} D={D}, chunked = impl '{impl}', "
+          f"median of {reps}, times in ms; naive only up to T={naive_max}")
+    print(f"{'T':>6} | fwd: " + " ".join(f"{n:>8}" for n in forms) + " | fwd+bwd: "
+          + " ".join(f"{n:>8}" for n in forms) + " | fwd speed-up vs sdpa")
+    rows, T = [], 256
+    while T <= max_T:
+        torch.manual_seed(0)
+        q, k = (torch.rand(B, H, T, D, device=device, dtype=dtype) for _ in range(2))
+        v = torch.randn(B, H, T, D, device=device, dtype=dtype)
+        g = -0.1 * torch.rand(B, H, T, device=device, dtype=dtype)
+        fwd, fwd_bwd = {}, {}
+        for name, f in forms.items():
+            if name == "naive" and T > naive_max:
+                fwd[name] = fwd_bwd[name] = float("nan")
+                continue
+            with torch.no_grad():
+                fwd[name] = _time_ms(lambda: f(q, k, v, g), reps, sync)
+            ins = [t.detach().requires_grad_() for t in (q, k, v, g)]
+            fwd_bwd[name] = _time_ms(lambda: f(*ins).float().sum().backward(), reps, sync)
+        rows.append((T, fwd, fwd_bwd))
+        print(f"{T:>6} | fwd: " + " ".join(f"{fwd[n]:8.2f}" for n in forms) + " | fwd+bwd: "
+              + " ".join(f"{fwd_bwd[n]:8.2f}" for n in forms) + f" | {fwd['sdpa'] / fwd['chunked']:6.1f}x")
+        T *= 2
+    for i, label in [(1, "forward"), (2, "forward+backward")]:
+        # crossover: the shortest T from which chunked stays faster than SDPA
+        wins = [r[i]["chunked"] < r[i]["sdpa"] for r in rows]
+        cross = next((rows[j][0] for j in range(len(rows)) if all(wins[j:])), None)
+        print(f"crossover {label}: chunked beats SDPA " + (f"from T = {cross}" if cross
+              else f"nowhere up to T = {rows[-1][0]}"))
+
+def main():
+    parser = argparse.ArgumentParser(description="Linear attention: self-check and benchmark.")
+    parser.add_argument("--quick", action="store_true", help="short run: T up to 2048, 3 repeats")
+    parser.add_argument("--max-T", type=int, default=16384, help="longest sequence to benchmark")
+    parser.add_argument("--reps", type=int, default=5, help="timed repeats per measurement (median)")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads for both sides "
+                        "(0: torch's default; 1 gives steadier numbers when the cores are shared)")
+    parser.add_argument("--fla", action="store_true", help="also time flash-linear-attention's "
+                        "chunk_simple_gla on CUDA, if it is importable")
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"device   {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else f'{torch.get_num_threads()} threads'})"
+          f", torch {torch.__version__}, triton {triton.__version__ if HAS_TRITON else 'not installed'}")
+    self_check(device)
+    benchmark(device, 2048 if args.quick else args.max_T, 3 if args.quick else args.reps, args.fla)
+
+if __name__ == "__main__":
+    main()

@@ -35,7 +35,6 @@ def train(cfg, train_data, val_data, meta, device, bf16, ckpt_path):
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.99))
-    # a few fixed val batches for progress; the final number uses all of them
     val_b = fixed_batches(val_data, cfg.block_size, cfg.batch_size, cfg.val_batches, device)
     gen = torch.Generator().manual_seed(cfg.seed)
     t0 = time.time()
@@ -51,12 +50,14 @@ def train(cfg, train_data, val_data, meta, device, bf16, ckpt_path):
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         last = it == cfg.max_iters - 1
-        if it % cfg.eval_interval == 0 or last:
-            model.eval()
-            vl = val_loss(model, val_b[:2] if not last else val_b, device, bf16)
+        if it % (cfg.eval_interval // 5 or 1) == 0 or last:
+            evaluate = it % cfg.eval_interval == 0 or last
+            if evaluate:  # a couple of fixed batches for progress, all of them at the end
+                vl = val_loss(model.eval(), val_b if last else val_b[:2], device, bf16)
             dt = time.time() - t0
             eta = dt / (it + 1) * (cfg.max_iters - it - 1)
-            print(f"teacher  step {it + 1}/{cfg.max_iters} | train {loss.item():.4f} | val {vl:.4f} | "
+            print(f"teacher  step {it + 1}/{cfg.max_iters} | train {loss.item():.4f} | " +
+                  (f"val {vl:.4f} | " if evaluate else "") +
                   f"{1000 * dt / (it + 1):.0f} ms/step | elapsed {fmt_time(dt)} | eta {fmt_time(eta)}")
         if not math.isfinite(loss.item()):
             raise DtrError(f"teacher training diverged (loss {loss.item()}) at step {it}; lower --lr (now {cfg.lr})")

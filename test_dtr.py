@@ -1,0 +1,262 @@
+"""
+Tests: python -m pytest -q test_dtr.py   (CPU only, no network, a few minutes)
+
+Floats are compared by relative error ||a - b|| / ||b|| against a reference computed in
+fp64 (or fp32 where that is the reference): fp32 through a chunked sum of a few hundred
+terms keeps about 1e-6 relative accuracy, so 1e-5 is the tolerance unless said otherwise.
+"""
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SHARED = os.path.join(HERE, "..", "shared")
+os.environ.setdefault("TIKTOKEN_CACHE_DIR", os.path.join(SHARED, "tiktoken_cache"))
+
+import dtr  # noqa: E402
+from kernel import linear_attention, linear_attention_step  # noqa: E402
+
+def rel_err(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+# ---- linear attention: chunked vs naive vs recurrent ----
+
+def random_inputs(T, gated, D=8, Dv=6, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.rand(2, 3, T, D, generator=g, dtype=dtype)  # non-negative, like feature-mapped q, k
+    k = torch.rand(2, 3, T, D, generator=g, dtype=dtype)
+    v = torch.randn(2, 3, T, Dv, generator=g, dtype=dtype)
+    log_g = -torch.rand(2, 3, T, generator=g, dtype=dtype) * 0.5 if gated else None
+    return q, k, v, log_g
+
+@pytest.mark.parametrize("T", [1, 15, 16, 17, 50])
+@pytest.mark.parametrize("gated", [False, True])
+@pytest.mark.parametrize("normalize", [False, True])
+def test_chunked_equals_naive_forward_and_grads(T, gated, normalize):
+    inputs = random_inputs(T, gated)
+    S0 = torch.rand(2, 3, 8, 6 + normalize, dtype=torch.float64)
+    outs = {}
+    for impl in ("naive", "torch"):
+        xs = [x.clone().float().requires_grad_() if x is not None else None for x in inputs]
+        s0 = S0.clone().float().requires_grad_()
+        o, S = linear_attention(*xs, normalize=normalize, initial_state=s0, output_final_state=True,
+                                chunk_size=16, impl=impl)
+        (o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum().backward()  # a loss that weighs every output
+        outs[impl] = [o, S] + [x.grad for x in xs if x is not None] + [s0.grad]
+    for a, b in zip(outs["torch"], outs["naive"]):
+        assert rel_err(a, b) < 1e-5
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_recurrent_step_equals_chunked(gated):
+    q, k, v, log_g = random_inputs(37, gated)
+    o_chunk, S_chunk = linear_attention(q, k, v, log_g, normalize=False, output_final_state=True, chunk_size=16)
+    state, steps = None, []
+    for t in range(37):
+        o, state = linear_attention_step(q[:, :, t], k[:, :, t], v[:, :, t],
+                                         None if log_g is None else log_g[:, :, t], state)
+        steps.append(o)
+    assert rel_err(torch.stack(steps, dim=2), o_chunk) < 1e-10  # both fp64 here
+    assert rel_err(state, S_chunk) < 1e-10
+
+def test_split_and_resume_equals_one_pass():
+    q, k, v, log_g = random_inputs(50, gated=True)
+    o_full, S_full = linear_attention(q, k, v, log_g, output_final_state=True, chunk_size=16)
+    o1, S1 = linear_attention(q[:, :, :21], k[:, :, :21], v[:, :, :21], log_g[:, :, :21], output_final_state=True)
+    o2, S2 = linear_attention(q[:, :, 21:], k[:, :, 21:], v[:, :, 21:], log_g[:, :, 21:],
+                              initial_state=S1, output_final_state=True)
+    assert rel_err(torch.cat([o1, o2], dim=2), o_full) < 1e-10
+    assert rel_err(S2, S_full) < 1e-10
+
+# ---- the students ----
+
+def tiny_gpt(n_layer=3, seed=0):
+    torch.manual_seed(seed)
+    return dtr.GPT(dtr.GPTConfig(block_size=32, vocab_size=20, n_layer=n_layer, n_head=2, n_embd=16)).eval()
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_student_block_is_causal(gated):
+    model = tiny_gpt()
+    student = dtr.LinearAttention(model.transformer.h[0].attn, gated)
+    x = torch.randn(1, 32, 16)
+    x2 = x.clone()
+    x2[:, 20:] = torch.randn(1, 12, 16)  # change the future only
+    y, y2 = model.transformer.h[0](x, attn=student), model.transformer.h[0](x2, attn=student)
+    assert torch.allclose(y[:, :20], y2[:, :20], atol=1e-6)
+    assert not torch.allclose(y[:, 20:], y2[:, 20:], atol=1e-3)
+
+def test_student_matches_trivially_linearisable_block():
+    # with W_q = 0 softmax attention is the causal mean of v; so is the Hedgehog student, since
+    # phi(0) is uniform and every phi(k) sums to 1: the copy is exact before any training
+    model = tiny_gpt()
+    attn = model.transformer.h[0].attn
+    with torch.no_grad():
+        attn.c_attn.weight[:16] = 0
+        attn.c_attn.bias[:16] = 0
+    student = dtr.LinearAttention(attn, gated=False)
+    x = torch.randn(4, 32, 16)
+    block = model.transformer.h[0]
+    assert rel_err(block(x, attn=student) - x, block(x) - x) < 1e-5
+
+# ---- greedy replacement on a constructed case ----
+
+def test_greedy_follows_algorithm_1():
+    # a teacher that has learned a periodic sequence (so any damage to a layer costs loss), and
+    # "students" that are its own attention with c_proj scaled by 1 + eps: eps = 0 is a free swap
+    model = tiny_gpt(n_layer=4, seed=1)
+    g = torch.Generator().manual_seed(0)
+    data = torch.randint(20, (7,), generator=g).repeat(300)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(100):
+        _, loss = model(*dtr.get_batch(data, 32, 8, "cpu", g))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval().requires_grad_(False)
+    students = [dtr.copy.deepcopy(block.attn) for block in model.transformer.h]
+    for s, e in zip(students, [0.5, 0.0, 2.0, 1.0]):
+        s.c_proj.weight.mul_(1 + e)
+    batches = dtr.fixed_batches(data, 32, 8, 3, "cpu")
+    teacher_attn = [b.attn for b in model.transformer.h]
+    teacher_loss, traj = dtr.greedy_replace(model, students, batches)
+    assert [b.attn for b in model.transformer.h] == teacher_attn  # greedy hands the teacher back
+    assert traj[0]["layer"] == 1 and traj[0]["val_loss"] == pytest.approx(teacher_loss, rel=1e-6)
+    # every round's choice is the argmin of a plain, uncached forward over the candidates
+    linear = []
+    for t in traj:
+        losses = {}
+        for i in sorted(set(range(4)) - set(linear)):
+            dtr.swap_in(model, linear + [i], students)
+            losses[i] = dtr.val_loss(model, batches)
+            for j, attn in enumerate(teacher_attn):
+                model.transformer.h[j].attn = attn
+        assert t["layer"] == min(losses, key=losses.get)
+        assert t["val_loss"] == pytest.approx(losses[t["layer"]], rel=1e-5)
+        assert t["rel_change"] == pytest.approx(t["val_loss"] / teacher_loss - 1)
+        linear.append(t["layer"])
+    assert max(t["val_loss"] for t in traj) > 1.5 * teacher_loss  # the damage is real, the order matters
+
+def test_select_models():
+    traj = [{"k": 1, "layer": 2, "val_loss": 0.99}, {"k": 2, "layer": 0, "val_loss": 0.99},
+            {"k": 3, "layer": 1, "val_loss": 1.015}, {"k": 4, "layer": 3, "val_loss": 1.2}]
+    m_best, m_opt = dtr.select_models(1.0, traj, tolerance=0.02)
+    assert m_best == {"linear_layers": [0, 2], "val_loss": 0.99}  # tie: more linear layers wins
+    assert m_opt == {"linear_layers": [0, 1, 2], "val_loss": 1.015}
+    _, m_opt = dtr.select_models(1.0, traj, tolerance=0.0)
+    assert m_opt["linear_layers"] == [0, 2]
+    _, m_opt = dtr.select_models(0.5, traj, tolerance=0.0)
+    assert m_opt == {"linear_layers": [], "val_loss": 0.5}  # nothing within tolerance: the teacher
+
+# ---- data ----
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """A data folder holding the shared copy of tiny Shakespeare, as if downloaded."""
+    d = tmp_path_factory.mktemp("data")
+    for name in ("shakespeare", "shakespeare_char"):
+        os.makedirs(d / name)
+        shutil.copy(os.path.join(SHARED, "data", "shakespeare", "input.txt"), d / name / "input.txt")
+    return str(d)
+
+def test_char_data_facts(data_dir):
+    train, val, meta = dtr.load_data(dtr.Config(dataset="shakespeare_char", data_dir=data_dir))
+    assert (len(meta["vocab"]), len(train), len(val)) == (65, 1_003_854, 111_540)
+    assert dtr.decode(val[:200].tolist(), meta) == open(os.path.join(data_dir, "shakespeare_char", "input.txt")).read()[1_003_854:1_004_054]
+
+def test_bpe_data_facts(data_dir):
+    cfg = dtr.Config(dataset="shakespeare", data_dir=data_dir)
+    train, val, meta = dtr.load_data(cfg)
+    assert (len(meta["vocab"]), len(train), len(val)) == (11_706, 301_966, 36_059)
+    text = open(os.path.join(data_dir, "shakespeare", "input.txt")).read()
+    assert dtr.decode(train[:100].tolist(), meta) == text[:len(dtr.decode(train[:100].tolist(), meta))]
+    assert torch.equal(dtr.load_data(cfg)[0], train)  # the cached splits give the same tokens
+
+# ---- end to end (tiny preset) ----
+
+@pytest.fixture(scope="session")
+def tiny_run(data_dir, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("out"))
+    args = ["--preset", "tiny", "--data_dir", data_dir, "--out_dir", out, "--sample_tokens", "20"]
+    report = dtr.run(dtr.parse_args(args))
+    return args, out, report
+
+def test_end_to_end_report(tiny_run):
+    args, out, report = tiny_run
+    with open(os.path.join(out, "gla", "report.json")) as f:
+        saved = json.load(f)
+    assert saved == json.loads(json.dumps(report))
+    L = saved["n_layer"]
+    for key in ("dataset", "student", "device", "config", "tolerance", "timings_s"):
+        assert key in saved
+    assert len(saved["distill"]["mse"]) == len(saved["distill"]["rel_mse"]) == L
+    assert [t["k"] for t in saved["trajectory"]] == list(range(1, L + 1))
+    assert sorted(t["layer"] for t in saved["trajectory"]) == list(range(L))
+    teacher = saved["teacher"]["val_loss"]
+    assert saved["m_opt"]["val_loss"] <= (1 + saved["tolerance"]) * teacher + 1e-9
+    assert saved["m_best"]["val_loss"] <= teacher
+    # the saved hybrid reloads with students where the report says, and scores what it says
+    model, ckpt = dtr.load_model(os.path.join(out, "gla", "m_opt.pt"), "cpu")
+    assert model.linear_layers() == saved["m_opt"]["linear_layers"]
+    train, val, meta = dtr.load_data(dtr.parse_args(args))
+    batches = dtr.fixed_batches(val, 32, 8, 2, "cpu")
+    assert dtr.val_loss(model, batches) == pytest.approx(saved["m_opt"]["val_loss"], rel=1e-5)
+
+def test_rerun_reuses_teacher_and_students(tiny_run, capsys):
+    args, out, report = tiny_run
+    again = dtr.run(dtr.parse_args(args))
+    assert again["timings_s"]["teacher"] == 0
+    assert "distill  reusing" in capsys.readouterr().out
+    assert again["trajectory"] == report["trajectory"]
+
+def test_distillation_lowers_mse(tiny_run, data_dir):
+    args, out, _ = tiny_run
+    cfg = dtr.parse_args(args)
+    model, _ = dtr.load_model(os.path.join(out, "teacher.pt"), "cpu")
+    train, val, _ = dtr.load_data(cfg)
+    batches = dtr.fixed_batches(val, cfg.block_size, cfg.batch_size, 2, "cpu")
+    students = dtr.make_students(model, gated=True)
+    before, _ = dtr.block_mse(model, students, batches, "cpu", False)
+    dtr.distill_blocks(model, students, train, cfg, "cpu", False)
+    after, _ = dtr.block_mse(model, students, batches, "cpu", False)
+    assert sum(after) < 0.5 * sum(before)
+
+# ---- bad input: one clear message, exit code 2, nothing half-written ----
+
+def run_cli(args, capsys):
+    with pytest.raises(SystemExit) as e:
+        dtr.main(args)
+    assert e.value.code == 2
+    return capsys.readouterr().err
+
+def test_bad_inputs(tiny_run, data_dir, tmp_path, capsys):
+    args, out, _ = tiny_run
+    base = ["--preset", "tiny", "--data_dir", data_dir, "--out_dir", str(tmp_path / "o")]
+    assert "neither a built-in dataset" in run_cli(base + ["--dataset", "nope"], capsys)
+    (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00 not utf-8 \xff")
+    assert "as UTF-8 text" in run_cli(base + ["--dataset", str(tmp_path / "bin.txt")], capsys)
+    (tmp_path / "short.txt").write_text("too short for a context of 32 characters, by far")
+    assert "fewer than the context" in run_cli(base + ["--dataset", str(tmp_path / "short.txt")], capsys)
+    assert "outside [0, 1)" in run_cli(base + ["--tolerance", "1.5"], capsys)
+    if not torch.cuda.is_available():
+        assert "no CUDA GPU" in run_cli(base + ["--device", "cuda"], capsys)
+    assert "cannot load checkpoint" in run_cli(base + ["--sample", str(tmp_path / "missing.pt")], capsys)
+    assert not os.path.exists(tmp_path / "o" / "gla" / "report.json")
+    # a corrupt teacher checkpoint, and one trained with other settings
+    bad = tmp_path / "corrupt"
+    os.makedirs(bad)
+    (bad / "teacher.pt").write_bytes(b"not a checkpoint")
+    assert "cannot load checkpoint" in run_cli(base[:-1] + [str(bad)], capsys)
+    assert "n_embd=32 but this run has n_embd=48" in run_cli(args + ["--n_embd", "48"], capsys)
+    assert not any(f.endswith(".tmp") for _, _, fs in os.walk(tmp_path) for f in fs)
+
+def test_nan_distillation_is_refused():
+    model = tiny_gpt()
+    model.requires_grad_(False)
+    students = dtr.make_students(model, gated=True)
+    with torch.no_grad():
+        students[1].fmap_q.fill_(float("nan"))
+    cfg = dtr.Config(block_size=32, distill_iters=3, distill_batch_size=2)
+    with pytest.raises(dtr.DtrError, match="diverged"):
+        dtr.distill_blocks(model, students, torch.randint(20, (500,)), cfg, "cpu", False)
