@@ -273,8 +273,8 @@ class TritonLinearAttention(torch.autograd.Function):
         if chunk_size < 16 or chunk_size & (chunk_size - 1):
             raise ValueError(f"impl='triton' wants a power-of-two chunk_size >= 16, got {chunk_size}")
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        g = log_g.contiguous() if log_g is not None else q  # q: an unused placeholder pointer
-        h0 = initial_state.contiguous() if initial_state is not None else q
+        log_g, initial_state = (x.contiguous() if x is not None else None for x in (log_g, initial_state))
+        g, h0 = (x if x is not None else q for x in (log_g, initial_state))  # q: unused placeholder
         o = q.new_empty(B, H, T, Dv, dtype=torch.float32)
         ht = q.new_empty(B, H, D, Dv, dtype=torch.float32)
         ctx.meta = dict(D=D, DV=Dv, BT=chunk_size, BK=max(16, triton.next_power_of_2(D)),
@@ -291,8 +291,7 @@ class TritonLinearAttention(torch.autograd.Function):
         B, H, T, D = q.shape
         meta = ctx.meta
         do = q.new_zeros(B, H, T, v.shape[-1], dtype=torch.float32) if do is None else do.float().contiguous()
-        g = log_g if log_g is not None else q
-        h0 = initial_state if initial_state is not None else q
+        g, h0 = (x if x is not None else q for x in (log_g, initial_state))
         dht_ = dht.float().contiguous() if dht is not None else q
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         dgq = q.new_empty(B, H, T, dtype=torch.float32)  # q_t . dq_t

@@ -81,6 +81,16 @@ def test_split_and_resume(impl):
     assert rel(torch.cat([o1, o2], dim=2), o) <= TOL and rel(S2, S) <= TOL
 
 
+@pytest.mark.parametrize("impl", IMPLS)
+def test_strided_inputs(impl):
+    """Non-contiguous views, as a model's head split (B, T, H, D) -> (B, H, T, D) makes them."""
+    inputs = make_inputs(T=50)
+    strided = [x.transpose(1, 2).contiguous().transpose(1, 2) for x in inputs[:4]]
+    strided.append(inputs[4].transpose(-1, -2).contiguous().transpose(-1, -2))
+    assert not any(x.is_contiguous() for x in strided)
+    for a, b in zip(run(impl, strided, torch.float32, True, 16), run("naive", inputs, torch.float64, True, 16)):
+        assert rel(a, b) <= TOL
+
 def test_step_matches_chunked():
     """Decoding token by token with the recurrent step equals the chunked form."""
     q, k, v, log_g, S0 = make_inputs(T=40, normalize=False)
