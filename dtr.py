@@ -63,7 +63,7 @@ class Config:
     student: str = opt("gla", "gla (gated) | hedgehog (plain): the linear-attention twin")
     distill_iters: int = opt(400, "distillation steps (all blocks train together)")
     distill_lr: float = opt(2e-3, "distillation peak learning rate")
-    distill_batch_size: int = opt(16, "sequences per distillation step")
+    distill_batch_size: int = opt(8, "sequences per distillation step")
     # greedy replacement
     val_batches: int = opt(8, "fixed validation batches used for every loss comparison")
     tolerance: float = opt(0.02, "M_opt keeps val loss <= (1 + tolerance) x the teacher's, in [0, 1)")
@@ -79,9 +79,8 @@ class Config:
 
 PRESETS = {
     # the whole pipeline in seconds: for smoke tests and for watching every phase go by
-    "tiny": dict(n_layer=4, n_head=2, n_embd=32, block_size=32, batch_size=8, max_iters=100,
-                 eval_interval=50, warmup_iters=10, distill_iters=40, distill_batch_size=8,
-                 val_batches=2, sample_tokens=50),
+    "tiny": dict(n_layer=4, n_head=2, n_embd=48, block_size=64, batch_size=8, max_iters=200,
+                 eval_interval=50, warmup_iters=10, distill_iters=50, val_batches=2, sample_tokens=60),
     # a few minutes on a laptop CPU
     "cpu": dict(),
     # nanoGPT's baby GPT
@@ -92,7 +91,7 @@ PRESETS = {
 
 # On a CPU the GPT-2 vocabulary (11,706 rows after remapping) costs more per step than the
 # whole 6-layer trunk, so BPE runs take fewer, smaller steps to stay within minutes.
-BPE_OVERRIDES = {"cpu": dict(batch_size=8, max_iters=1200, distill_batch_size=8)}
+BPE_OVERRIDES = {"cpu": dict(batch_size=8, max_iters=1200)}
 
 class DtrError(Exception):
     """A problem with the user's input: printed as one line, exit code 2, no traceback."""

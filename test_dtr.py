@@ -278,7 +278,7 @@ def test_end_to_end_report(tiny_run):
     model, ckpt = dtr.load_model(os.path.join(out, "gla", "m_opt.pt"), "cpu")
     assert model.linear_layers() == saved["m_opt"]["linear_layers"]
     train, val, meta = dtr.load_data(dtr.parse_args(args))
-    batches = dtr.fixed_batches(val, 32, 8, 2, "cpu")
+    batches = dtr.fixed_batches(val, 64, 8, 2, "cpu")
     assert dtr.val_loss(model, batches) == pytest.approx(saved["m_opt"]["val_loss"], rel=1e-5)
 
 def test_rerun_reuses_teacher_and_students(tiny_run, capsys):
@@ -314,7 +314,7 @@ def test_bad_inputs(tiny_run, data_dir, tmp_path, capsys):
     assert "neither a built-in dataset" in run_cli(base + ["--dataset", "nope"], capsys)
     (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00 not utf-8 \xff")
     assert "as UTF-8 text" in run_cli(base + ["--dataset", str(tmp_path / "bin.txt")], capsys)
-    (tmp_path / "short.txt").write_text("too short for a context of 32 characters, by far")
+    (tmp_path / "short.txt").write_text("too short for a context of 64 characters")
     assert "fewer than the context" in run_cli(base + ["--dataset", str(tmp_path / "short.txt")], capsys)
     assert "outside [0, 1)" in run_cli(base + ["--tolerance", "1.5"], capsys)
     if not torch.cuda.is_available():
@@ -326,7 +326,7 @@ def test_bad_inputs(tiny_run, data_dir, tmp_path, capsys):
     os.makedirs(bad)
     (bad / "teacher.pt").write_bytes(b"not a checkpoint")
     assert "cannot load checkpoint" in run_cli(base[:-1] + [str(bad)], capsys)
-    assert "n_embd=32 but this run has n_embd=48" in run_cli(args + ["--n_embd", "48"], capsys)
+    assert "n_embd=48 but this run has n_embd=64" in run_cli(args + ["--n_embd", "64"], capsys)
     assert not any(f.endswith(".tmp") for _, _, fs in os.walk(tmp_path) for f in fs)
 
 def test_nan_distillation_is_refused():
