@@ -620,7 +620,7 @@ def finetune(model, layers, students, train, val_b, cfg, device, bf16):
 def cache_bytes(caches):
     return sum(t.numel() * t.element_size() for c in caches for t in c.values() if torch.is_tensor(t))
 
-@torch.no_grad()
+@torch.inference_mode()
 def bench_decode(cfg, device, patterns, contexts, new_tokens=32, repeats=3):
     """Prefill N tokens, then decode new_tokens one at a time, for each layer pattern, side by
     side. Random weights of the run's model size: weights do not change speed; the position
