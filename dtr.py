@@ -6,6 +6,8 @@ Distill-then-Replace (DtR, arXiv 2601.11667) in one file.
    trained to reproduce the teacher block's output from the teacher block's input (MSE),
 3. greedy replacement (paper Algorithm 1): swap in, one at a time, the twin whose swap
    hurts validation loss least, all the way to the all-linear model; report M_best and M_opt.
+4. target tasks (paper §4): with --task lm,copy the same students are searched once per task,
+   each task keeping its own full-attention layers; every M_opt is then scored on every task.
 
     python dtr.py --dataset shakespeare_char
 """
@@ -590,23 +592,25 @@ def run_tasks(model, students, tasks, cfg, run_dir, device="cpu", bf16=False, do
     return out
 
 def tasks_markdown(report, tolerance, n_layer):
-    """The per-task tables, as markdown: printed by the run and written into the README."""
+    """The per-task tables in markdown: printed by the run, and written into the README."""
     tasks, cross = report["tasks"], report["tasks_cross_eval"]
-    names, sep = list(tasks), "|---" * (len(tasks) + 1) + "|"
-    rel = lambda loss, name: f"{loss:.4f} ({100 * (loss / tasks[name]['teacher_loss'] - 1):+.1f}%)"
-    out = [f"| layer at M_opt (tolerance {tolerance:.0%}); k = greedy round it went linear | " + " | ".join(names) + " |", sep]
+    row = lambda *cells: "| " + " | ".join(cells) + " |"
+    rule = row(*["---"] * (len(tasks) + 1))
+    vs = lambda loss, name: f"{loss:.4f} ({100 * (loss / tasks[name]['teacher_loss'] - 1):+.1f}%)"
+    out = [row(f"layer at M_opt (tolerance {tolerance:.0%}), k = greedy round it went linear", *tasks), rule]
     for i in range(n_layer):
-        ks = [next(t["k"] for t in tasks[n]["trajectory"] if t["layer"] == i) for n in names]
-        out.append(f"| L{i} | " + " | ".join(("linear" if i in tasks[n]["m_opt"]["linear_layers"] else "**full**")
-                                             + f" (k={k})" for n, k in zip(names, ks)) + " |")
-    out += ["| val loss: teacher -> M_opt | " + " | ".join(f"{tasks[n]['teacher_loss']:.4f} -> "
-                                                         + rel(tasks[n]["m_opt"]["val_loss"], n) for n in names) + " |", "",
-            "| M_opt of (row), scored on (col) | " + " | ".join(cross["cols"]) + " |", sep]
-    out += [f"| {r} | " + " | ".join(rel(l, c) for l, c in zip(row, cross["cols"])) + " |"
-            for r, row in zip(cross["rows"], cross["loss"])]
+        ks = [next(t["k"] for t in r["trajectory"] if t["layer"] == i) for r in tasks.values()]
+        out.append(row(f"L{i}", *(("linear" if i in r["m_opt"]["linear_layers"] else "**full**") + f" (k={k})"
+                                  for r, k in zip(tasks.values(), ks))))
+    out += [row("val loss: teacher -> M_opt", *(f"{r['teacher_loss']:.4f} -> {vs(r['m_opt']['val_loss'], n)}"
+                                                for n, r in tasks.items())), "",
+            row("M_opt of (row), scored on (col)", *cross["cols"]), rule]
+    out += [row(name, *map(vs, losses, cross["cols"])) for name, losses in zip(cross["rows"], cross["loss"])]
     if "copy" in tasks:
-        out += ["", f"Teacher on the copy passages: {tasks['copy']['teacher_loss']:.4f} on the second copy, "
-                    f"{tasks['copy']['teacher_plain_loss']:.4f} on the same tokens without the repeat."]
+        c = tasks["copy"]
+        out += ["", f"Teacher on the copy passages: {c['teacher_loss']:.4f} on the second copy, "
+                    f"{c['teacher_plain_loss']:.4f} on the same tokens without the repeat"
+                    + (" (it gains nothing from the repeat)." if c["teacher_loss"] >= c["teacher_plain_loss"] else ".")]
     return out
 
 def plot_tasks(tasks, tolerance, n_layer, path):
