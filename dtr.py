@@ -552,7 +552,7 @@ def text_batches(path, meta, cfg, device):
 
 def task_batches(cfg, val, val_b, meta, device):
     """{task name: fixed batches} for --task and --task_text, built (and checked) before training."""
-    names = cfg.task.split(",")
+    names = [n.strip() for n in cfg.task.split(",")]
     if any(n not in TASKS for n in names):
         raise DtrError(f"unknown --task {cfg.task!r}; use a comma-separated list of {', '.join(TASKS)}")
     tasks = {n: val_b if n == "lm" else copy_batches(val, cfg.block_size, cfg.batch_size, cfg.val_batches, device)
@@ -627,8 +627,10 @@ def plot_tasks(tasks, tolerance, n_layer, path):
     for name, r in tasks.items():
         ax1.plot([0] + [t["k"] for t in r["trajectory"]], [0] + [100 * t["rel_change"] for t in r["trajectory"]],
                  marker="o", label=name)
-    ax1.axhline(100 * tolerance, color="gray", ls="--", label=f"tolerance {tolerance:.0%}")
-    ax1.set(xlabel="k = layers replaced (greedy order)", ylabel="val loss vs the task's teacher (%)", yscale="symlog")
+    ax1.plot([0, n_layer], [100 * tolerance] * 2, color="gray", ls="--", label=f"tolerance {tolerance:.0%}")
+    ax1.set(xlabel="k = layers replaced (greedy order)", ylabel="val loss vs the task's teacher (%)")
+    if max(t["rel_change"] for r in tasks.values() for t in r["trajectory"]) > 0.5:
+        ax1.set_yscale("symlog", linthresh=5)  # a task whose loss explodes would flatten the others
     ax1.legend()
     full = [[i not in tasks[n]["m_opt"]["linear_layers"] for n in names] for i in range(n_layer)]  # (layer, task)
     ax2.imshow(full, cmap="Greys", vmin=0, vmax=1.6, aspect="auto")
