@@ -6,6 +6,8 @@ Distill-then-Replace (DtR, arXiv 2601.11667) in one file.
    trained to reproduce the teacher block's output from the teacher block's input (MSE),
 3. greedy replacement (paper Algorithm 1): swap in, one at a time, the twin whose swap
    hurts validation loss least, all the way to the all-linear model; report M_best and M_opt.
+4. target tasks (paper §4): with --task lm,copy the same students are searched once per task,
+   each task keeping its own full-attention layers; every M_opt is then scored on every task.
 
     python dtr.py --dataset shakespeare_char
 """
@@ -67,6 +69,8 @@ class Config:
     # greedy replacement
     val_batches: int = opt(8, "fixed validation batches used for every loss comparison")
     tolerance: float = opt(0.02, "M_opt keeps val loss <= (1 + tolerance) x the teacher's, in [0, 1)")
+    task: str = opt("lm", "comma-separated target tasks, one greedy search each: lm (next token) | copy (recall a repeated passage)")
+    task_text: str = opt("", "path to your own validation text: one more target task, scored as next-token loss")
     # after the run
     sample_tokens: int = opt(200, "tokens to generate from the teacher and M_opt at the end")
     sample: str = opt("", "path to a checkpoint (teacher.pt, m_opt.pt, ...): generate from it and exit")
@@ -331,7 +335,8 @@ class GPT(nn.Module):
 
     def head(self, x, targets=None):
         logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab)
-        loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+        # targets of -1 are not scored: the copy task masks the first copy of each passage
+        loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1)
         return logits, loss
 
     def forward(self, idx, targets=None, caches=None):
@@ -655,6 +660,136 @@ def bench_decode(cfg, device, patterns, contexts, new_tokens=32, repeats=3):
     return {"device": device, "machine": machine(), "n_layer": cfg.n_layer, "n_head": cfg.n_head,
             "n_embd": cfg.n_embd, "new_tokens": new_tokens, "repeats": repeats, "rows": rows}
 
+# ---- tasks (paper §4, Fig. 3) ----
+# Greedy replacement only needs fixed batches to score, so a target task is just its own
+# batches: one teacher and one set of distilled students serve every task, and each task's
+# search keeps the full-attention layers that task needs.
+
+TASKS = ("lm", "copy")
+
+def copy_batches(data, block_size, batch_size, n_batches, device):
+    """In-context recall: each row is a held-out passage of block_size // 2 tokens shown twice.
+    Only the second copy is scored (every other target is -1): from its second token on, each
+    token can be read off the first copy, which softmax attention does with induction heads and
+    a fixed-size linear-attention state can only approximate."""
+    half = block_size // 2
+    batches = []
+    for p, nxt in fixed_batches(data, half, batch_size, n_batches, device):  # passages (B, half)
+        x = torch.cat([p, p], dim=1)  # (B, 2 half)
+        y = torch.full_like(x, -1)
+        y[:, half:-1] = nxt[:, :-1]  # p[1:]; the first token of the second copy has no cue yet
+        batches.append((x, y))
+    return batches
+
+def text_batches(path, meta, cfg, device):
+    """The user's own validation text through the teacher's tokenizer, as next-token batches."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            ids = encode(f.read(), meta)
+    except (OSError, UnicodeDecodeError) as e:
+        raise DtrError(f"cannot read --task_text {path} as UTF-8 text ({e})") from None
+    except KeyError as e:  # a character (or GPT-2 token) the teacher never saw has no embedding
+        raise DtrError(f"--task_text {path} contains {e.args[0]!r}, which is not in the teacher's "
+                       f"{meta['tokenizer']} vocabulary; remove it or train on data that has it") from None
+    if len(ids) < cfg.block_size + 2:
+        raise DtrError(f"--task_text {path} has {len(ids)} tokens, fewer than the context "
+                       f"({cfg.block_size}) + 2; use a longer text")
+    return fixed_batches(torch.tensor(ids), cfg.block_size, cfg.batch_size, cfg.val_batches, device)
+
+def task_batches(cfg, val, val_b, meta, device):
+    """{task name: fixed batches} for --task and --task_text, built (and checked) before training."""
+    names = [n.strip() for n in cfg.task.split(",")]
+    if any(n not in TASKS for n in names):
+        raise DtrError(f"unknown --task {cfg.task!r}; use a comma-separated list of {', '.join(TASKS)}")
+    tasks = {n: val_b if n == "lm" else copy_batches(val, cfg.block_size, cfg.batch_size, cfg.val_batches, device)
+             for n in names}
+    if cfg.task_text:
+        tasks[os.path.basename(cfg.task_text)] = text_batches(cfg.task_text, meta, cfg, device)
+    return tasks
+
+def run_tasks(model, students, tasks, cfg, run_dir, device="cpu", bf16=False, done=None):
+    """Per task: greedy replacement on its batches (or its result from `done`, {name: (teacher_loss,
+    trajectory)}), M_best and M_opt; then every task's M_opt scored on every task. Returns the
+    report's "tasks" and "tasks_cross_eval", or nothing for the plain single-task run."""
+    if list(tasks) == ["lm"]:
+        return {}
+    t0, results = time.time(), {}
+    for name, batches in tasks.items():
+        print(f"\n---- task {name} ----")
+        teacher_loss, trajectory = (done or {}).get(name) or greedy_replace(model, students, batches, device, bf16)
+        m_best, m_opt = select_models(teacher_loss, trajectory, cfg.tolerance)
+        print_trajectory(teacher_loss, trajectory, m_best, m_opt, cfg.tolerance)
+        results[name] = {"teacher_loss": teacher_loss, "trajectory": trajectory, "m_best": m_best, "m_opt": m_opt}
+    if "copy" in tasks:  # the same passages and targets without the repeat: what the first copy is worth
+        half = tasks["copy"][0][0].size(1) // 2
+        plain = [(x[:, :half], y[:, half:]) for x, y in tasks["copy"]]  # (B, half) each
+        results["copy"]["teacher_plain_loss"] = val_loss(model, plain, device, bf16)
+    names, teacher_attn = list(tasks), [block.attn for block in model.transformer.h]
+    loss = []
+    for row in names:  # is a hybrid chosen for one task still good at the others?
+        swap_in(model, results[row]["m_opt"]["linear_layers"], students)
+        loss.append([val_loss(model, tasks[col], device, bf16) for col in names])
+        for block, attn in zip(model.transformer.h, teacher_attn):
+            block.attn = attn
+    out = {"tasks": results, "tasks_cross_eval": {"rows": names, "cols": names, "loss": loss}}
+    print("\n" + "\n".join(tasks_markdown(out, cfg.tolerance, len(teacher_attn))))
+    plot_tasks(results, cfg.tolerance, len(teacher_attn), os.path.join(run_dir, "tasks.png"))
+    print(f"tasks    {len(names)} searches and cross-evaluation in {time.time() - t0:.0f}s")
+    return out
+
+def tasks_markdown(report, tolerance, n_layer):
+    """The per-task tables in markdown: printed by the run, and written into the README."""
+    tasks, cross = report["tasks"], report["tasks_cross_eval"]
+    row = lambda *cells: "| " + " | ".join(cells) + " |"
+    rule = row(*["---"] * (len(tasks) + 1))
+    vs = lambda loss, name: f"{loss:.4f} ({100 * (loss / tasks[name]['teacher_loss'] - 1):+.1f}%)"
+    out = [row(f"layer at M_opt (tolerance {tolerance:.0%}), k = greedy round it went linear", *tasks), rule]
+    for i in range(n_layer):
+        ks = [next(t["k"] for t in r["trajectory"] if t["layer"] == i) for r in tasks.values()]
+        out.append(row(f"L{i}", *(("linear" if i in r["m_opt"]["linear_layers"] else "**full**") + f" (k={k})"
+                                  for r, k in zip(tasks.values(), ks))))
+    out += [row("val loss: teacher -> M_opt", *(f"{r['teacher_loss']:.4f} -> {vs(r['m_opt']['val_loss'], n)}"
+                                                for n, r in tasks.items())), "",
+            row("M_opt of (row), scored on (col)", *cross["cols"]), rule]
+    out += [row(name, *map(vs, losses, cross["cols"])) for name, losses in zip(cross["rows"], cross["loss"])]
+    if "copy" in tasks:
+        c = tasks["copy"]
+        out += ["", f"Teacher on the copy passages: {c['teacher_loss']:.4f} on the second copy, "
+                    f"{c['teacher_plain_loss']:.4f} on the same tokens without the repeat"
+                    + (" (it gains nothing from the repeat)." if c["teacher_loss"] >= c["teacher_plain_loss"] else ".")]
+    return out
+
+def plot_tasks(tasks, tolerance, n_layer, path):
+    """tasks.png: each task's loss vs k relative to its teacher, and which layers stay full at M_opt."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")  # write files, never open a window
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("tasks    matplotlib is not installed, so no tasks.png (pip install matplotlib)")
+        return
+    names = list(tasks)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [2, 1]})
+    for name, r in tasks.items():
+        ax1.plot([0] + [t["k"] for t in r["trajectory"]], [0] + [100 * t["rel_change"] for t in r["trajectory"]],
+                 marker="o", label=name)
+    ax1.plot([0, n_layer], [100 * tolerance] * 2, color="gray", ls="--", label=f"tolerance {tolerance:.0%}")
+    ax1.set(xlabel="k = layers replaced (greedy order)", ylabel="val loss vs the task's teacher (%)")
+    if max(t["rel_change"] for r in tasks.values() for t in r["trajectory"]) > 0.5:
+        ax1.set_yscale("symlog", linthresh=5)  # a task whose loss explodes would flatten the others
+    ax1.legend()
+    full = [[i not in tasks[n]["m_opt"]["linear_layers"] for n in names] for i in range(n_layer)]  # (layer, task)
+    ax2.imshow(full, cmap="Greys", vmin=0, vmax=1.6, aspect="auto")
+    for i, row in enumerate(full):
+        for j, f in enumerate(row):
+            ax2.text(j, i, "full" if f else "linear", ha="center", va="center", color="white" if f else "black")
+    ax2.set(xticks=range(len(names)), xticklabels=names, yticks=range(n_layer),
+            yticklabels=[f"L{i}" for i in range(n_layer)], title=f"M_opt (tolerance {tolerance:.0%})")
+    fig.tight_layout()
+    fig.savefig(path + ".tmp", format="png", dpi=110)
+    os.replace(path + ".tmp", path)
+    plt.close(fig)
+
 # ---- checkpoints, report and sampling ----
 
 MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "block_size")
@@ -745,6 +880,9 @@ def results_markdown(reports, benches, pictures):
             f = r["finetune"]
             out += [f"Finetuning {f['iters']} steps end to end: teacher {f['teacher']['before']:.4f} -> "
                     f"{f['teacher']['after']:.4f}, M_opt {f['m_opt']['before']:.4f} -> {f['m_opt']['after']:.4f}.", ""]
+        if "tasks" in r:
+            out += [f"One search per target task (`--task {c['task']}`), same teacher and students:", ""] + \
+                   tasks_markdown(r, r["tolerance"], r["n_layer"]) + [""]
     for bench in benches:
         out += [f"#### Decoding speed and cache memory ({bench['n_layer']} layers, {bench['n_embd']} wide, "
                 f"{bench['new_tokens']} new tokens, median of {bench['repeats']} runs, {bench['machine']})", "",
@@ -883,6 +1021,7 @@ def run(cfg):
         raise DtrError(f"the training split has {len(train)} tokens, fewer than the context "
                        f"({cfg.block_size}) + 2; use a longer text or a smaller --block_size")
     val_b = fixed_batches(val, cfg.block_size, cfg.batch_size, cfg.val_batches, device)
+    tasks = task_batches(cfg, val, val_b, meta, device)
     print(f"data     {meta['dataset']}: {len(train):,} train / {len(val):,} val tokens, vocab {len(meta['vocab']):,}")
 
     # 1. the teacher: reuse it, or train it
@@ -932,6 +1071,8 @@ def run(cfg):
     print_trajectory(teacher_loss, trajectory, m_best, m_opt, cfg.tolerance)
     for name, m in (("m_best", m_best), ("m_opt", m_opt)):
         save_hybrid(os.path.join(run_dir, name + ".pt"), model, students, m["linear_layers"], cfg, meta, m["val_loss"])
+    # 3b. one search per target task, sharing the teacher and the students (paper §4)
+    tasks_report = run_tasks(model, students, tasks, cfg, run_dir, device, bf16, done={"lm": (teacher_loss, trajectory)})
     extra = {}
     if cfg.baselines:  # paper Fig. 4: is greedy better than the obvious placements?
         extra["baselines"] = placement_baselines(model, students, val_b, trajectory, seed=cfg.seed, device=device, bf16=bf16)
@@ -949,6 +1090,7 @@ def run(cfg):
         "n_layer": cfg.n_layer, "teacher": {"val_loss": teacher_loss},
         "distill": {"mse": mse, "rel_mse": rel_mse}, "trajectory": trajectory, "tolerance": cfg.tolerance,
         "m_best": m_best, "m_opt": m_opt,
+        **tasks_report,
         "timings_s": {"teacher": t_teacher, "distill": t_distill, "greedy": t_greedy, "total": time.time() - t_start},
         **extra,
     }
