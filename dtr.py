@@ -936,6 +936,11 @@ def draw_pictures(reports, benches, folder="assets"):
            title="M_opt: which layers keep full attention")
     ax.set_yticklabels([f"{r['student']} ({r['dataset']})" for r in reports])
     paths.append(save_figure(fig, os.path.join(folder, "layers.png")))
+    for r in reports:
+        if "tasks" in r:
+            path = os.path.join(folder, f"tasks_{r['student']}.png")
+            plot_tasks(r["tasks"], r["tolerance"], r["n_layer"], path)
+            paths.append(path)
     return paths
 
 def save_figure(fig, path):
