@@ -127,7 +127,7 @@ def check_resumable(saved, want, path):
     for key, value in want.items():
         if saved.get(key) != value:
             raise DtrError(f"{path} was written with {key}={saved.get(key)} but this run has {key}={value}; "
-                           f"rerun with --{key} {saved.get(key)}, or delete it to start this phase over")
+                           f"rerun with the settings it was written with, or delete it to start this phase over")
 
 def choose_device(name):
     """The one place device and dtype are chosen: cuda -> mps -> cpu, bf16 autocast on CUDA."""
