@@ -8,6 +8,7 @@ Distill-then-Replace (DtR, arXiv 2601.11667) in one file.
    hurts validation loss least, all the way to the all-linear model; report M_best and M_opt.
 
     python dtr.py --dataset shakespeare_char
+    torchrun --standalone --nproc_per_node=2 dtr.py --dataset shakespeare_char   # same result, 2 processes
 """
 import argparse
 import copy
@@ -116,8 +117,7 @@ def atomic_save(obj, path):
         raise
 
 def discard(path):
-    """A phase finished and saved its result: remove its resumable checkpoint, and any temp file
-    that a killed write of it left behind."""
+    """A finished phase's resumable checkpoint goes, with any temp file a killed write of it left."""
     for p in (path, path + ".tmp"):
         if rank() == 0 and os.path.exists(p):
             os.remove(p)
@@ -475,10 +475,9 @@ def distill_blocks(model, students, train, cfg, device, bf16, ckpt_path=None, ke
     """Train every student at once. Each student sees the teacher's own hidden state entering its
     block and must reproduce the teacher block's output; the block's LayerNorms and MLP stay
     frozen, so only the student's attention parameters learn. Blocks are independent: the sum of
-    per-block losses gives each student exactly its own block's gradient, and each student has its
-    own optimizer and gradient clipping, so under torchrun the blocks can be split over processes
-    (every process runs the whole teacher on the same batches) without changing any student.
-    ckpt_path: resume from it if it exists (it must carry `key`), rewrite it every save_interval."""
+    per-block losses gives each student exactly its own block's gradient. With its own optimizer
+    and clipping too, a student is the same however torchrun splits the blocks over processes.
+    ckpt_path: resume from it if it exists (it must carry `key`); rewritten every save_interval."""
     model.eval().requires_grad_(False)
     blocks = model.transformer.h
     if world() > len(blocks):
