@@ -6,6 +6,8 @@ Distill-then-Replace (DtR, arXiv 2601.11667) in one file.
    trained to reproduce the teacher block's output from the teacher block's input (MSE),
 3. greedy replacement (paper Algorithm 1): swap in, one at a time, the twin whose swap
    hurts validation loss least, all the way to the all-linear model; report M_best and M_opt.
+4. target tasks (paper §4): with --task lm,copy the same students are searched once per task,
+   each task keeping its own full-attention layers; every M_opt is then scored on every task.
 
     python dtr.py --dataset shakespeare_char
     torchrun --standalone --nproc_per_node=2 dtr.py --dataset shakespeare_char   # same result, 2 processes
@@ -30,7 +32,7 @@ import torch.nn as nn
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from kernel import linear_attention
+from kernel import linear_attention, linear_attention_step
 
 # ---- config ----
 
@@ -68,20 +70,26 @@ class Config:
     student: str = opt("gla", "gla (gated) | hedgehog (plain): the linear-attention twin")
     distill_iters: int = opt(400, "distillation steps (all blocks train together)")
     distill_lr: float = opt(2e-3, "distillation peak learning rate")
-    distill_batch_size: int = opt(16, "sequences per distillation step")
+    distill_batch_size: int = opt(8, "sequences per distillation step")
     # greedy replacement
     val_batches: int = opt(8, "fixed validation batches used for every loss comparison")
     tolerance: float = opt(0.02, "M_opt keeps val loss <= (1 + tolerance) x the teacher's, in [0, 1)")
+    task: str = opt("lm", "comma-separated target tasks, one greedy search each: lm (next token) | copy (recall a repeated passage)")
+    task_text: str = opt("", "path to your own validation text: one more target task, scored as next-token loss")
     # after the run
     sample_tokens: int = opt(200, "tokens to generate from the teacher and M_opt at the end")
     sample: str = opt("", "path to a checkpoint (teacher.pt, m_opt.pt, ...): generate from it and exit")
-    readme: str = opt("", "comma-separated report.json paths: regenerate README.md's results from them and exit")
+    readme: str = opt("", "comma-separated report.json paths: regenerate README.md's results and pictures, exit")
+    # evaluation (paper Fig. 2, 4 and §4.2)
+    baselines: bool = opt(False, "also score uniform, one-shot importance and random placements at every k")
+    finetune_iters: int = opt(0, "after replacement, finetune M_opt and (for fairness) the teacher this many steps")
+    bench_decode: str = opt("", "comma-separated contexts, e.g. 512,2048,8192: time prefill and decoding "
+                                "of teacher / M_opt / all-linear (needs this run's report.json), write decode_bench.json, exit")
 
 PRESETS = {
     # the whole pipeline in seconds: for smoke tests and for watching every phase go by
-    "tiny": dict(n_layer=4, n_head=2, n_embd=32, block_size=32, batch_size=8, max_iters=100,
-                 eval_interval=50, save_interval=10, warmup_iters=10, distill_iters=40, distill_batch_size=8,
-                 val_batches=2, sample_tokens=50),
+    "tiny": dict(n_layer=4, n_head=2, n_embd=48, block_size=64, batch_size=8, max_iters=200, eval_interval=50,
+                 save_interval=10, warmup_iters=10, distill_iters=50, val_batches=2, sample_tokens=60),
     # a few minutes on a laptop CPU
     "cpu": dict(),
     # nanoGPT's baby GPT
@@ -92,7 +100,7 @@ PRESETS = {
 
 # On a CPU the GPT-2 vocabulary (11,706 rows after remapping) costs more per step than the
 # whole 6-layer trunk, so BPE runs take fewer, smaller steps to stay within minutes.
-BPE_OVERRIDES = {"cpu": dict(batch_size=8, max_iters=1200, distill_batch_size=8)}
+BPE_OVERRIDES = {"cpu": dict(batch_size=8, max_iters=1200)}
 
 class DtrError(Exception):
     """A problem with the user's input: printed as one line, exit code 2, no traceback."""
@@ -304,12 +312,25 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
         self.dropout = config.dropout
 
-    def forward(self, x):
+    def new_cache(self, batch_size, max_len):
+        """KV cache for generation: keys and values of every token seen, so it grows with context."""
+        hs = self.c_attn.in_features // self.n_head
+        kv = self.c_proj.weight.new_zeros(batch_size, self.n_head, max_len, hs)
+        return {"k": kv, "v": kv.clone(), "n": 0}
+
+    def forward(self, x, cache=None):
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        if cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                               dropout_p=self.dropout if self.training else 0.0)
+        else:  # append to the cache, then attend over everything seen so far
+            n = cache["n"]
+            cache["k"][:, :, n:n + T], cache["v"][:, :, n:n + T] = k, v
+            cache["n"] = n + T
+            mask = torch.ones(T, n + T, dtype=torch.bool, device=x.device).tril(diagonal=n)  # query i sees keys <= n + i
+            y = F.scaled_dot_product_attention(q, cache["k"][:, :, :n + T], cache["v"][:, :, :n + T], attn_mask=mask)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return F.dropout(self.c_proj(y), self.dropout, self.training)
 
@@ -333,10 +354,10 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd)
         self.mlp = MLP(config)
 
-    def forward(self, x, attn=None):
+    def forward(self, x, attn=None, cache=None):
         # attn: run this block with another attention module in place of its own; distillation
         # uses it to train a student inside the teacher's frozen LayerNorms and MLP
-        x = x + (attn or self.attn)(self.ln_1(x))
+        x = x + (attn or self.attn)(self.ln_1(x), cache)
         return x + self.mlp(self.ln_2(x))
 
 class GPT(nn.Module):
@@ -364,36 +385,57 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             torch.nn.init.zeros_(module.bias)
 
-    def embed(self, idx):
+    def embed(self, idx, start=0):
         T = idx.size(1)
-        if T > self.config.block_size:
-            raise DtrError(f"sequence of {T} tokens is longer than the context {self.config.block_size}")
-        pos = torch.arange(T, device=idx.device)
+        if start + T > self.config.block_size:
+            raise DtrError(f"position {start + T} is past the context of {self.config.block_size} tokens")
+        pos = torch.arange(start, start + T, device=idx.device)
         return self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
 
     def head(self, x, targets=None):
         logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab)
-        loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+        # targets of -1 are not scored: the copy task masks the first copy of each passage
+        loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1)
         return logits, loss
 
-    def forward(self, idx, targets=None):
-        x = self.embed(idx)
-        for block in self.transformer.h:
-            x = block(x)
+    def forward(self, idx, targets=None, caches=None):
+        """caches: None, or new_caches()'s list, carried from call to call while generating:
+        the first call prefills the prompt, each later call feeds only the newest tokens."""
+        x = self.embed(idx, caches[0]["pos"] if caches else 0)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, cache=caches[i] if caches else None)
+        if caches:
+            caches[0]["pos"] += idx.size(1)
         return self.head(x, targets)
+
+    def new_caches(self, batch_size, max_len):
+        """One cache per layer, of that layer's kind: a KV cache for full attention, the fixed-size
+        state for linear attention. caches[0]["pos"] counts the tokens fed so far."""
+        caches = [block.attn.new_cache(batch_size, max_len) for block in self.transformer.h]
+        caches[0]["pos"] = 0
+        return caches
 
     def linear_layers(self):
         return [i for i, b in enumerate(self.transformer.h) if isinstance(b.attn, LinearAttention)]
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=0.8, top_k=40, generator=None):
+        """Sample with per-layer caches: one prefill, then one token per call. When the context
+        is full, start over from the last half of it (a sliding window, refreshed in jumps)."""
+        window = self.config.block_size
+        caches, logits = None, None
         for _ in range(max_new_tokens):
-            logits, _ = self(idx[:, -self.config.block_size:])
+            if caches is None or caches[0]["pos"] == window:
+                context = idx[:, -(window // 2 if caches else window):]
+                caches = self.new_caches(idx.size(0), window)
+                logits, _ = self(context, caches=caches)
             logits = logits[:, -1, :].float() / temperature
             v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
             logits[logits < v[:, [-1]]] = -float("inf")
             idx_next = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
             idx = torch.cat((idx, idx_next), dim=1)
+            if caches[0]["pos"] < window:
+                logits, _ = self(idx_next, caches=caches)
         return idx
 
 # ---- model: the linear-attention students ----
@@ -421,10 +463,15 @@ class LinearAttention(nn.Module):
             nn.init.constant_(self.gate.bias, 4.0)  # g ~ 0.999: long memory, close to the plain variant
 
     def feature_map(self, x, w):
-        x = torch.einsum("bhtd,hde->bhte", x, w)
+        x = x @ w  # (B, nh, T, hs) @ (nh, hs, hs): each head its own map
         return torch.cat([x, -x], dim=-1).softmax(dim=-1)  # (B, nh, T, 2 hs), non-negative
 
-    def forward(self, x):
+    def new_cache(self, batch_size, max_len):
+        """The recurrent state (with the normaliser as its last column): fixed size, whatever the context."""
+        hs = self.c_attn.in_features // self.n_head
+        return {"state": torch.zeros(batch_size, self.n_head, 2 * hs, hs + 1, device=self.c_proj.weight.device)}
+
+    def forward(self, x, cache=None):
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
@@ -432,7 +479,14 @@ class LinearAttention(nn.Module):
         log_g = None
         if self.gate is not None:
             log_g = (F.logsigmoid(self.gate(x).float()) / 16).transpose(1, 2)  # (B, nh, T)
-        y = linear_attention(q, k, v, log_g, normalize=True)  # (B, nh, T, hs)
+        if cache is None:
+            y = linear_attention(q, k, v, log_g)  # (B, nh, T, hs)
+        elif T == 1:  # decoding: the recurrent step, constant work per token
+            y, cache["state"] = linear_attention_step(q[:, :, 0], k[:, :, 0], v[:, :, 0],
+                                                      None if log_g is None else log_g[..., 0], cache["state"])
+            y = y[:, :, None].to(q.dtype)
+        else:  # prefill: the chunked form, starting from and handing back the state
+            y, cache["state"] = linear_attention(q, k, v, log_g, initial_state=cache["state"], output_final_state=True)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.c_proj(y)
 
@@ -552,9 +606,10 @@ def val_loss(model, batches, device="cpu", bf16=False):
 def greedy_replace(model, students, batches, device="cpu", bf16=False, ckpt_path=None, key=None):
     """Algorithm 1: starting from the teacher, each round tries every still-full layer swapped
     for its student and commits the swap with the lowest validation loss, until every layer is
-    linear. Returns the trajectory [{"k", "layer", "val_loss", "rel_change"}, ...] and leaves
-    `model` as the teacher it was given. ckpt_path: a JSON file of the rounds done so far (it must
-    carry `key`): the search continues after them and rewrites it after every round."""
+    linear. Returns the teacher's loss and the trajectory [{"k", "layer", "val_loss", "rel_change",
+    "candidates"}, ...] (candidates: every layer's loss that round, None where already linear),
+    and leaves `model` as the teacher it was given. ckpt_path: a JSON file of the rounds done so far
+    (it must carry `key`): the search continues after them and rewrites it after every round."""
     model.eval()
     blocks = model.transformer.h
     teacher_attn = [block.attn for block in blocks]
@@ -588,7 +643,8 @@ def greedy_replace(model, students, batches, device="cpu", bf16=False, ckpt_path
         linear.append(best)
         swap_in(model, [best], students)
         trajectory.append({"k": k, "layer": best, "val_loss": losses[best],
-                           "rel_change": losses[best] / teacher_loss - 1})
+                           "rel_change": losses[best] / teacher_loss - 1,
+                           "candidates": [losses.get(i) for i in range(len(blocks))]})  # None: already linear
         print(f"greedy   round {k}/{len(blocks)} | " +
               " ".join(f"L{i} {l:.4f}" for i, l in losses.items()) +
               f" | replace L{best} -> {losses[best]:.4f} ({100 * trajectory[-1]['rel_change']:+.2f}%)")
@@ -607,6 +663,231 @@ def select_models(teacher_loss, trajectory, tolerance):
     k_opt = max(k for k, loss in points if loss <= (1 + tolerance) * teacher_loss)
     pick = lambda k: {"linear_layers": sorted(order[:k]), "val_loss": points[k][1]}
     return pick(k_best), pick(k_opt)
+
+# ---- evaluation: placement baselines (paper Fig. 4) and decoding speed (Fig. 2, Table 2) ----
+
+@torch.no_grad()
+def placement_baselines(model, students, batches, trajectory, n_random=5, seed=0, device="cpu", bf16=False):
+    """Val loss at every k = 1..L for the obvious alternatives to greedy, with the same students
+    on the same batches: k evenly spaced layers; one-shot importance (replace in the order of
+    each layer's loss when swapped alone, i.e. greedy's first round); random orders."""
+    L = len(students)
+    uniform = [sorted({int((i + 0.5) * L / k) for i in range(k)}) for k in range(1, L + 1)]
+    importance = sorted(range(L), key=lambda i: trajectory[0]["candidates"][i])  # greedy's first round
+    gen = torch.Generator().manual_seed(seed)
+    orders = [torch.randperm(L, generator=gen).tolist() for _ in range(n_random)]
+
+    def loss_of(layers):
+        swap_in(model, layers, students)
+        loss = val_loss(model, batches, device, bf16)
+        for i in layers:
+            model.transformer.h[i].attn = model.teacher_attn[i]
+        return loss
+
+    random_losses = torch.tensor([[loss_of(order[:k]) for k in range(1, L + 1)] for order in orders])
+    return {"greedy": [t["val_loss"] for t in trajectory],
+            "uniform": [loss_of(layers) for layers in uniform],
+            "importance": [loss_of(importance[:k]) for k in range(1, L + 1)],
+            "random_mean": random_losses.mean(0).tolist(),
+            "random_std": random_losses.std(0).tolist(),
+            "uniform_layers": uniform, "importance_order": importance, "random_orders": orders}
+
+def print_baselines(b):
+    """Each curve's mean val loss over k (the area under it, per layer), and where greedy loses."""
+    L = len(b["greedy"])
+    for name in ("greedy", "uniform", "importance", "random_mean"):
+        print(f"baseline {name:11s} " + " ".join(f"{x:.4f}" for x in b[name]) + f" | area {sum(b[name]) / L:.4f}")
+    worse = [k + 1 for k in range(L) if any(b["greedy"][k] > b[n][k] + 1e-9 for n in ("uniform", "importance", "random_mean"))]
+    print("baseline greedy is at or below every baseline at every k" if not worse else
+          f"baseline greedy is above some baseline at k = {worse}")
+
+def finetune(model, layers, students, train, val_b, cfg, device, bf16):
+    """Train a copy of the model with `layers` linear, end to end (all parameters), at a small
+    learning rate; val loss before and after. The run's own model is left untouched."""
+    swap_in(model, layers, students)
+    tuned = copy.deepcopy(model).train().requires_grad_(True)
+    for i in layers:
+        model.transformer.h[i].attn = model.teacher_attn[i]
+    before = val_loss(tuned.eval(), val_b, device, bf16)
+    optimizer = torch.optim.AdamW(tuned.parameters(), lr=cfg.min_lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(cfg.seed + 2)  # the same batches for teacher and hybrid
+    for _ in range(cfg.finetune_iters):
+        x, y = get_batch(train, cfg.block_size, cfg.batch_size, device, gen)
+        with autocast(device, bf16):
+            _, loss = tuned.train()(x, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(tuned.parameters(), cfg.grad_clip)
+        optimizer.step()
+    return {"before": before, "after": val_loss(tuned.eval(), val_b, device, bf16)}
+
+def cache_bytes(caches):
+    return sum(t.numel() * t.element_size() for c in caches for t in c.values() if torch.is_tensor(t))
+
+@torch.inference_mode()
+def bench_decode(cfg, device, patterns, contexts, new_tokens=32, repeats=3):
+    """Prefill N tokens, then decode new_tokens one at a time, for each layer pattern, side by
+    side. Random weights of the run's model size: weights do not change speed; the position
+    table is stretched to the longest context just for timing."""
+    torch.manual_seed(cfg.seed)
+    model = GPT(GPTConfig(block_size=max(contexts) + new_tokens, vocab_size=65, n_layer=cfg.n_layer,
+                          n_head=cfg.n_head, n_embd=cfg.n_embd)).to(device).eval()
+    students = [s.to(device) for s in make_students(model, cfg.student == "gla")]
+    teacher_attn = [block.attn for block in model.transformer.h]
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    rows = []
+    for N in contexts:
+        idx = torch.randint(65, (1, N + new_tokens), device=device)
+        for name, layers in patterns.items():
+            swap_in(model, layers, students)
+            prefill, decode = [], []
+            for _ in range(repeats):
+                caches = model.new_caches(1, N + new_tokens)
+                sync(); t0 = time.perf_counter()
+                model(idx[:, :N], caches=caches)
+                sync(); prefill.append(time.perf_counter() - t0)
+                for t in range(N, N + new_tokens):
+                    t0 = time.perf_counter()
+                    model(idx[:, t:t + 1], caches=caches)
+                    sync(); decode.append(time.perf_counter() - t0)
+            rows.append({"model": name, "context": N, "prefill_s": sorted(prefill)[len(prefill) // 2],
+                         "decode_tok_s": 1 / sorted(decode)[len(decode) // 2], "cache_bytes": cache_bytes(caches)})
+            print(f"decode   {name:10s} context {N:6d} | prefill {rows[-1]['prefill_s']:7.3f} s | "
+                  f"decode {rows[-1]['decode_tok_s']:7.1f} tok/s | cache {rows[-1]['cache_bytes'] / 2**20:8.2f} MiB")
+            for block, attn in zip(model.transformer.h, teacher_attn):
+                block.attn = attn
+    return {"device": device, "machine": machine(), "n_layer": cfg.n_layer, "n_head": cfg.n_head,
+            "n_embd": cfg.n_embd, "new_tokens": new_tokens, "repeats": repeats, "rows": rows}
+
+# ---- tasks (paper §4, Fig. 3) ----
+# Greedy replacement only needs fixed batches to score, so a target task is just its own
+# batches: one teacher and one set of distilled students serve every task, and each task's
+# search keeps the full-attention layers that task needs.
+
+TASKS = ("lm", "copy")
+
+def copy_batches(data, block_size, batch_size, n_batches, device):
+    """In-context recall: each row is a held-out passage of block_size // 2 tokens shown twice.
+    Only the second copy is scored (every other target is -1): from its second token on, each
+    token can be read off the first copy, which softmax attention does with induction heads and
+    a fixed-size linear-attention state can only approximate."""
+    half = block_size // 2
+    batches = []
+    for p, nxt in fixed_batches(data, half, batch_size, n_batches, device):  # passages (B, half)
+        x = torch.cat([p, p], dim=1)  # (B, 2 half)
+        y = torch.full_like(x, -1)
+        y[:, half:-1] = nxt[:, :-1]  # p[1:]; the first token of the second copy has no cue yet
+        batches.append((x, y))
+    return batches
+
+def text_batches(path, meta, cfg, device):
+    """The user's own validation text through the teacher's tokenizer, as next-token batches."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            ids = encode(f.read(), meta)
+    except (OSError, UnicodeDecodeError) as e:
+        raise DtrError(f"cannot read --task_text {path} as UTF-8 text ({e})") from None
+    except KeyError as e:  # a character (or GPT-2 token) the teacher never saw has no embedding
+        raise DtrError(f"--task_text {path} contains {e.args[0]!r}, which is not in the teacher's "
+                       f"{meta['tokenizer']} vocabulary; remove it or train on data that has it") from None
+    if len(ids) < cfg.block_size + 2:
+        raise DtrError(f"--task_text {path} has {len(ids)} tokens, fewer than the context "
+                       f"({cfg.block_size}) + 2; use a longer text")
+    return fixed_batches(torch.tensor(ids), cfg.block_size, cfg.batch_size, cfg.val_batches, device)
+
+def task_batches(cfg, val, val_b, meta, device):
+    """{task name: fixed batches} for --task and --task_text, built (and checked) before training."""
+    names = [n.strip() for n in cfg.task.split(",")]
+    if any(n not in TASKS for n in names):
+        raise DtrError(f"unknown --task {cfg.task!r}; use a comma-separated list of {', '.join(TASKS)}")
+    tasks = {n: val_b if n == "lm" else copy_batches(val, cfg.block_size, cfg.batch_size, cfg.val_batches, device)
+             for n in names}
+    if cfg.task_text:
+        tasks[os.path.basename(cfg.task_text)] = text_batches(cfg.task_text, meta, cfg, device)
+    return tasks
+
+def run_tasks(model, students, tasks, cfg, run_dir, device="cpu", bf16=False, done=None):
+    """Per task: greedy replacement on its batches (or its result from `done`, {name: (teacher_loss,
+    trajectory)}), M_best and M_opt; then every task's M_opt scored on every task. Returns the
+    report's "tasks" and "tasks_cross_eval", or nothing for the plain single-task run."""
+    if list(tasks) == ["lm"]:
+        return {}
+    t0, results = time.time(), {}
+    for name, batches in tasks.items():
+        print(f"\n---- task {name} ----")
+        teacher_loss, trajectory = (done or {}).get(name) or greedy_replace(model, students, batches, device, bf16)
+        m_best, m_opt = select_models(teacher_loss, trajectory, cfg.tolerance)
+        print_trajectory(teacher_loss, trajectory, m_best, m_opt, cfg.tolerance)
+        results[name] = {"teacher_loss": teacher_loss, "trajectory": trajectory, "m_best": m_best, "m_opt": m_opt}
+    if "copy" in tasks:  # the same passages and targets without the repeat: what the first copy is worth
+        half = tasks["copy"][0][0].size(1) // 2
+        plain = [(x[:, :half], y[:, half:]) for x, y in tasks["copy"]]  # (B, half) each
+        results["copy"]["teacher_plain_loss"] = val_loss(model, plain, device, bf16)
+    names, teacher_attn = list(tasks), [block.attn for block in model.transformer.h]
+    loss = []
+    for row in names:  # is a hybrid chosen for one task still good at the others?
+        swap_in(model, results[row]["m_opt"]["linear_layers"], students)
+        loss.append([val_loss(model, tasks[col], device, bf16) for col in names])
+        for block, attn in zip(model.transformer.h, teacher_attn):
+            block.attn = attn
+    out = {"tasks": results, "tasks_cross_eval": {"rows": names, "cols": names, "loss": loss}}
+    print("\n" + "\n".join(tasks_markdown(out, cfg.tolerance, len(teacher_attn))))
+    plot_tasks(results, cfg.tolerance, len(teacher_attn), os.path.join(run_dir, "tasks.png"))
+    print(f"tasks    {len(names)} searches and cross-evaluation in {time.time() - t0:.0f}s")
+    return out
+
+def tasks_markdown(report, tolerance, n_layer):
+    """The per-task tables in markdown: printed by the run, and written into the README."""
+    tasks, cross = report["tasks"], report["tasks_cross_eval"]
+    row = lambda *cells: "| " + " | ".join(cells) + " |"
+    rule = row(*["---"] * (len(tasks) + 1))
+    vs = lambda loss, name: f"{loss:.4f} ({100 * (loss / tasks[name]['teacher_loss'] - 1):+.1f}%)"
+    out = [row(f"layer at M_opt (tolerance {tolerance:.0%}), k = greedy round it went linear", *tasks), rule]
+    for i in range(n_layer):
+        ks = [next(t["k"] for t in r["trajectory"] if t["layer"] == i) for r in tasks.values()]
+        out.append(row(f"L{i}", *(("linear" if i in r["m_opt"]["linear_layers"] else "**full**") + f" (k={k})"
+                                  for r, k in zip(tasks.values(), ks))))
+    out += [row("val loss: teacher -> M_opt", *(f"{r['teacher_loss']:.4f} -> {vs(r['m_opt']['val_loss'], n)}"
+                                                for n, r in tasks.items())), "",
+            row("M_opt of (row), scored on (col)", *cross["cols"]), rule]
+    out += [row(name, *map(vs, losses, cross["cols"])) for name, losses in zip(cross["rows"], cross["loss"])]
+    if "copy" in tasks:
+        c = tasks["copy"]
+        out += ["", f"Teacher on the copy passages: {c['teacher_loss']:.4f} on the second copy, "
+                    f"{c['teacher_plain_loss']:.4f} on the same tokens without the repeat"
+                    + (" (it gains nothing from the repeat)." if c["teacher_loss"] >= c["teacher_plain_loss"] else ".")]
+    return out
+
+def plot_tasks(tasks, tolerance, n_layer, path):
+    """tasks.png: each task's loss vs k relative to its teacher, and which layers stay full at M_opt."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")  # write files, never open a window
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("tasks    matplotlib is not installed, so no tasks.png (pip install matplotlib)")
+        return
+    names = list(tasks)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [2, 1]})
+    for name, r in tasks.items():
+        ax1.plot([0] + [t["k"] for t in r["trajectory"]], [0] + [100 * t["rel_change"] for t in r["trajectory"]],
+                 marker="o", label=name)
+    ax1.plot([0, n_layer], [100 * tolerance] * 2, color="gray", ls="--", label=f"tolerance {tolerance:.0%}")
+    ax1.set(xlabel="k = layers replaced (greedy order)", ylabel="val loss vs the task's teacher (%)")
+    if max(t["rel_change"] for r in tasks.values() for t in r["trajectory"]) > 0.5:
+        ax1.set_yscale("symlog", linthresh=5)  # a task whose loss explodes would flatten the others
+    ax1.legend()
+    full = [[i not in tasks[n]["m_opt"]["linear_layers"] for n in names] for i in range(n_layer)]  # (layer, task)
+    ax2.imshow(full, cmap="Greys", vmin=0, vmax=1.6, aspect="auto")
+    for i, row in enumerate(full):
+        for j, f in enumerate(row):
+            ax2.text(j, i, "full" if f else "linear", ha="center", va="center", color="white" if f else "black")
+    ax2.set(xticks=range(len(names)), xticklabels=names, yticks=range(n_layer),
+            yticklabels=[f"L{i}" for i in range(n_layer)], title=f"M_opt (tolerance {tolerance:.0%})")
+    fig.tight_layout()
+    fig.savefig(path + ".tmp", format="png", dpi=110)
+    os.replace(path + ".tmp", path)
+    plt.close(fig)
 
 # ---- checkpoints, report and sampling ----
 
@@ -669,7 +950,7 @@ def machine():
         cpu = names[0] if names else cpu
     return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
-def results_markdown(reports):
+def results_markdown(reports, benches, pictures):
     """The README's results section, generated from report.json files (never typed by hand)."""
     out = []
     for r in reports:
@@ -686,23 +967,102 @@ def results_markdown(reports):
                        f"full attention kept in {full or 'none'}, val loss {m['val_loss']:.4f}.")
         out += ["", "Distillation, relative MSE per layer: " +
                 ", ".join(f"L{i} {x:.3f}" for i, x in enumerate(r["distill"]["rel_mse"])), ""]
+        if "baselines" in r:
+            b, L = r["baselines"], r["n_layer"]
+            out += ["Placement baselines, val loss at k linear layers (mean over k in the last column):", "",
+                    "| placement | " + " | ".join(f"k={k}" for k in range(1, L + 1)) + " | mean |",
+                    "|---" * (L + 2) + "|"]
+            for name in ("greedy", "uniform", "importance", "random_mean"):
+                out.append(f"| {name} | " + " | ".join(f"{x:.4f}" for x in b[name]) + f" | {sum(b[name]) / L:.4f} |")
+            out.append("")
+        if "finetune" in r:
+            f = r["finetune"]
+            out += [f"Finetuning {f['iters']} steps end to end: teacher {f['teacher']['before']:.4f} -> "
+                    f"{f['teacher']['after']:.4f}, M_opt {f['m_opt']['before']:.4f} -> {f['m_opt']['after']:.4f}.", ""]
+        if "tasks" in r:
+            out += [f"One search per target task (`--task {c['task']}`), same teacher and students:", ""] + \
+                   tasks_markdown(r, r["tolerance"], r["n_layer"]) + [""]
+    for bench in benches:
+        out += [f"#### Decoding speed and cache memory ({bench['n_layer']} layers, {bench['n_embd']} wide, "
+                f"{bench['new_tokens']} new tokens, median of {bench['repeats']} runs, {bench['machine']})", "",
+                "| context | model | prefill s | decode tok/s | cache MiB |", "|---|---|---|---|---|"]
+        out += [f"| {w['context']} | {w['model']} | {w['prefill_s']:.3f} | {w['decode_tok_s']:.1f} | "
+                f"{w['cache_bytes'] / 2**20:.2f} |" for w in bench["rows"]]
+        out.append("")
+    out += [f"![{os.path.splitext(os.path.basename(p))[0]}]({p})" for p in pictures]
     return "\n".join(out)
 
+def draw_pictures(reports, benches, folder="assets"):
+    """PNG pictures for the README: loss vs k per placement, decoding vs context, layer patterns."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    with_baselines = [r for r in reports if "baselines" in r]
+    if with_baselines:
+        fig, axes = plt.subplots(1, len(with_baselines), figsize=(5 * len(with_baselines), 3.6), squeeze=False)
+        for ax, r in zip(axes[0], with_baselines):
+            b, ks = r["baselines"], range(1, r["n_layer"] + 1)
+            for name in ("greedy", "uniform", "importance"):
+                ax.plot(ks, b[name], marker="o", label=name)
+            mean, std = torch.tensor(b["random_mean"]), torch.tensor(b["random_std"])
+            ax.errorbar(ks, mean, yerr=std, marker="o", capsize=3, label="random (mean, std)")
+            ax.axhline(r["teacher"]["val_loss"], color="gray", ls="--", label="teacher")
+            ax.set(title=f"{r['student']} on {r['dataset']}", xlabel="linear layers k", ylabel="val loss", xticks=ks)
+            ax.legend(fontsize=8)
+        paths.append(save_figure(fig, os.path.join(folder, "baselines.png")))
+    if benches:
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+        for name in ("teacher", "m_opt", "all_linear"):
+            rows = [w for w in benches[0]["rows"] if w["model"] == name]
+            ax1.plot([w["context"] for w in rows], [w["decode_tok_s"] for w in rows], marker="o", label=name)
+            ax2.plot([w["context"] for w in rows], [w["cache_bytes"] / 2**20 for w in rows], marker="o", label=name)
+        ax1.set(xscale="log", xlabel="context (tokens)", ylabel="decode tokens/s", title="decoding speed")
+        ax2.set(xscale="log", yscale="log", xlabel="context (tokens)", ylabel="cache MiB", title="cache memory")
+        ax1.legend(fontsize=8)
+        paths.append(save_figure(fig, os.path.join(folder, "decode.png")))
+    L = max(r["n_layer"] for r in reports)
+    fig, ax = plt.subplots(figsize=(3 + 0.6 * L, 1 + 0.5 * len(reports)))
+    grid = [[float("nan") if i >= r["n_layer"] else 0.0 if i in r["m_opt"]["linear_layers"] else 1.0
+             for i in range(L)] for r in reports]
+    ax.imshow(grid, cmap="Blues", vmin=-0.5, vmax=1.5, aspect="auto")
+    for row, cells in enumerate(grid):
+        for i, full in enumerate(cells):
+            if full == full:  # not nan
+                ax.text(i, row, "full" if full else "linear", ha="center", va="center", fontsize=8)
+    ax.set(xticks=range(L), yticks=range(len(reports)), xlabel="layer",
+           title="M_opt: which layers keep full attention")
+    ax.set_yticklabels([f"{r['student']} ({r['dataset']})" for r in reports])
+    paths.append(save_figure(fig, os.path.join(folder, "layers.png")))
+    return paths
+
+def save_figure(fig, path):
+    fig.tight_layout()
+    fig.savefig(path + ".tmp.png", dpi=110)
+    os.replace(path + ".tmp.png", path)
+    return path
+
 def update_readme(report_paths, readme="README.md"):
-    reports = []
+    reports, benches = [], []
     for p in report_paths:
         with open(p) as f:
             reports.append(json.load(f))
+        bench = os.path.join(os.path.dirname(p), "decode_bench.json")
+        if os.path.exists(bench):
+            with open(bench) as f:
+                benches.append(json.load(f))
     text = open(readme).read()
     start, end = "<!-- results:start -->", "<!-- results:end -->"
     if start not in text or end not in text:
         raise DtrError(f"{readme} has no {start} ... {end} markers to fill")
+    pictures = draw_pictures(reports, benches, os.path.join(os.path.dirname(readme), "assets"))
     head, rest = text.split(start)
-    new = head + start + "\n" + results_markdown(reports) + "\n" + end + rest.split(end)[1]
+    new = head + start + "\n" + results_markdown(reports, benches, pictures) + "\n" + end + rest.split(end)[1]
     with open(readme + ".tmp", "w") as f:
         f.write(new)
     os.replace(readme + ".tmp", readme)
-    print(f"rewrote the results section of {readme} from {len(reports)} report(s)")
+    print(f"rewrote the results section of {readme} from {len(reports)} report(s), pictures in {pictures}")
 
 # ---- main ----
 
@@ -710,7 +1070,10 @@ def parse_args(argv=None):
     """Config from the command line: defaults <- preset <- the flags the user gave."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in dataclasses.fields(Config):
-        parser.add_argument(f"--{f.name}", type=type(f.default), default=None, help=f.metadata["help"])
+        if isinstance(f.default, bool):
+            parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=None, help=f.metadata["help"])
+        else:
+            parser.add_argument(f"--{f.name}", type=type(f.default), default=None, help=f.metadata["help"])
     args = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
     preset = args.get("preset") or ("gpu" if args.get("device", "auto") in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
     if preset not in PRESETS:
@@ -728,6 +1091,21 @@ def run(cfg):
     torch.manual_seed(cfg.seed)
     if cfg.readme:
         return update_readme(cfg.readme.split(","))
+    if cfg.bench_decode:
+        report_path = os.path.join(cfg.out_dir, cfg.student, "report.json")
+        if not os.path.exists(report_path):
+            raise DtrError(f"--bench_decode times this run's M_opt, but {report_path} does not exist; run without --bench_decode first")
+        with open(report_path) as f:
+            m_opt = json.load(f)["m_opt"]["linear_layers"]
+        try:
+            contexts = [int(n) for n in cfg.bench_decode.split(",")]
+        except ValueError:
+            raise DtrError(f"--bench_decode wants comma-separated token counts, e.g. 512,2048,8192; got {cfg.bench_decode!r}") from None
+        patterns = {"teacher": [], "m_opt": m_opt, "all_linear": list(range(cfg.n_layer))}
+        result = bench_decode(cfg, device, patterns, contexts)
+        atomic_save(result, os.path.join(cfg.out_dir, cfg.student, "decode_bench.json"))
+        print(f"wrote {os.path.join(cfg.out_dir, cfg.student, 'decode_bench.json')}")
+        return result
     if cfg.sample:
         model, ckpt = load_model(cfg.sample, device)
         print(f"{cfg.sample}: linear layers {ckpt.get('linear_layers', [])}, val loss {ckpt.get('val_loss', float('nan')):.4f}")
@@ -742,6 +1120,7 @@ def run(cfg):
         raise DtrError(f"the training split has {len(train)} tokens, fewer than the context "
                        f"({cfg.block_size}) + 2; use a longer text or a smaller --block_size")
     val_b = fixed_batches(val, cfg.block_size, cfg.batch_size, cfg.val_batches, device)
+    tasks = task_batches(cfg, val, val_b, meta, device)
     print(f"data     {meta['dataset']}: {len(train):,} train / {len(val):,} val tokens, vocab {len(meta['vocab']):,}")
 
     # 1. the teacher: reuse it, or train it
@@ -794,6 +1173,18 @@ def run(cfg):
     print_trajectory(teacher_loss, trajectory, m_best, m_opt, cfg.tolerance)
     for name, m in (("m_best", m_best), ("m_opt", m_opt)):
         save_hybrid(os.path.join(run_dir, name + ".pt"), model, students, m["linear_layers"], cfg, meta, m["val_loss"])
+    # 3b. one search per target task, sharing the teacher and the students (paper §4)
+    tasks_report = run_tasks(model, students, tasks, cfg, run_dir, device, bf16, done={"lm": (teacher_loss, trajectory)})
+    extra = {}
+    if cfg.baselines:  # paper Fig. 4: is greedy better than the obvious placements?
+        extra["baselines"] = placement_baselines(model, students, val_b, trajectory, seed=cfg.seed, device=device, bf16=bf16)
+        print_baselines(extra["baselines"])
+    if cfg.finetune_iters:  # paper §4.2: a short end-to-end finetune of the hybrid, and of the teacher for fairness
+        extra["finetune"] = {"iters": cfg.finetune_iters, **{
+            name: finetune(model, layers, students, train, val_b, cfg, device, bf16)
+            for name, layers in (("teacher", []), ("m_opt", m_opt["linear_layers"]))}}
+        print(f"finetune {cfg.finetune_iters} steps | " + " | ".join(
+            f"{n} {v['before']:.4f} -> {v['after']:.4f}" for n, v in extra["finetune"].items() if n != "iters"))
     report = {
         "dataset": meta["dataset"], "student": cfg.student, "device": device, "config": dataclasses.asdict(cfg),
         "command": ("python " if world() == 1 else f"torchrun --standalone --nproc_per_node={world()} ") +
@@ -802,7 +1193,9 @@ def run(cfg):
         "n_layer": cfg.n_layer, "teacher": {"val_loss": teacher_loss},
         "distill": {"mse": mse, "rel_mse": rel_mse}, "trajectory": trajectory, "tolerance": cfg.tolerance,
         "m_best": m_best, "m_opt": m_opt,
+        **tasks_report,
         "timings_s": {"teacher": t_teacher, "distill": t_distill, "greedy": t_greedy, "total": time.time() - t_start},
+        **extra,
     }
     atomic_save(report, os.path.join(run_dir, "report.json"))
     discard(greedy_path)

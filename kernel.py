@@ -105,16 +105,21 @@ def chunked_linear_attention(q, k, v, log_g=None, initial_state=None, chunk_size
 
 # ---- recurrent one-token step ----
 
-def linear_attention_step(q, k, v, log_g=None, state=None):
-    """One decoding step: q, k (B, H, D), v (B, H, Dv), log_g (B, H). Constant cost per token."""
+def linear_attention_step(q, k, v, log_g=None, state=None, normalize=True):
+    """One decoding step: q, k (B, H, D), v (B, H, Dv), log_g (B, H). Constant cost per token.
+    Same conventions as linear_attention: returns (o (B, H, Dv), state), fp32."""
     B, H, D = q.shape
     q, k, v = _acc(q), _acc(k), _acc(v)
+    if normalize:  # the ones column carries the normaliser, as in linear_attention
+        v = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)
     if state is None:
         state = q.new_zeros(B, H, D, v.shape[-1])
     if log_g is not None:
         state = torch.exp(_acc(log_g))[..., None, None] * state
     state = state + k[..., :, None] * v[..., None, :]  # S = g S + k v^T
     o = (q[..., None, :] @ state).squeeze(-2)  # (B, H, Dv)
+    if normalize:
+        o = o[..., :-1] / (o[..., -1:] + EPS)
     return o, state
 
 # ---- Triton kernels ----

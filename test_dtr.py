@@ -106,7 +106,7 @@ def test_step_matches_chunked():
     o_ref, S_ref = kernel.chunked_linear_attention(q, k, v, log_g, S0, chunk_size=16)
     S, outs = S0, []
     for t in range(q.shape[2]):
-        o_t, S = kernel.linear_attention_step(q[:, :, t], k[:, :, t], v[:, :, t], log_g[:, :, t], S)
+        o_t, S = kernel.linear_attention_step(q[:, :, t], k[:, :, t], v[:, :, t], log_g[:, :, t], S, normalize=False)
         outs.append(o_t)
     assert rel_err(torch.stack(outs, dim=2), o_ref) <= TOL and rel_err(S, S_ref) <= TOL
 
@@ -165,12 +165,28 @@ def test_student_matches_trivially_linearisable_block():
     block = model.transformer.h[0]
     assert rel_err(block(x, attn=student) - x, block(x) - x) < 1e-5
 
+@pytest.mark.parametrize("linear", [[], [0, 2], [0, 1, 2]])  # teacher, hybrid, all-linear
+def test_cached_generation_equals_plain_forward(linear):
+    # prefill 70 tokens (past the 64-token chunk boundary), then decode one token at a time:
+    # every position's logits must equal those of one uncached forward over the whole sequence
+    torch.manual_seed(0)
+    model = dtr.GPT(dtr.GPTConfig(block_size=100, vocab_size=20, n_layer=3, n_head=2, n_embd=16)).eval()
+    students = dtr.make_students(model, gated=True)
+    for s in students:  # a gate that really decays, so the state hand-off is exercised
+        torch.nn.init.normal_(s.gate.weight, std=1.0)
+    dtr.swap_in(model, linear, students)
+    idx = torch.randint(20, (2, 100))
+    full, _ = model(idx)
+    caches = model.new_caches(2, 100)
+    steps = [model(idx[:, :70], caches=caches)[0]] + [model(idx[:, t:t + 1], caches=caches)[0] for t in range(70, 100)]
+    assert rel_err(torch.cat(steps, dim=1), full) < 1e-5
+    assert caches[0]["pos"] == 100
+
 # ---- greedy replacement on a constructed case ----
 
-def test_greedy_follows_algorithm_1():
-    # a teacher that has learned a periodic sequence (so any damage to a layer costs loss), and
-    # "students" that are its own attention with c_proj scaled by 1 + eps: eps = 0 is a free swap
-    model = tiny_gpt(n_layer=4, seed=1)
+def periodic_gpt(n_layer):
+    """A teacher that has learned a periodic sequence, so any damage to a layer costs loss."""
+    model = tiny_gpt(n_layer=n_layer, seed=1)
     g = torch.Generator().manual_seed(0)
     data = torch.randint(20, (7,), generator=g).repeat(300)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
@@ -179,7 +195,11 @@ def test_greedy_follows_algorithm_1():
         opt.zero_grad()
         loss.backward()
         opt.step()
-    model.eval().requires_grad_(False)
+    return model.eval().requires_grad_(False), data
+
+def test_greedy_follows_algorithm_1():
+    # "students" are the teacher's own attention with c_proj scaled by 1 + eps: eps = 0 is a free swap
+    model, data = periodic_gpt(n_layer=4)
     students = [dtr.copy.deepcopy(block.attn) for block in model.transformer.h]
     for s, e in zip(students, [0.5, 0.0, 2.0, 1.0]):
         s.c_proj.weight.mul_(1 + e)
@@ -213,6 +233,66 @@ def test_select_models():
     assert m_opt["linear_layers"] == [0, 2]
     _, m_opt = dtr.select_models(0.5, traj, tolerance=0.0)
     assert m_opt == {"linear_layers": [], "val_loss": 0.5}  # nothing within tolerance: the teacher
+
+# ---- target tasks ----
+
+def test_copy_batches_repeat_the_passage_and_score_only_the_second_copy():
+    data = torch.randint(20, (1000,), generator=torch.Generator().manual_seed(0))
+    (x, y), = dtr.copy_batches(data, 32, 4, 1, "cpu")
+    assert x.shape == y.shape == (4, 32) and torch.equal(x[:, 16:], x[:, :16])
+    assert (y[:, :16] == -1).all() and (y[:, -1] == -1).all()
+    assert torch.equal(y[:, 16:-1], x[:, 17:])  # next-token targets, inside the second copy
+    # the model's loss skips the -1 targets: it is the mean over the 15 scored positions per row
+    logits, loss = tiny_gpt()(x, y)
+    ref = torch.nn.functional.cross_entropy(logits[:, 16:-1].flatten(0, 1), y[:, 16:-1].flatten())
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-6)
+
+class Copier(torch.nn.Module):
+    """Predicts, at position t, the token at t + 1 - shift: with shift = half a context, a
+    perfect induction head on the copy task."""
+    def __init__(self, shift):
+        super().__init__()
+        self.shift = shift
+
+    def forward(self, idx, targets):
+        logits = 30.0 * torch.nn.functional.one_hot(idx.roll(self.shift - 1, dims=1), 20).float()  # (B, T, 20)
+        return logits, torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1)
+
+def test_perfect_copier_has_near_zero_copy_loss():
+    batches = dtr.copy_batches(torch.randint(20, (2000,), generator=torch.Generator().manual_seed(0)), 32, 8, 2, "cpu")
+    assert dtr.val_loss(Copier(shift=16), batches) < 1e-6
+    assert dtr.val_loss(Copier(shift=15), batches) > 10  # off by one: the mask and alignment matter
+
+class Damaged(torch.nn.Module):
+    """A "student": the teacher's attention plus a large fixed vector at positions [lo, hi)."""
+    def __init__(self, attn, lo, hi):
+        super().__init__()
+        self.attn, self.lo, self.hi = attn, lo, hi
+        self.kick = 3 * torch.randn(16, generator=torch.Generator().manual_seed(lo))
+
+    def forward(self, x, cache=None):
+        y = self.attn(x).clone()
+        y[:, self.lo:self.hi] += self.kick
+        return y
+
+def test_each_task_keeps_the_layer_it_needs(tmp_path):
+    # 2 layers, T = 32. The L0 student is wrong only at positions >= 16, which by causality never
+    # reach positions < 16; the L1 student is wrong only at positions < 16, and nothing follows L1.
+    # "early" scores positions < 16 and must keep L1; "copy" scores >= 16 and must keep L0.
+    model, data = periodic_gpt(n_layer=2)
+    students = [Damaged(model.transformer.h[0].attn, 16, 32), Damaged(model.transformer.h[1].attn, 0, 16)]
+    early = [(x, y.masked_fill(torch.arange(32) >= 16, -1)) for x, y in dtr.fixed_batches(data, 32, 8, 2, "cpu")]
+    tasks = {"early": early, "copy": dtr.copy_batches(data, 32, 8, 2, "cpu")}
+    out = dtr.run_tasks(model, students, tasks, dtr.Config(tolerance=0.02), str(tmp_path))
+    res, cross = out["tasks"], out["tasks_cross_eval"]
+    assert res["early"]["m_opt"]["linear_layers"] == [0] and res["copy"]["m_opt"]["linear_layers"] == [1]
+    assert [t["layer"] for t in res["early"]["trajectory"]] == [0, 1]
+    assert [t["layer"] for t in res["copy"]["trajectory"]] == [1, 0]
+    # diagonal: each M_opt scores what its own search said; off it, the other task's hybrid does damage
+    for i, name in enumerate(cross["rows"]):
+        assert cross["loss"][i][i] == pytest.approx(res[name]["m_opt"]["val_loss"], rel=1e-5)
+        assert cross["loss"][1 - i][i] > 1.5 * res[name]["teacher_loss"]
+    assert res["copy"]["teacher_plain_loss"] > 0 and os.path.exists(tmp_path / "tasks.png")
 
 # ---- data ----
 
@@ -261,11 +341,12 @@ def test_end_to_end_report(tiny_run):
     teacher = saved["teacher"]["val_loss"]
     assert saved["m_opt"]["val_loss"] <= (1 + saved["tolerance"]) * teacher + 1e-9
     assert saved["m_best"]["val_loss"] <= teacher
+    assert "tasks" not in saved  # the single-task report is unchanged by the task feature
     # the saved hybrid reloads with students where the report says, and scores what it says
     model, ckpt = dtr.load_model(os.path.join(out, "gla", "m_opt.pt"), "cpu")
     assert model.linear_layers() == saved["m_opt"]["linear_layers"]
     train, val, meta = dtr.load_data(dtr.parse_args(args))
-    batches = dtr.fixed_batches(val, 32, 8, 2, "cpu")
+    batches = dtr.fixed_batches(val, 64, 8, 2, "cpu")
     assert dtr.val_loss(model, batches) == pytest.approx(saved["m_opt"]["val_loss"], rel=1e-5)
 
 def test_rerun_reuses_teacher_and_students(tiny_run, capsys):
@@ -287,6 +368,17 @@ def test_distillation_lowers_mse(tiny_run, data_dir):
     after, _ = dtr.block_mse(model, students, batches, "cpu", False)
     assert sum(after) < 0.5 * sum(before)
 
+def test_tasks_end_to_end(tiny_run, data_dir, tmp_path):
+    args, out, _ = tiny_run
+    (tmp_path / "mine.txt").write_text(open(os.path.join(data_dir, "shakespeare_char", "input.txt")).read()[:3000])
+    r = dtr.run(dtr.parse_args(args + ["--task", "lm,copy", "--task_text", str(tmp_path / "mine.txt")]))
+    assert list(r["tasks"]) == r["tasks_cross_eval"]["rows"] == ["lm", "copy", "mine.txt"]
+    lm = r["tasks"]["lm"]  # the lm task is the single-task search, not a second one
+    assert (lm["teacher_loss"], lm["trajectory"], lm["m_opt"]) == (r["teacher"]["val_loss"], r["trajectory"], r["m_opt"])
+    for i, t in enumerate(r["tasks"].values()):
+        assert r["tasks_cross_eval"]["loss"][i][i] == pytest.approx(t["m_opt"]["val_loss"], rel=1e-5)
+    assert os.path.exists(os.path.join(out, "gla", "tasks.png")) and "| mine.txt |" in dtr.results_markdown([r], [], [])
+
 # ---- bad input: one clear message, exit code 2, nothing half-written ----
 
 def run_cli(args, capsys):
@@ -301,9 +393,14 @@ def test_bad_inputs(tiny_run, data_dir, tmp_path, capsys):
     assert "neither a built-in dataset" in run_cli(base + ["--dataset", "nope"], capsys)
     (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00 not utf-8 \xff")
     assert "as UTF-8 text" in run_cli(base + ["--dataset", str(tmp_path / "bin.txt")], capsys)
-    (tmp_path / "short.txt").write_text("too short for a context of 32 characters, by far")
+    (tmp_path / "short.txt").write_text("too short for a context of 64 characters")
     assert "fewer than the context" in run_cli(base + ["--dataset", str(tmp_path / "short.txt")], capsys)
     assert "outside [0, 1)" in run_cli(base + ["--tolerance", "1.5"], capsys)
+    assert "comma-separated list of lm, copy" in run_cli(base + ["--task", "lm,recall"], capsys)
+    (tmp_path / "odd.txt").write_text("caf\u00e9 " * 20)
+    assert "'\u00e9', which is not in the teacher's char vocabulary" in run_cli(base + ["--task_text", str(tmp_path / "odd.txt")], capsys)
+    (tmp_path / "tiny.txt").write_text("abc" * 5)
+    assert "has 15 tokens, fewer than the context" in run_cli(base + ["--task_text", str(tmp_path / "tiny.txt")], capsys)
     if not torch.cuda.is_available():
         assert "no CUDA GPU" in run_cli(base + ["--device", "cuda"], capsys)
     assert "cannot load checkpoint" in run_cli(base + ["--sample", str(tmp_path / "missing.pt")], capsys)
@@ -313,7 +410,7 @@ def test_bad_inputs(tiny_run, data_dir, tmp_path, capsys):
     os.makedirs(bad)
     (bad / "teacher.pt").write_bytes(b"not a checkpoint")
     assert "cannot load checkpoint" in run_cli(base[:-1] + [str(bad)], capsys)
-    assert "n_embd=32 but this run has n_embd=48" in run_cli(args + ["--n_embd", "48"], capsys)
+    assert "n_embd=48 but this run has n_embd=64" in run_cli(args + ["--n_embd", "64"], capsys)
     assert not any(f.endswith(".tmp") for _, _, fs in os.walk(tmp_path) for f in fs)
 
 def test_nan_distillation_is_refused():
@@ -411,20 +508,20 @@ def test_killed_runs_resume_to_the_same_result(tiny_run, tmp_path, capsys):
     def stop_at(target, n, sig):
         code = 130 if sig == "SIGINT" else -signal.SIGKILL
         return launch([sys.executable, "-c", STOP_AT_SAVE, target, str(n), sig] + args, code)
-    # Ctrl-C in the teacher's 3rd checkpoint (step 30 of 100; tiny saves every 10 steps)
+    # Ctrl-C in the teacher's 3rd checkpoint (step 30 of 200; tiny saves every 10 steps)
     log = stop_at("teacher.partial.pt", 3, "SIGINT")
     assert "interrupted; rerun the same command to resume from" in log and "teacher.partial.pt" in log
     # a checkpoint from other settings is refused, naming the setting
-    assert "n_embd=32 but this run has n_embd=48" in run_cli(args + ["--n_embd", "48"], capsys)
+    assert "n_embd=48 but this run has n_embd=64" in run_cli(args + ["--n_embd", "64"], capsys)
     assert "written with lr=0.002 but this run has lr=0.001" in run_cli(args + ["--lr", "0.001"], capsys)
-    # the rerun finishes the teacher and is killed writing the 2nd distillation checkpoint (step 20 of 40)
+    # the rerun finishes the teacher and is killed writing the 2nd distillation checkpoint (step 20 of 50)
     log = stop_at("students.partial.pt", 2, "SIGKILL")
-    assert "teacher  resuming" in log and "at step 20/100" in log
+    assert "teacher  resuming" in log and "at step 20/200" in log
     assert os.path.exists(run_dir / "students.partial.pt.tmp")
-    assert "distill_iters=40 but this run has distill_iters=50" in run_cli(args + ["--distill_iters", "50"], capsys)
+    assert "distill_iters=50 but this run has distill_iters=60" in run_cli(args + ["--distill_iters", "60"], capsys)
     # the next is killed writing greedy's 2nd round
     log = stop_at("greedy.partial.json", 2, "SIGKILL")
-    assert "distill  resuming" in log and "at step 10/40" in log
+    assert "distill  resuming" in log and "at step 10/50" in log
     log = launch([sys.executable, "dtr.py"] + args)
     assert "greedy   resuming" in log and "after round 1/4" in log
     # ... and ends where the uninterrupted run did, leaving no temp or partial file behind
