@@ -10,10 +10,12 @@ Distill-then-Replace (DtR, arXiv 2601.11667) in one file.
    each task keeping its own full-attention layers; every M_opt is then scored on every task.
 
     python dtr.py --dataset shakespeare_char
+    torchrun --standalone --nproc_per_node=2 dtr.py --dataset shakespeare_char   # same result, 2 processes
 """
 import argparse
 import copy
 import dataclasses
+import glob
 import hashlib
 import json
 import math
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from kernel import linear_attention, linear_attention_step
@@ -54,6 +57,7 @@ class Config:
     dropout: float = opt(0.0, "dropout while training the teacher")
     # teacher training (train_teacher.py)
     batch_size: int = opt(16, "sequences per teacher training step (and per validation batch)")
+    grad_accum: int = opt(1, "micro-batches per teacher step and process: batch_size is split over grad_accum x processes")
     max_iters: int = opt(2000, "teacher training steps")
     lr: float = opt(2e-3, "teacher peak learning rate")
     min_lr: float = opt(2e-4, "teacher learning rate at the end of the cosine")
@@ -61,6 +65,7 @@ class Config:
     weight_decay: float = opt(0.1, "AdamW weight decay")
     grad_clip: float = opt(1.0, "clip gradients to this norm")
     eval_interval: int = opt(250, "evaluate the teacher every this many steps")
+    save_interval: int = opt(250, "write a resumable checkpoint every this many teacher or distillation steps")
     # blockwise local distillation
     student: str = opt("gla", "gla (gated) | hedgehog (plain): the linear-attention twin")
     distill_iters: int = opt(400, "distillation steps (all blocks train together)")
@@ -83,13 +88,13 @@ class Config:
 
 PRESETS = {
     # the whole pipeline in seconds: for smoke tests and for watching every phase go by
-    "tiny": dict(n_layer=4, n_head=2, n_embd=48, block_size=64, batch_size=8, max_iters=200,
-                 eval_interval=50, warmup_iters=10, distill_iters=50, val_batches=2, sample_tokens=60),
+    "tiny": dict(n_layer=4, n_head=2, n_embd=48, block_size=64, batch_size=8, max_iters=200, eval_interval=50,
+                 save_interval=10, warmup_iters=10, distill_iters=50, val_batches=2, sample_tokens=60),
     # a few minutes on a laptop CPU
     "cpu": dict(),
     # nanoGPT's baby GPT
     "gpu": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2, batch_size=64,
-                max_iters=5000, lr=1e-3, min_lr=1e-4, eval_interval=500, distill_iters=1000,
+                max_iters=5000, lr=1e-3, min_lr=1e-4, eval_interval=500, save_interval=500, distill_iters=1000,
                 distill_batch_size=64, distill_lr=1e-3, val_batches=16),
 }
 
@@ -101,15 +106,36 @@ class DtrError(Exception):
     """A problem with the user's input: printed as one line, exit code 2, no traceback."""
 
 def atomic_save(obj, path):
-    """Write to a temp file, then rename: a killed run never leaves a half-written file."""
+    """Write to a temp file, then rename: a killed run never leaves a half-written file. Only rank 0
+    writes; a temp file left by SIGKILL is overwritten by the rerun's same save (or by discard)."""
+    if rank() > 0:
+        return
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = path + ".tmp"
-    if path.endswith(".json"):
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2)
-    else:
-        torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        if path.endswith(".json"):
+            with open(tmp, "w") as f:
+                json.dump(obj, f, indent=2)
+        else:
+            torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:  # Ctrl-C or a full disk mid-write: leave neither a temp nor a half file
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+def discard(path):
+    """A finished phase's resumable checkpoint goes, with any temp file a killed write of it left."""
+    for p in (path, path + ".tmp"):
+        if rank() == 0 and os.path.exists(p):
+            os.remove(p)
+
+def check_resumable(saved, want, path):
+    """Refuse to resume from a checkpoint written with other settings, naming the first that differs."""
+    for key, value in want.items():
+        if saved.get(key) != value:
+            raise DtrError(f"{path} was written with {key}={saved.get(key)} but this run has {key}={value}; "
+                           f"rerun with the settings it was written with, or delete it to start this phase over")
 
 def choose_device(name):
     """The one place device and dtype are chosen: cuda -> mps -> cpu, bf16 autocast on CUDA."""
@@ -125,11 +151,43 @@ def choose_device(name):
     if name not in ("cpu", "cuda", "mps"):
         raise DtrError(f"unknown --device {name!r}; use auto, cpu, cuda or mps")
     bf16 = name == "cuda" and torch.cuda.is_bf16_supported()
-    print(f"device {name} ({reason}){', bf16 autocast' if bf16 else ', fp32'}")
+    dist_init(name)
+    print(f"device {name} ({reason}){', bf16 autocast' if bf16 else ', fp32'}"
+          f"{f', {world()} processes (torchrun)' if world() > 1 else ''}")
     return name, bf16
 
 def autocast(device, bf16):
     return torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16)
+
+# ---- distributed: torchrun starts one process per device; in a single process these are no-ops ----
+
+def dist_init(device):
+    """Join the process group when launched by torchrun (it sets RANK, LOCAL_RANK, WORLD_SIZE)."""
+    if "RANK" not in os.environ or dist.is_initialized():
+        return
+    dist.init_process_group("nccl" if device == "cuda" else "gloo")
+    if device == "cuda":
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))  # "cuda" now means this process's GPU
+    if rank() > 0:
+        sys.stdout = open(os.devnull, "w")  # one log, written by rank 0; errors still reach stderr
+
+def rank():
+    return dist.get_rank() if dist.is_initialized() else 0
+
+def world():
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+def all_gather(obj):
+    """Every process's obj (any picklable), in rank order; [obj] in a single process."""
+    if world() == 1:
+        return [obj]
+    out = [None] * world()
+    dist.all_gather_object(out, obj)
+    return out
+
+def barrier():
+    if world() > 1:
+        dist.barrier()
 
 # ---- data ----
 
@@ -198,7 +256,8 @@ def load_data(cfg):
     train, val = (np.array(encode(part, meta), dtype=np.uint16) for part in (text[:n], text[n:]))
     os.makedirs(folder, exist_ok=True)
     for split, arr in (("train", train), ("val", val)):
-        arr.tofile(os.path.join(folder, split + ".bin"))
+        if rank() == 0:  # the other processes encoded the same tokens; they must not write over them
+            arr.tofile(os.path.join(folder, split + ".bin"))
     atomic_save(meta, meta_path)  # written last: it marks the cache complete
     return torch.from_numpy(train.astype(np.int64)), torch.from_numpy(val.astype(np.int64)), meta
 
@@ -466,41 +525,68 @@ def block_mse(model, students, batches, device, bf16):
                 var[i] += (outputs[i] - inputs[i]).float().var().item()
     return (mse / len(batches)).tolist(), (mse / var).tolist()
 
-def distill_blocks(model, students, train, cfg, device, bf16):
+def distill_blocks(model, students, train, cfg, device, bf16, ckpt_path=None, key=None):
     """Train every student at once. Each student sees the teacher's own hidden state entering its
     block and must reproduce the teacher block's output; the block's LayerNorms and MLP stay
     frozen, so only the student's attention parameters learn. Blocks are independent: the sum of
-    per-block losses gives each student exactly its own block's gradient."""
+    per-block losses gives each student exactly its own block's gradient. With its own optimizer
+    and clipping too, a student is the same however torchrun splits the blocks over processes.
+    ckpt_path: resume from it if it exists (it must carry `key`); rewritten every save_interval."""
     model.eval().requires_grad_(False)
-    params = [p for s in students for p in s.parameters()]
+    blocks = model.transformer.h
+    if world() > len(blocks):
+        raise DtrError(f"{world()} processes for {len(blocks)} blocks; start at most {len(blocks)} with torchrun")
+    mine = range(rank(), len(blocks), world())  # ---- distributed: this process's share of the blocks
     for s in students:
         s.train().requires_grad_(True)
-    optimizer = torch.optim.AdamW(params, lr=cfg.distill_lr, weight_decay=0.0)
-    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    optimizers = {i: torch.optim.AdamW(students[i].parameters(), lr=cfg.distill_lr, weight_decay=0.0) for i in mine}
+    gen = torch.Generator().manual_seed(cfg.seed + 1)  # identical on every process: the same batches
+    start = 0
+    if ckpt_path and os.path.exists(ckpt_path):
+        ckpt = torch.load(ckpt_path, map_location=device)
+        check_resumable(ckpt["key"], key, ckpt_path)
+        for i in mine:
+            students[i].load_state_dict(ckpt["students"][i])
+            optimizers[i].load_state_dict(ckpt["optimizers"][i])
+        gen.set_state(ckpt["gen"])
+        start = ckpt["step"]
+        print(f"distill  resuming {ckpt_path} at step {start}/{cfg.distill_iters}")
     t0 = time.time()
-    for it in range(cfg.distill_iters):
+    for it in range(start, cfg.distill_iters):
         lr = cfg.distill_lr * 0.5 * (1 + math.cos(math.pi * it / cfg.distill_iters))  # cosine to 0
-        for group in optimizer.param_groups:
-            group["lr"] = lr
         x, _ = get_batch(train, cfg.block_size, cfg.distill_batch_size, device, gen)
         with autocast(device, bf16):
             inputs, outputs = block_io(model, x)  # no grad: the teacher is a fixed target
-            losses = [F.mse_loss(block(inp, attn=s).float(), out.float())
-                      for block, s, inp, out in zip(model.transformer.h, students, inputs, outputs)]
-        loss = sum(losses)
+            losses = {i: F.mse_loss(blocks[i](inputs[i], attn=students[i]).float(), outputs[i].float()) for i in mine}
+        loss = sum(losses.values())
         if not torch.isfinite(loss):
             raise DtrError(f"distillation diverged (loss {loss.item()}) at step {it}; "
                            f"lower --distill_lr (now {cfg.distill_lr})")
-        optimizer.zero_grad(set_to_none=True)
+        for optimizer in optimizers.values():
+            optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
+        for i, optimizer in optimizers.items():
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            torch.nn.utils.clip_grad_norm_(students[i].parameters(), 1.0)
+            optimizer.step()
+        if ckpt_path and (it + 1) % cfg.save_interval == 0 and it + 1 < cfg.distill_iters:
+            # every process sends its students and their optimizer states; rank 0 writes them all
+            state = {i: s for part in all_gather({i: (students[i].state_dict(), optimizers[i].state_dict())
+                                                  for i in mine}) for i, s in part.items()}
+            atomic_save({"key": key, "step": it + 1, "gen": gen.get_state(),
+                         "students": [state[i][0] for i in range(len(blocks))],
+                         "optimizers": [state[i][1] for i in range(len(blocks))]}, ckpt_path)
         if it % 100 == 0 or it == cfg.distill_iters - 1:
+            mse = dict(sorted(kv for part in all_gather({i: l.item() for i, l in losses.items()}) for kv in part.items()))
             dt = time.time() - t0
-            eta = dt / (it + 1) * (cfg.distill_iters - it - 1)
-            per_layer = " ".join(f"L{i} {l.item():.4f}" for i, l in enumerate(losses))
+            eta = dt / (it + 1 - start) * (cfg.distill_iters - it - 1)
+            per_layer = " ".join(f"L{i} {l:.4f}" for i, l in mse.items())
             print(f"distill  step {it + 1}/{cfg.distill_iters} | mse {per_layer} | "
-                  f"{1000 * dt / (it + 1):.0f} ms/step | eta {fmt_time(eta)}")
+                  f"{1000 * dt / (it + 1 - start):.0f} ms/step | eta {fmt_time(eta)}")
+    for part in all_gather({i: students[i].state_dict() for i in mine}):  # every process gets every student
+        for i, sd in part.items():
+            students[i].load_state_dict(sd)
     for s in students:
         s.eval().requires_grad_(False)
     return students
@@ -517,24 +603,34 @@ def val_loss(model, batches, device="cpu", bf16=False):
         return sum(model(x, y)[1].item() for x, y in batches) / len(batches)
 
 @torch.no_grad()
-def greedy_replace(model, students, batches, device="cpu", bf16=False):
+def greedy_replace(model, students, batches, device="cpu", bf16=False, ckpt_path=None, key=None):
     """Algorithm 1: starting from the teacher, each round tries every still-full layer swapped
     for its student and commits the swap with the lowest validation loss, until every layer is
     linear. Returns the teacher's loss and the trajectory [{"k", "layer", "val_loss", "rel_change",
     "candidates"}, ...] (candidates: every layer's loss that round, None where already linear),
-    and leaves `model` as the teacher it was given."""
+    and leaves `model` as the teacher it was given. ckpt_path: a JSON file of the rounds done so far
+    (it must carry `key`): the search continues after them and rewrites it after every round."""
     model.eval()
     blocks = model.transformer.h
     teacher_attn = [block.attn for block in blocks]
     teacher_loss = val_loss(model, batches, device, bf16)
     linear, trajectory = [], []
-    for k in range(1, len(blocks) + 1):
+    if ckpt_path and os.path.exists(ckpt_path):
+        with open(ckpt_path) as f:
+            saved = json.load(f)
+        check_resumable(saved["key"], key, ckpt_path)
+        trajectory = saved["trajectory"]
+        linear = [t["layer"] for t in trajectory]
+        swap_in(model, linear, students)
+        print(f"greedy   resuming {ckpt_path} after round {len(trajectory)}/{len(blocks)}")
+    for k in range(len(trajectory) + 1, len(blocks) + 1):
         # the current hybrid is shared by every candidate up to the layer it swaps: run it once
         # and cache every layer's input, so a candidate only recomputes from its own layer on
         with autocast(device, bf16):
             cached = [block_io(model, x)[0] for x, _ in batches]  # [batch][layer] -> (B, T, C)
             losses = {}
-            for i in (i for i in range(len(blocks)) if i not in linear):
+            candidates = [i for i in range(len(blocks)) if i not in linear]
+            for i in candidates[rank()::world()]:  # ---- distributed: each process scores its share
                 total = 0.0
                 for (_, y), inputs in zip(batches, cached):
                     h = blocks[i](inputs[i], attn=students[i])
@@ -542,6 +638,7 @@ def greedy_replace(model, students, batches, device="cpu", bf16=False):
                         h = block(h)
                     total += model.head(h, y)[1].item()
                 losses[i] = total / len(batches)
+        losses = dict(sorted(kv for part in all_gather(losses) for kv in part.items()))  # the same on every process
         best = min(losses, key=losses.get)  # ties go to the lower layer index
         linear.append(best)
         swap_in(model, [best], students)
@@ -551,6 +648,8 @@ def greedy_replace(model, students, batches, device="cpu", bf16=False):
         print(f"greedy   round {k}/{len(blocks)} | " +
               " ".join(f"L{i} {l:.4f}" for i, l in losses.items()) +
               f" | replace L{best} -> {losses[best]:.4f} ({100 * trajectory[-1]['rel_change']:+.2f}%)")
+        if ckpt_path:
+            atomic_save({"key": key, "trajectory": trajectory}, ckpt_path)
     for block, attn in zip(blocks, teacher_attn):  # hand the teacher back unchanged
         block.attn = attn
     return teacher_loss, trajectory
@@ -1059,18 +1158,21 @@ def run(cfg):
             s.load_state_dict(sd)
         print(f"distill  reusing {students_path}")
     else:
-        distill_blocks(model, students, train, cfg, device, bf16)
+        distill_blocks(model, students, train, cfg, device, bf16, students_path[:-3] + ".partial.pt", distill_key)
     mse, rel_mse = block_mse(model, students, val_b, device, bf16)
     if not all(math.isfinite(m) for m in mse):
         raise DtrError(f"distilled students produce NaN/inf (per-layer MSE {mse}); lower --distill_lr and rerun")
     atomic_save({"key": distill_key, "students": [s.state_dict() for s in students]}, students_path)
+    discard(students_path[:-3] + ".partial.pt")
     t_distill = time.time() - t0
     print("distill  per-layer MSE " + " ".join(f"L{i} {m:.5f}" for i, m in enumerate(mse)))
     print("distill  relative MSE  " + " ".join(f"L{i} {r:.4f}" for i, r in enumerate(rel_mse)))
 
     # 3. greedy replacement
     t0 = time.time()
-    teacher_loss, trajectory = greedy_replace(model, students, val_b, device, bf16)
+    greedy_path = os.path.join(run_dir, "greedy.partial.json")
+    greedy_key = {**distill_key, "val_batches": cfg.val_batches, "batch_size": cfg.batch_size}
+    teacher_loss, trajectory = greedy_replace(model, students, val_b, device, bf16, greedy_path, greedy_key)
     m_best, m_opt = select_models(teacher_loss, trajectory, cfg.tolerance)
     t_greedy = time.time() - t0
     print_trajectory(teacher_loss, trajectory, m_best, m_opt, cfg.tolerance)
@@ -1090,7 +1192,8 @@ def run(cfg):
             f"{n} {v['before']:.4f} -> {v['after']:.4f}" for n, v in extra["finetune"].items() if n != "iters"))
     report = {
         "dataset": meta["dataset"], "student": cfg.student, "device": device, "config": dataclasses.asdict(cfg),
-        "command": "python " + " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]), "machine": machine(),
+        "command": ("python " if world() == 1 else f"torchrun --standalone --nproc_per_node={world()} ") +
+                   " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]), "machine": machine(),
         "date": time.strftime("%Y-%m-%d"),
         "n_layer": cfg.n_layer, "teacher": {"val_loss": teacher_loss},
         "distill": {"mse": mse, "rel_mse": rel_mse}, "trajectory": trajectory, "tolerance": cfg.tolerance,
@@ -1100,6 +1203,7 @@ def run(cfg):
         **extra,
     }
     atomic_save(report, os.path.join(run_dir, "report.json"))
+    discard(greedy_path)
     print(f"timings  teacher {t_teacher:.0f}s | distill {t_distill:.0f}s | greedy {t_greedy:.0f}s | "
           f"total {time.time() - t_start:.0f}s")
 
@@ -1112,15 +1216,23 @@ def run(cfg):
           f"(generate more: python dtr.py --sample {run_dir}/m_opt.pt)")
     return report
 
-def main(argv=None):
+def main(argv=None, job=run):
+    """The command line (train_teacher.py passes its own job): one-line errors, a note on Ctrl-C."""
     try:
-        run(parse_args(argv))
+        cfg = parse_args(argv)
+        job(cfg)
     except DtrError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print("\ninterrupted; rerun the same command to continue from the saved teacher and students", file=sys.stderr)
+    except KeyboardInterrupt:  # *.partial.* are the unfinished phases' checkpoints (the logs above say which step)
+        found = [f for f in sorted(glob.glob(os.path.join(cfg.out_dir, "**", "*.partial.*"), recursive=True))
+                 if not f.endswith(".tmp")]
+        print(f"\ninterrupted; rerun the same command to resume{' from ' + ', '.join(found) if found else ''} "
+              f"(finished phases are reused)", file=sys.stderr)
         sys.exit(130)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 if __name__ == "__main__":
     main()

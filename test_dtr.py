@@ -8,6 +8,9 @@ terms keeps about 1e-6 relative accuracy, so 1e-5 is the tolerance unless said o
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 
 os.environ["TRITON_INTERPRET"] = "1"  # Triton kernels run on the CPU; must be set before triton is imported
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -19,6 +22,7 @@ import torch  # noqa: E402
 
 import dtr  # noqa: E402
 import kernel  # noqa: E402
+import train_teacher  # noqa: E402
 
 def rel_err(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
@@ -418,3 +422,114 @@ def test_nan_distillation_is_refused():
     cfg = dtr.Config(block_size=32, distill_iters=3, distill_batch_size=2)
     with pytest.raises(dtr.DtrError, match="diverged"):
         dtr.distill_blocks(model, students, torch.randint(20, (500,)), cfg, "cpu", False)
+
+# ---- torchrun, and runs that survive being killed ----
+
+# child processes use this process's thread count, so their floats match the in-process tiny_run
+ENV = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+
+def launch(cmd, returncode=0):
+    r = subprocess.run(cmd, cwd=HERE, env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == returncode, r.stdout[-3000:] + r.stderr[-3000:]
+    return r.stdout + r.stderr
+
+def torchrun(script, args, nproc=2):
+    return launch([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", script] + args)
+
+def weights(path, key="state_dict"):
+    """Every tensor of a checkpoint (the teacher, or all students) as one flat fp64 vector."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    sds = ckpt[key] if isinstance(ckpt[key], list) else [ckpt[key]]
+    return torch.cat([v.double().flatten() for sd in sds for v in sd.values()])
+
+def with_out_dir(args, out):
+    return args[:args.index("--out_dir")] + ["--out_dir", str(out)] + args[args.index("--out_dir") + 2:]
+
+def test_torchrun_teacher_step_matches_one_process(data_dir, tmp_path):
+    # each of 2 processes takes 4 of the step's 8 sequences and DDP averages the gradients; one
+    # process takes all 8, in 1 or in 2 micro-batches. Same global batch, so after 3 steps the
+    # weights agree up to float summation order (observed ~1e-7 relative); a process training on
+    # the wrong slice, or on the whole batch, moves them by ~1e-3.
+    args = ["--preset", "tiny", "--data_dir", data_dir, "--max_iters", "3"]
+    torchrun("train_teacher.py", args + ["--out_dir", str(tmp_path / "two")])
+    train_teacher.main(args + ["--out_dir", str(tmp_path / "one")])
+    train_teacher.main(args + ["--out_dir", str(tmp_path / "accum"), "--grad_accum", "2"])
+    one = weights(tmp_path / "one" / "teacher.pt")
+    init = torch.cat([v.double().flatten() for v in tiny_teacher_init(data_dir).values()])
+    assert rel_err(one, init) > 1e-3  # the steps did move the weights
+    for other in ("two", "accum"):
+        assert rel_err(weights(tmp_path / other / "teacher.pt"), one) < 1e-5
+
+def tiny_teacher_init(data_dir):
+    cfg = dtr.parse_args(["--preset", "tiny", "--data_dir", data_dir])
+    torch.manual_seed(cfg.seed)
+    return dtr.GPT(dtr.GPTConfig(**dtr.model_args(cfg, dtr.load_data(cfg)[2]))).state_dict()
+
+def test_torchrun_distill_and_greedy_match_one_process(tiny_run, tmp_path):
+    # the blocks split over 2 processes (L0, L2 | L1, L3), each running the whole teacher on the
+    # same batches, and each greedy round's candidates split the same way: the students and every
+    # val loss equal the single-process run's (bitwise here: each is the same sequence of ops)
+    args, out, report = tiny_run
+    os.makedirs(tmp_path / "two")
+    shutil.copy(os.path.join(out, "teacher.pt"), tmp_path / "two")
+    log = torchrun("dtr.py", with_out_dir(args, tmp_path / "two"))
+    assert "2 processes (torchrun)" in log and log.count("greedy   round 1/") == 1  # one log, from rank 0
+    with open(tmp_path / "two" / "gla" / "report.json") as f:
+        two = json.load(f)
+    one = json.loads(json.dumps(report))
+    assert two["trajectory"] == one["trajectory"]
+    assert (two["m_best"], two["m_opt"]) == (one["m_best"], one["m_opt"])
+    assert rel_err(weights(tmp_path / "two" / "gla" / "students.pt", "students"),
+                   weights(os.path.join(out, "gla", "students.pt"), "students")) < 1e-6
+
+# runs dtr.main, and stops the process at the n-th save of `target`: SIGINT just before it (as a
+# Ctrl-C would), or SIGKILL halfway through writing its temp file (as a power cut would)
+STOP_AT_SAVE = """
+import os, signal, sys
+import dtr
+target, n, sig = sys.argv[1], int(sys.argv[2]), getattr(signal, sys.argv[3])
+save, seen = dtr.atomic_save, []
+def save_and_stop(obj, path):
+    seen.extend([path] if path.endswith(target) else [])
+    if len(seen) == n and path.endswith(target):
+        if sig == signal.SIGKILL:
+            with open(path + ".tmp", "wb") as f:
+                f.write(b"the first half of a checkpoint")
+        os.kill(os.getpid(), sig)
+    save(obj, path)
+dtr.atomic_save = save_and_stop
+dtr.main(sys.argv[4:])
+"""
+
+def test_killed_runs_resume_to_the_same_result(tiny_run, tmp_path, capsys):
+    args, out, report = tiny_run
+    args = with_out_dir(args, tmp_path / "o")
+    run_dir = tmp_path / "o" / "gla"
+    def stop_at(target, n, sig):
+        code = 130 if sig == "SIGINT" else -signal.SIGKILL
+        return launch([sys.executable, "-c", STOP_AT_SAVE, target, str(n), sig] + args, code)
+    # Ctrl-C in the teacher's 3rd checkpoint (step 30 of 200; tiny saves every 10 steps)
+    log = stop_at("teacher.partial.pt", 3, "SIGINT")
+    assert "interrupted; rerun the same command to resume from" in log and "teacher.partial.pt" in log
+    # a checkpoint from other settings is refused, naming the setting
+    assert "n_embd=48 but this run has n_embd=64" in run_cli(args + ["--n_embd", "64"], capsys)
+    assert "written with lr=0.002 but this run has lr=0.001" in run_cli(args + ["--lr", "0.001"], capsys)
+    # the rerun finishes the teacher and is killed writing the 2nd distillation checkpoint (step 20 of 50)
+    log = stop_at("students.partial.pt", 2, "SIGKILL")
+    assert "teacher  resuming" in log and "at step 20/200" in log
+    assert os.path.exists(run_dir / "students.partial.pt.tmp")
+    assert "distill_iters=50 but this run has distill_iters=60" in run_cli(args + ["--distill_iters", "60"], capsys)
+    # the next is killed writing greedy's 2nd round
+    log = stop_at("greedy.partial.json", 2, "SIGKILL")
+    assert "distill  resuming" in log and "at step 10/50" in log
+    log = launch([sys.executable, "dtr.py"] + args)
+    assert "greedy   resuming" in log and "after round 1/4" in log
+    # ... and ends where the uninterrupted run did, leaving no temp or partial file behind
+    with open(run_dir / "report.json") as f:
+        resumed = json.load(f)
+    one = json.loads(json.dumps(report))
+    assert resumed["trajectory"] == one["trajectory"] and resumed["m_opt"] == one["m_opt"]
+    assert rel_err(weights(tmp_path / "o" / "teacher.pt"), weights(os.path.join(out, "teacher.pt"))) < 1e-6
+    assert rel_err(weights(run_dir / "students.pt", "students"),
+                   weights(os.path.join(out, "gla", "students.pt"), "students")) < 1e-6
+    assert [f for _, _, fs in os.walk(tmp_path) for f in fs if f.endswith(".tmp") or ".partial." in f] == []
