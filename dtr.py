@@ -957,7 +957,9 @@ def results_markdown(reports, benches, pictures):
         c, t = r["config"], r["timings_s"]
         out += [f"#### `{r['student']}` student on {r['dataset']} (preset `{c['preset']}`)", "",
                 f"`{r['command']}` on {r['machine']}, {r['date']}: teacher {t['teacher']:.0f} s, "
-                f"distillation {t['distill']:.0f} s, greedy {t['greedy']:.0f} s, total {t['total']:.0f} s.", "",
+                f"distillation {t['distill']:.0f} s, greedy {t['greedy']:.0f} s, total {t['total']:.0f} s"
+                + ("" if t["teacher"] else f" (teacher reused: it trained in {r['teacher']['train_s'] or 0:.0f} s"
+                   f", distillation {r['distill']['train_s'] or 0:.0f} s)") + ".", "",
                 "| k | replaced | val loss | vs teacher |", "|---|---|---|---|",
                 f"| 0 | - (teacher) | {r['teacher']['val_loss']:.4f} | |"]
         out += [f"| {s['k']} | L{s['layer']} | {s['val_loss']:.4f} | {100 * s['rel_change']:+.2f}% |" for s in r["trajectory"]]
@@ -1135,11 +1137,11 @@ def run(cfg):
         model, ckpt = load_model(teacher_path, device)
         check_compatible(ckpt, cfg, meta, teacher_path)
         print(f"teacher  reusing {teacher_path}")
-        t_teacher = 0.0
+        t_teacher, teacher_train_s = 0.0, ckpt.get("train_s")
     else:
         import train_teacher  # imports this file, so imported here rather than at the top
         model = train_teacher.train(cfg, train, val, meta, device, bf16, teacher_path)
-        t_teacher = time.time() - t0
+        t_teacher = teacher_train_s = time.time() - t0
     model.requires_grad_(False)
     model.teacher_attn = [block.attn for block in model.transformer.h]
 
@@ -1153,16 +1155,19 @@ def run(cfg):
     students = [s.to(device) for s in make_students(model, cfg.student == "gla")]
     t0 = time.time()
     saved = torch.load(students_path, map_location=device) if os.path.exists(students_path) else None
+    distill_train_s = None
     if saved is not None and saved["key"] == distill_key:
         for s, sd in zip(students, saved["students"]):
             s.load_state_dict(sd)
+        distill_train_s = saved.get("train_s")
         print(f"distill  reusing {students_path}")
     else:
         distill_blocks(model, students, train, cfg, device, bf16, students_path[:-3] + ".partial.pt", distill_key)
+        distill_train_s = time.time() - t0
     mse, rel_mse = block_mse(model, students, val_b, device, bf16)
     if not all(math.isfinite(m) for m in mse):
         raise DtrError(f"distilled students produce NaN/inf (per-layer MSE {mse}); lower --distill_lr and rerun")
-    atomic_save({"key": distill_key, "students": [s.state_dict() for s in students]}, students_path)
+    atomic_save({"key": distill_key, "students": [s.state_dict() for s in students], "train_s": distill_train_s}, students_path)
     discard(students_path[:-3] + ".partial.pt")
     t_distill = time.time() - t0
     print("distill  per-layer MSE " + " ".join(f"L{i} {m:.5f}" for i, m in enumerate(mse)))
@@ -1195,8 +1200,8 @@ def run(cfg):
         "command": ("python " if world() == 1 else f"torchrun --standalone --nproc_per_node={world()} ") +
                    " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]), "machine": machine(),
         "date": time.strftime("%Y-%m-%d"),
-        "n_layer": cfg.n_layer, "teacher": {"val_loss": teacher_loss},
-        "distill": {"mse": mse, "rel_mse": rel_mse}, "trajectory": trajectory, "tolerance": cfg.tolerance,
+        "n_layer": cfg.n_layer, "teacher": {"val_loss": teacher_loss, "train_s": teacher_train_s},
+        "distill": {"mse": mse, "rel_mse": rel_mse, "train_s": distill_train_s}, "trajectory": trajectory, "tolerance": cfg.tolerance,
         "m_best": m_best, "m_opt": m_opt,
         **tasks_report,
         "timings_s": {"teacher": t_teacher, "distill": t_distill, "greedy": t_greedy, "total": time.time() - t_start},

@@ -98,7 +98,8 @@ def train(cfg, train_data, val_data, meta, device, bf16, ckpt_path):
             raise DtrError(f"teacher training diverged (loss {loss.item()}) at step {it}; lower --lr (now {cfg.lr})")
     model.eval()
     atomic_save({"model_args": model_args(cfg, meta), "state_dict": model.state_dict(),
-                 "config": dataclasses.asdict(cfg), "meta": meta, "val_loss": vl, "iter_num": cfg.max_iters},
+                 "config": dataclasses.asdict(cfg), "meta": meta, "val_loss": vl, "iter_num": cfg.max_iters,
+                 "train_s": time.time() - t0},  # this process's share, if it resumed a partial run
                 ckpt_path)
     discard(resume_path)
     barrier()  # the other processes read teacher.pt next
