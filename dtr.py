@@ -725,10 +725,12 @@ def cache_bytes(caches):
     return sum(t.numel() * t.element_size() for c in caches for t in c.values() if torch.is_tensor(t))
 
 @torch.inference_mode()
-def bench_decode(cfg, device, patterns, contexts, new_tokens=32, repeats=3):
+def bench_decode(cfg, device, patterns, contexts, new_tokens=32, repeats=3, batch=8):
     """Prefill N tokens, then decode new_tokens one at a time, for each layer pattern, side by
-    side. Random weights of the run's model size: weights do not change speed; the position
-    table is stretched to the longest context just for timing."""
+    side; decoding is timed for one sequence and for `batch` sequences at once (the prefilled
+    cache copied to each), since one sequence on a CPU mostly measures reading the weights.
+    Random weights of the run's model size: weights do not change speed; the position table is
+    stretched to the longest context just for timing."""
     torch.manual_seed(cfg.seed)
     model = GPT(GPTConfig(block_size=max(contexts) + new_tokens, vocab_size=65, n_layer=cfg.n_layer,
                           n_head=cfg.n_head, n_embd=cfg.n_embd)).to(device).eval()
@@ -737,27 +739,33 @@ def bench_decode(cfg, device, patterns, contexts, new_tokens=32, repeats=3):
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     rows = []
     for N in contexts:
-        idx = torch.randint(65, (1, N + new_tokens), device=device)
+        idx = torch.randint(65, (batch, N + new_tokens), device=device)
         for name, layers in patterns.items():
             swap_in(model, layers, students)
-            prefill, decode = [], []
+            prefill, decode = [], {1: [], batch: []}
             for _ in range(repeats):
                 caches = model.new_caches(1, N + new_tokens)
                 sync(); t0 = time.perf_counter()
-                model(idx[:, :N], caches=caches)
+                model(idx[:1, :N], caches=caches)
                 sync(); prefill.append(time.perf_counter() - t0)
-                for t in range(N, N + new_tokens):
-                    t0 = time.perf_counter()
-                    model(idx[:, t:t + 1], caches=caches)
-                    sync(); decode.append(time.perf_counter() - t0)
-            rows.append({"model": name, "context": N, "prefill_s": sorted(prefill)[len(prefill) // 2],
-                         "decode_tok_s": 1 / sorted(decode)[len(decode) // 2], "cache_bytes": cache_bytes(caches)})
-            print(f"decode   {name:10s} context {N:6d} | prefill {rows[-1]['prefill_s']:7.3f} s | "
-                  f"decode {rows[-1]['decode_tok_s']:7.1f} tok/s | cache {rows[-1]['cache_bytes'] / 2**20:8.2f} MiB")
+                held = cache_bytes(caches)
+                for B in decode:  # the same prefilled cache, for B sequences
+                    c = [{k: v.expand(B, *v.shape[1:]).clone() if torch.is_tensor(v) else v for k, v in layer.items()}
+                         for layer in caches]
+                    for t in range(N, N + new_tokens):
+                        t0 = time.perf_counter()
+                        model(idx[:B, t:t + 1], caches=c)
+                        sync(); decode[B].append(time.perf_counter() - t0)
+            median = lambda xs: sorted(xs)[len(xs) // 2]
+            rows.append({"model": name, "context": N, "prefill_s": median(prefill), "cache_bytes": held,
+                         "decode_tok_s": 1 / median(decode[1]), f"decode_tok_s_batch{batch}": batch / median(decode[batch])})
+            print(f"decode   {name:10s} context {N:6d} | prefill {rows[-1]['prefill_s']:7.3f} s | decode "
+                  f"{rows[-1]['decode_tok_s']:7.1f} tok/s, batch {batch}: {batch / median(decode[batch]):7.1f} tok/s | "
+                  f"cache {held / 2**20:8.2f} MiB")
             for block, attn in zip(model.transformer.h, teacher_attn):
                 block.attn = attn
-    return {"device": device, "machine": machine(), "n_layer": cfg.n_layer, "n_head": cfg.n_head,
-            "n_embd": cfg.n_embd, "new_tokens": new_tokens, "repeats": repeats, "rows": rows}
+    return {"device": device, "machine": machine(), "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_embd": cfg.n_embd,
+            "new_tokens": new_tokens, "repeats": repeats, "batch": batch, "rows": rows}
 
 # ---- tasks (paper §4, Fig. 3) ----
 # Greedy replacement only needs fixed batches to score, so a target task is just its own
@@ -987,9 +995,10 @@ def results_markdown(reports, benches, pictures):
     for bench in benches:
         out += [f"#### Decoding speed and cache memory ({bench['n_layer']} layers, {bench['n_embd']} wide, "
                 f"{bench['new_tokens']} new tokens, median of {bench['repeats']} runs, {bench['machine']})", "",
-                "| context | model | prefill s | decode tok/s | cache MiB |", "|---|---|---|---|---|"]
+                f"| context | model | prefill s | decode tok/s | decode tok/s, batch {bench['batch']} | cache MiB |",
+                "|---|---|---|---|---|---|"]
         out += [f"| {w['context']} | {w['model']} | {w['prefill_s']:.3f} | {w['decode_tok_s']:.1f} | "
-                f"{w['cache_bytes'] / 2**20:.2f} |" for w in bench["rows"]]
+                f"{w['decode_tok_s_batch' + str(bench['batch'])]:.1f} | {w['cache_bytes'] / 2**20:.2f} |" for w in bench["rows"]]
         out.append("")
     out += [f"![{os.path.splitext(os.path.basename(p))[0]}]({p})" for p in pictures]
     return "\n".join(out)
@@ -1016,11 +1025,15 @@ def draw_pictures(reports, benches, folder="assets"):
         paths.append(save_figure(fig, os.path.join(folder, "baselines.png")))
     if benches:
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
-        for name in ("teacher", "m_opt", "all_linear"):
+        batch = benches[0]["batch"]
+        for color, name in zip(("C0", "C1", "C2"), ("teacher", "m_opt", "all_linear")):
             rows = [w for w in benches[0]["rows"] if w["model"] == name]
-            ax1.plot([w["context"] for w in rows], [w["decode_tok_s"] for w in rows], marker="o", label=name)
-            ax2.plot([w["context"] for w in rows], [w["cache_bytes"] / 2**20 for w in rows], marker="o", label=name)
-        ax1.set(xscale="log", xlabel="context (tokens)", ylabel="decode tokens/s", title="decoding speed")
+            ctx = [w["context"] for w in rows]
+            ax1.plot(ctx, [w["decode_tok_s"] for w in rows], marker="o", color=color, label=f"{name}, 1 sequence")
+            ax1.plot(ctx, [w[f"decode_tok_s_batch{batch}"] for w in rows], marker="s", ls="--", color=color,
+                     label=f"{name}, batch {batch}")
+            ax2.plot(ctx, [w["cache_bytes"] / 2**20 for w in rows], marker="o", color=color, label=name)
+        ax1.set(xscale="log", yscale="log", xlabel="context (tokens)", ylabel="decode tokens/s", title="decoding speed")
         ax2.set(xscale="log", yscale="log", xlabel="context (tokens)", ylabel="cache MiB", title="cache memory")
         ax1.legend(fontsize=8)
         paths.append(save_figure(fig, os.path.join(folder, "decode.png")))
