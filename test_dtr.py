@@ -236,6 +236,14 @@ def test_select_models():
 
 # ---- target tasks ----
 
+def test_teacher_copy_rows_are_a_sequence_shown_twice():
+    # training rows with their first half repeated must still be (input, next token) pairs of one
+    # sequence, a b c d e a b c d e: y is x shifted by one, continuing with the window's next token
+    x = torch.arange(22).view(2, 11)
+    x2, y2 = dtr.repeat_first_half(x, x + 1, 1)
+    assert x2[0].tolist() == [0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 5] and torch.equal(y2[0, :-1], x2[0, 1:])
+    assert y2[0, -1] == 6 and torch.equal(x2[1], x[1]) and torch.equal(y2[1], x[1] + 1)
+
 def test_copy_batches_repeat_the_passage_and_score_only_the_second_copy():
     data = torch.randint(20, (1000,), generator=torch.Generator().manual_seed(0))
     (x, y), = dtr.copy_batches(data, 32, 4, 1, "cpu")

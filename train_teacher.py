@@ -18,11 +18,11 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import dtr
 from dtr import (GPT, GPTConfig, DtrError, atomic_save, autocast, barrier, check_compatible, check_resumable,
                  choose_device, discard, fixed_batches, fmt_time, get_batch, load_data, model_args, rank,
-                 val_loss, world)
+                 repeat_first_half, val_loss, world)
 
 # the settings a resumed run must share with the run that wrote teacher.partial.pt
 # (the model's size and the data are checked by check_compatible)
-TRAIN_FIELDS = ("seed", "batch_size", "max_iters", "lr", "min_lr", "warmup_iters", "weight_decay", "grad_clip", "dropout")
+TRAIN_FIELDS = ("seed", "batch_size", "max_iters", "lr", "min_lr", "warmup_iters", "weight_decay", "grad_clip", "dropout", "copy_frac")
 
 def lr_at(it, cfg):
     """Linear warmup, then cosine decay from lr to min_lr (as in nanoGPT)."""
@@ -69,6 +69,8 @@ def train(cfg, train_data, val_data, meta, device, bf16, ckpt_path):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(it, cfg)
         x, y = get_batch(train_data, cfg.block_size, cfg.batch_size, device, gen)  # the whole step's batch
+        if cfg.copy_frac:  # some rows repeat their first half (before slicing: same global batch)
+            x, y = repeat_first_half(x, y, int(cfg.copy_frac * len(x)))
         model.train()
         optimizer.zero_grad(set_to_none=True)
         for m in range(cfg.grad_accum):
