@@ -331,7 +331,8 @@ class CausalSelfAttention(nn.Module):
             n = cache["n"]
             cache["k"][:, :, n:n + T], cache["v"][:, :, n:n + T] = k, v
             cache["n"] = n + T
-            mask = torch.ones(T, n + T, dtype=torch.bool, device=x.device).tril(diagonal=n)  # query i sees keys <= n + i
+            # query i sees keys <= n + i; a single new token sees them all, and needs no mask
+            mask = None if T == 1 else torch.ones(T, n + T, dtype=torch.bool, device=x.device).tril(diagonal=n)
             y = F.scaled_dot_product_attention(q, cache["k"][:, :, :n + T], cache["v"][:, :, :n + T], attn_mask=mask)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return F.dropout(self.c_proj(y), self.dropout, self.training)
