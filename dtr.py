@@ -1021,7 +1021,8 @@ def results_markdown(reports, benches, pictures):
             out += [f"One search per target task (`--task {c['task']}`), same teacher and students:", ""] + \
                    tasks_markdown(r, r["tolerance"], r["n_layer"]) + [""]
     for bench in benches:
-        out += [f"#### Decoding speed and cache memory ({bench['n_layer']} layers, {bench['n_embd']} wide, "
+        out += [f"#### Decoding speed and cache memory, M_opt of the `{bench['student']}` student "
+                f"({bench['n_layer']} layers, {bench['n_embd']} wide, "
                 f"{bench['new_tokens']} new tokens, median of {bench['repeats']} runs, {bench['machine']})", "",
                 f"| context | model | prefill s | decode tok/s | decode tok/s, batch {bench['batch']} | cache MiB |",
                 "|---|---|---|---|---|---|"]
@@ -1029,11 +1030,13 @@ def results_markdown(reports, benches, pictures):
                 f"{w['decode_tok_s_batch' + str(bench['batch'])]:.1f} | {w['cache_bytes'] / 2**20:.2f} |" for w in bench["rows"]]
         by = {(w["model"], w["context"]): w for w in bench["rows"]}
         key = f"decode_tok_s_batch{bench['batch']}"
-        out += ["", "All-linear against the teacher, same run: " + "; ".join(
-            f"context {n}: decoding {by['all_linear', n]['decode_tok_s'] / by['teacher', n]['decode_tok_s']:.1f}x "
-            f"(batch {bench['batch']}: {by['all_linear', n][key] / by['teacher', n][key]:.1f}x), "
-            f"cache {by['teacher', n]['cache_bytes'] / by['all_linear', n]['cache_bytes']:.0f}x smaller"
-            for n in sorted({c for _, c in by}))]
+        for name in ("all_linear", "m_opt"):
+            out += ["", f"{name} ({bench['linear'][name]}/{bench['n_layer']} layers linear) against the teacher, "
+                    f"same run: " + "; ".join(
+                        f"context {n}: decoding {by[name, n]['decode_tok_s'] / by['teacher', n]['decode_tok_s']:.1f}x "
+                        f"(batch {bench['batch']}: {by[name, n][key] / by['teacher', n][key]:.1f}x), "
+                        f"cache {by['teacher', n]['cache_bytes'] / by[name, n]['cache_bytes']:.0f}x smaller"
+                        for n in sorted({c for _, c in by}))]
         out.append("")
     out += [f"![{os.path.splitext(os.path.basename(p))[0]}]({p})" for p in pictures]
     return "\n".join(out)
@@ -1063,18 +1066,20 @@ def draw_pictures(reports, benches, folder="assets"):
             ax.legend(fontsize=8)
         paths.append(save_figure(fig, os.path.join(folder, "baselines.png")))
     if benches:
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
         batch = benches[0]["batch"]
-        for color, name in zip(("C0", "C1", "C2"), ("teacher", "m_opt", "all_linear")):
-            rows = [w for w in benches[0]["rows"] if w["model"] == name]
-            ctx = [w["context"] for w in rows]
-            ax1.plot(ctx, [w["decode_tok_s"] for w in rows], marker="o", color=color, label=f"{name}, 1 sequence")
-            ax1.plot(ctx, [w[f"decode_tok_s_batch{batch}"] for w in rows], marker="s", ls="--", color=color,
-                     label=f"{name}, batch {batch}")
-            ax2.plot(ctx, [w["cache_bytes"] / 2**20 for w in rows], marker="o", color=color, label=name)
-        ax1.set(xscale="log", yscale="log", xlabel="context (tokens)", ylabel="decode tokens/s", title="decoding speed")
+        curves = [("teacher", benches[0]), ("all_linear", benches[0])] + [("m_opt", b) for b in benches]
+        for n, (name, bench) in enumerate(curves):
+            rows = [w for w in bench["rows"] if w["model"] == name]
+            ctx, color = [w["context"] for w in rows], f"C{n}"
+            label = name if name != "m_opt" else f"M_opt {bench['student']} ({bench['linear']['m_opt']}/{bench['n_layer']} linear)"
+            ax1.plot(ctx, [w["decode_tok_s"] for w in rows], marker="o", color=color)
+            ax1.plot(ctx, [w[f"decode_tok_s_batch{batch}"] for w in rows], marker="s", ls="--", color=color)
+            ax2.plot(ctx, [w["cache_bytes"] / 2**20 for w in rows], marker="o", color=color, label=label)
+        ax1.set(xscale="log", yscale="log", xlabel="context (tokens)", ylabel="decode tokens/s",
+                title=f"decoding speed (solid: 1 sequence, dashed: batch of {batch})")
         ax2.set(xscale="log", yscale="log", xlabel="context (tokens)", ylabel="cache MiB", title="cache memory")
-        ax1.legend(fontsize=8)
+        ax2.legend(fontsize=8)
         paths.append(save_figure(fig, os.path.join(folder, "decode.png")))
     L = max(r["n_layer"] for r in reports)
     fig, ax = plt.subplots(figsize=(5 + 0.9 * L, 1.2 + 0.5 * len(reports)))
@@ -1111,6 +1116,9 @@ def update_readme(report_paths, readme="README.md"):
         if os.path.exists(bench):
             with open(bench) as f:
                 benches.append(json.load(f))
+            r = reports[-1]  # the bench's M_opt is this report's
+            benches[-1].update(student=r["student"], linear={"m_opt": len(r["m_opt"]["linear_layers"]),
+                                                             "all_linear": r["n_layer"]})
     text = open(readme).read()
     start, end = "<!-- results:start -->", "<!-- results:end -->"
     if start not in text or end not in text:
