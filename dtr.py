@@ -889,12 +889,8 @@ def tasks_markdown(report, tolerance, n_layer):
 
 def plot_tasks(tasks, tolerance, n_layer, path):
     """tasks.png: each task's loss vs k relative to its teacher, and which layers stay full at M_opt."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")  # write files, never open a window
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("tasks    matplotlib is not installed, so no tasks.png (pip install matplotlib)")
+    plt = pyplot()
+    if plt is None:
         return
     names = list(tasks)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [2, 1]})
@@ -913,10 +909,25 @@ def plot_tasks(tasks, tolerance, n_layer, path):
             ax2.text(j, i, "full" if f else "linear", ha="center", va="center", color="white" if f else "black")
     ax2.set(xticks=range(len(names)), xticklabels=names, yticks=range(n_layer),
             yticklabels=[f"L{i}" for i in range(n_layer)], title=f"M_opt (tolerance {tolerance:.0%})")
+    save_figure(fig, path)
+
+def pyplot():
+    """matplotlib, drawing to files only; None (with a note) where it is not installed."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")  # write files, never open a window
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("plots    matplotlib is not installed, so no pictures (pip install matplotlib)")
+        return None
+    return plt
+
+def save_figure(fig, path):
     fig.tight_layout()
     fig.savefig(path + ".tmp", format="png", dpi=110)
     os.replace(path + ".tmp", path)
-    plt.close(fig)
+    pyplot().close(fig)
+    return path
 
 # ---- checkpoints, report and sampling ----
 
@@ -1047,9 +1058,9 @@ def run_label(r):
 
 def draw_pictures(reports, benches, folder="assets"):
     """PNG pictures for the README: loss vs k per placement, decoding vs context, layer patterns."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
+    if plt is None:
+        return []
     os.makedirs(folder, exist_ok=True)
     paths = []
     with_baselines = [r for r in reports if "baselines" in r]
@@ -1100,12 +1111,6 @@ def draw_pictures(reports, benches, folder="assets"):
             plot_tasks(r["tasks"], r["tolerance"], r["n_layer"], path)
             paths.append(path)
     return paths
-
-def save_figure(fig, path):
-    fig.tight_layout()
-    fig.savefig(path + ".tmp.png", dpi=110)
-    os.replace(path + ".tmp.png", path)
-    return path
 
 def update_readme(report_paths, readme="README.md"):
     reports, benches = [], []
