@@ -13,6 +13,7 @@ Distill-then-Replace (DtR, arXiv 2601.11667) in one file.
     torchrun --standalone --nproc_per_node=2 dtr.py --dataset shakespeare_char   # same result, 2 processes
 """
 import argparse
+import contextlib
 import copy
 import dataclasses
 import glob
@@ -502,6 +503,16 @@ def swap_in(model, layers, students):
         model.transformer.h[i].attn = students[i]
     return model
 
+@contextlib.contextmanager
+def hybrid(model, layers, students):
+    """swap_in for the duration of a `with` block, then every layer's own attention back."""
+    own = [block.attn for block in model.transformer.h]
+    try:
+        yield swap_in(model, layers, students)
+    finally:
+        for block, attn in zip(model.transformer.h, own):
+            block.attn = attn
+
 # ---- blockwise local distillation (paper §3.1) ----
 
 @torch.no_grad()
@@ -615,7 +626,6 @@ def greedy_replace(model, students, batches, device="cpu", bf16=False, ckpt_path
     (it must carry `key`): the search continues after them and rewrites it after every round."""
     model.eval()
     blocks = model.transformer.h
-    teacher_attn = [block.attn for block in blocks]
     teacher_loss = val_loss(model, batches, device, bf16)
     linear, trajectory = [], []
     if ckpt_path and os.path.exists(ckpt_path):
@@ -624,38 +634,42 @@ def greedy_replace(model, students, batches, device="cpu", bf16=False, ckpt_path
         check_resumable(saved["key"], key, ckpt_path)
         trajectory = saved["trajectory"]
         linear = [t["layer"] for t in trajectory]
-        swap_in(model, linear, students)
         print(f"greedy   resuming {ckpt_path} after round {len(trajectory)}/{len(blocks)}")
-    for k in range(len(trajectory) + 1, len(blocks) + 1):
-        # the current hybrid is shared by every candidate up to the layer it swaps: run it once
-        # and cache every layer's input, so a candidate only recomputes from its own layer on
-        with autocast(device, bf16):
-            cached = [block_io(model, x)[0] for x, _ in batches]  # [batch][layer] -> (B, T, C)
-            losses = {}
-            candidates = [i for i in range(len(blocks)) if i not in linear]
-            for i in candidates[rank()::world()]:  # ---- distributed: each process scores its share
-                total = 0.0
-                for (_, y), inputs in zip(batches, cached):
-                    h = blocks[i](inputs[i], attn=students[i])
-                    for block in blocks[i + 1:]:
-                        h = block(h)
-                    total += model.head(h, y)[1].item()
-                losses[i] = total / len(batches)
-        losses = dict(sorted(kv for part in all_gather(losses) for kv in part.items()))  # the same on every process
-        best = min(losses, key=losses.get)  # ties go to the lower layer index
-        linear.append(best)
-        swap_in(model, [best], students)
-        trajectory.append({"k": k, "layer": best, "val_loss": losses[best],
-                           "rel_change": losses[best] / teacher_loss - 1,
-                           "candidates": [losses.get(i) for i in range(len(blocks))]})  # None: already linear
-        print(f"greedy   round {k}/{len(blocks)} | " +
-              " ".join(f"L{i} {l:.4f}" for i, l in losses.items()) +
-              f" | replace L{best} -> {losses[best]:.4f} ({100 * trajectory[-1]['rel_change']:+.2f}%)")
-        if ckpt_path:
-            atomic_save({"key": key, "trajectory": trajectory}, ckpt_path)
-    for block, attn in zip(blocks, teacher_attn):  # hand the teacher back unchanged
-        block.attn = attn
+    with hybrid(model, linear, students):  # the teacher comes back when the search ends
+        for k in range(len(trajectory) + 1, len(blocks) + 1):
+            losses = greedy_round(model, students, batches, linear, device, bf16)
+            best = min(losses, key=losses.get)  # ties go to the lower layer index
+            linear.append(best)
+            swap_in(model, [best], students)
+            trajectory.append({"k": k, "layer": best, "val_loss": losses[best],
+                               "rel_change": losses[best] / teacher_loss - 1,
+                               "candidates": [losses.get(i) for i in range(len(blocks))]})  # None: already linear
+            print(f"greedy   round {k}/{len(blocks)} | " +
+                  " ".join(f"L{i} {l:.4f}" for i, l in losses.items()) +
+                  f" | replace L{best} -> {losses[best]:.4f} ({100 * trajectory[-1]['rel_change']:+.2f}%)")
+            if ckpt_path:
+                atomic_save({"key": key, "trajectory": trajectory}, ckpt_path)
     return teacher_loss, trajectory
+
+@torch.no_grad()
+def greedy_round(model, students, batches, linear, device, bf16):
+    """One round of Algorithm 1: {layer: val loss of the current hybrid with that layer swapped}."""
+    blocks = model.transformer.h
+    # the current hybrid is shared by every candidate up to the layer it swaps: run it once
+    # and cache every layer's input, so a candidate only recomputes from its own layer on
+    with autocast(device, bf16):
+        cached = [block_io(model, x)[0] for x, _ in batches]  # [batch][layer] -> (B, T, C)
+        losses = {}
+        candidates = [i for i in range(len(blocks)) if i not in linear]
+        for i in candidates[rank()::world()]:  # ---- distributed: each process scores its share
+            total = 0.0
+            for (_, y), inputs in zip(batches, cached):
+                h = blocks[i](inputs[i], attn=students[i])
+                for block in blocks[i + 1:]:
+                    h = block(h)
+                total += model.head(h, y)[1].item()
+            losses[i] = total / len(batches)
+    return dict(sorted(kv for part in all_gather(losses) for kv in part.items()))  # the same on every process
 
 def select_models(teacher_loss, trajectory, tolerance):
     """M_best: the lowest val loss seen (the teacher counts; ties go to more linear layers).
@@ -681,11 +695,8 @@ def placement_baselines(model, students, batches, trajectory, n_random=5, seed=0
     orders = [torch.randperm(L, generator=gen).tolist() for _ in range(n_random)]
 
     def loss_of(layers):
-        swap_in(model, layers, students)
-        loss = val_loss(model, batches, device, bf16)
-        for i in layers:
-            model.transformer.h[i].attn = model.teacher_attn[i]
-        return loss
+        with hybrid(model, layers, students):
+            return val_loss(model, batches, device, bf16)
 
     random_losses = torch.tensor([[loss_of(order[:k]) for k in range(1, L + 1)] for order in orders])
     return {"greedy": [t["val_loss"] for t in trajectory],
@@ -712,10 +723,8 @@ def greedy_verdict(b):
 def finetune(model, layers, students, train, val_b, cfg, device, bf16):
     """Train a copy of the model with `layers` linear, end to end (all parameters), at a small
     learning rate; val loss before and after. The run's own model is left untouched."""
-    swap_in(model, layers, students)
-    tuned = copy.deepcopy(model).train().requires_grad_(True)
-    for i in layers:
-        model.transformer.h[i].attn = model.teacher_attn[i]
+    with hybrid(model, layers, students):
+        tuned = copy.deepcopy(model).train().requires_grad_(True)
     before = val_loss(tuned.eval(), val_b, device, bf16)
     optimizer = torch.optim.AdamW(tuned.parameters(), lr=cfg.min_lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(cfg.seed + 2)  # the same batches for teacher and hybrid
@@ -743,7 +752,6 @@ def bench_decode(cfg, device, patterns, contexts, new_tokens=32, repeats=5, batc
     model = GPT(GPTConfig(block_size=max(contexts) + new_tokens, vocab_size=65, n_layer=cfg.n_layer,
                           n_head=cfg.n_head, n_embd=cfg.n_embd)).to(device).eval()
     students = [s.to(device) for s in make_students(model, cfg.student == "gla")]
-    teacher_attn = [block.attn for block in model.transformer.h]
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     median = lambda xs: sorted(xs)[len(xs) // 2]
     rows = []
@@ -753,21 +761,19 @@ def bench_decode(cfg, device, patterns, contexts, new_tokens=32, repeats=5, batc
         decode = {(name, B): [] for name in patterns for B in (1, batch)}
         for _ in range(repeats):
             for name, layers in patterns.items():  # models take turns, so noise hits them alike
-                swap_in(model, layers, students)
-                caches = model.new_caches(1, N + new_tokens)
-                sync(); t0 = time.perf_counter()
-                model(idx[:1, :N], caches=caches)
-                sync(); prefill[name].append(time.perf_counter() - t0)
-                held[name] = cache_bytes(caches)
-                for B in (1, batch):  # the same prefilled cache, for B sequences
-                    c = [{k: v.expand(B, *v.shape[1:]).clone() if torch.is_tensor(v) else v for k, v in layer.items()}
-                         for layer in caches]
-                    for t in range(N, N + new_tokens):
-                        t0 = time.perf_counter()
-                        model(idx[:B, t:t + 1], caches=c)
-                        sync(); decode[name, B].append(time.perf_counter() - t0)
-                for block, attn in zip(model.transformer.h, teacher_attn):
-                    block.attn = attn
+                with hybrid(model, layers, students):
+                    caches = model.new_caches(1, N + new_tokens)
+                    sync(); t0 = time.perf_counter()
+                    model(idx[:1, :N], caches=caches)
+                    sync(); prefill[name].append(time.perf_counter() - t0)
+                    held[name] = cache_bytes(caches)
+                    for B in (1, batch):  # the same prefilled cache, for B sequences
+                        c = [{k: v.expand(B, *v.shape[1:]).clone() if torch.is_tensor(v) else v
+                              for k, v in layer.items()} for layer in caches]
+                        for t in range(N, N + new_tokens):
+                            t0 = time.perf_counter()
+                            model(idx[:B, t:t + 1], caches=c)
+                            sync(); decode[name, B].append(time.perf_counter() - t0)
         for name in patterns:
             rows.append({"model": name, "context": N, "prefill_s": median(prefill[name]), "cache_bytes": held[name],
                          "decode_tok_s": 1 / median(decode[name, 1]),
@@ -852,16 +858,13 @@ def run_tasks(model, students, tasks, cfg, run_dir, device="cpu", bf16=False, do
         half = tasks["copy"][0][0].size(1) // 2
         plain = [(x[:, :half], y[:, half:]) for x, y in tasks["copy"]]  # (B, half) each
         results["copy"]["teacher_plain_loss"] = val_loss(model, plain, device, bf16)
-    names, teacher_attn = list(tasks), [block.attn for block in model.transformer.h]
-    loss = []
+    names, n_layer, loss = list(tasks), len(students), []
     for row in names:  # is a hybrid chosen for one task still good at the others?
-        swap_in(model, results[row]["m_opt"]["linear_layers"], students)
-        loss.append([val_loss(model, tasks[col], device, bf16) for col in names])
-        for block, attn in zip(model.transformer.h, teacher_attn):
-            block.attn = attn
+        with hybrid(model, results[row]["m_opt"]["linear_layers"], students):
+            loss.append([val_loss(model, tasks[col], device, bf16) for col in names])
     out = {"tasks": results, "tasks_cross_eval": {"rows": names, "cols": names, "loss": loss}}
-    print("\n" + "\n".join(tasks_markdown(out, cfg.tolerance, len(teacher_attn))))
-    plot_tasks(results, cfg.tolerance, len(teacher_attn), os.path.join(run_dir, "tasks.png"))
+    print("\n" + "\n".join(tasks_markdown(out, cfg.tolerance, n_layer)))
+    plot_tasks(results, cfg.tolerance, n_layer, os.path.join(run_dir, "tasks.png"))
     print(f"tasks    {len(names)} searches and cross-evaluation in {time.time() - t0:.0f}s")
     return out
 
@@ -964,12 +967,10 @@ def check_compatible(ckpt, cfg, meta, path):
                        f"tokenizer); use another --out_dir, or delete it to retrain")
 
 def save_hybrid(path, model, students, linear_layers, cfg, meta, val):
-    swap_in(model, linear_layers, students)
-    atomic_save({"model_args": model_args(cfg, meta), "state_dict": model.state_dict(),
-                 "config": dataclasses.asdict(cfg), "meta": meta, "student": cfg.student,
-                 "linear_layers": linear_layers, "val_loss": val}, path)
-    for i in linear_layers:  # back to the teacher
-        model.transformer.h[i].attn = model.teacher_attn[i]
+    with hybrid(model, linear_layers, students):
+        atomic_save({"model_args": model_args(cfg, meta), "state_dict": model.state_dict(),
+                     "config": dataclasses.asdict(cfg), "meta": meta, "student": cfg.student,
+                     "linear_layers": linear_layers, "val_loss": val}, path)
 
 def sample_text(model, meta, n_tokens, device, seed):
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -1208,7 +1209,6 @@ def run(cfg):
         model = train_teacher.train(cfg, train, val, meta, device, bf16, teacher_path)
         t_teacher = teacher_train_s = time.time() - t0
     model.requires_grad_(False)
-    model.teacher_attn = [block.attn for block in model.transformer.h]
 
     # 2. blockwise local distillation, or its saved result
     run_dir = os.path.join(cfg.out_dir, cfg.student)
@@ -1279,9 +1279,9 @@ def run(cfg):
 
     # 4. what the two models write
     print(f"\n---- sample from the teacher ----\n{sample_text(model, meta, cfg.sample_tokens, device, cfg.seed)}")
-    swap_in(model, m_opt["linear_layers"], students)
-    print(f"\n---- sample from M_opt (linear layers {m_opt['linear_layers']}) ----\n"
-          f"{sample_text(model, meta, cfg.sample_tokens, device, cfg.seed)}")
+    with hybrid(model, m_opt["linear_layers"], students):
+        print(f"\n---- sample from M_opt (linear layers {m_opt['linear_layers']}) ----\n"
+              f"{sample_text(model, meta, cfg.sample_tokens, device, cfg.seed)}")
     print(f"\nwrote {run_dir}/: report.json, students.pt, m_best.pt, m_opt.pt "
           f"(generate more: python dtr.py --sample {run_dir}/m_opt.pt)")
     return report

@@ -213,10 +213,8 @@ def test_greedy_follows_algorithm_1():
     for t in traj:
         losses = {}
         for i in sorted(set(range(4)) - set(linear)):
-            dtr.swap_in(model, linear + [i], students)
-            losses[i] = dtr.val_loss(model, batches)
-            for j, attn in enumerate(teacher_attn):
-                model.transformer.h[j].attn = attn
+            with dtr.hybrid(model, linear + [i], students):
+                losses[i] = dtr.val_loss(model, batches)
         assert t["layer"] == min(losses, key=losses.get)
         assert t["val_loss"] == pytest.approx(losses[t["layer"]], rel=1e-5)
         assert t["rel_change"] == pytest.approx(t["val_loss"] / teacher_loss - 1)
@@ -227,21 +225,19 @@ def test_placement_baselines_choose_the_stated_layers():
     # a 4-layer model whose "students" zero their layer's attention: each baseline's layer choices
     # are known in advance, and each of its losses is the plain val loss of the model it names
     model = tiny_gpt(n_layer=4, seed=2)
-    model.teacher_attn = [block.attn for block in model.transformer.h]
+    teacher_attn = [block.attn for block in model.transformer.h]
     students = [Zero() for _ in range(4)]
     batches = dtr.fixed_batches(torch.randint(20, (2000,), generator=torch.Generator().manual_seed(0)), 32, 4, 2, "cpu")
     traj = [{"val_loss": 0.0, "candidates": [3.0, 1.0, 4.0, 2.0]}] * 4  # round 1: L1 best, then L3, L0, L2
     b = dtr.placement_baselines(model, students, batches, traj, n_random=3)
+    assert [block.attn for block in model.transformer.h] == teacher_attn  # the teacher is handed back
     assert b["uniform_layers"] == [[2], [1, 3], [0, 2, 3], [0, 1, 2, 3]]
     assert b["importance_order"] == [1, 3, 0, 2]
     assert all(sorted(order) == [0, 1, 2, 3] for order in b["random_orders"])
     for k, layers in ((1, [1]), (2, [1, 3]), (3, [0, 1, 3])):
-        dtr.swap_in(model, layers, students)
-        assert b["importance"][k - 1] == pytest.approx(dtr.val_loss(model, batches), rel=1e-6)
-        for j, attn in enumerate(model.teacher_attn):
-            model.transformer.h[j].attn = attn
+        with dtr.hybrid(model, layers, students):
+            assert b["importance"][k - 1] == pytest.approx(dtr.val_loss(model, batches), rel=1e-6)
     assert b["uniform"][3] == pytest.approx(b["importance"][3]) == pytest.approx(b["random_mean"][3])  # all swapped
-    assert [b.attn for b in model.transformer.h] == model.teacher_attn
 
 class Zero(torch.nn.Module):
     """A stand-in student that removes its layer's attention."""
