@@ -277,12 +277,15 @@ def download(url, path):
         f.write(data)
     os.replace(path + ".tmp", path)
 
-def get_batch(data, block_size, batch_size, device, generator=None):
-    """Random windows for training: x and the next-token targets y, both (B, T)."""
-    ix = torch.randint(len(data) - block_size - 1, (batch_size,), generator=generator)
-    x = torch.stack([data[i:i + block_size] for i in ix])
-    y = torch.stack([data[i + 1:i + 1 + block_size] for i in ix])
+def windows(data, starts, block_size, device):
+    """x = the windows of block_size tokens at `starts`, y = the next token at each place, both (B, T)."""
+    x = torch.stack([data[i:i + block_size] for i in starts])
+    y = torch.stack([data[i + 1:i + 1 + block_size] for i in starts])
     return x.to(device), y.to(device)
+
+def get_batch(data, block_size, batch_size, device, generator=None):
+    """Random windows for training."""
+    return windows(data, torch.randint(len(data) - block_size - 1, (batch_size,), generator=generator), block_size, device)
 
 def fixed_batches(data, block_size, batch_size, n_batches, device):
     """Deterministic windows spread evenly over the split: every candidate in the greedy
@@ -291,9 +294,7 @@ def fixed_batches(data, block_size, batch_size, n_batches, device):
         raise DtrError(f"the validation split has {len(data)} tokens, fewer than the context "
                        f"({block_size}) + 2; use a longer text or a smaller --block_size")
     starts = torch.linspace(0, len(data) - block_size - 1, n_batches * batch_size).long()
-    x = torch.stack([data[i:i + block_size] for i in starts])
-    y = torch.stack([data[i + 1:i + 1 + block_size] for i in starts])
-    return [(xb.to(device), yb.to(device)) for xb, yb in zip(x.split(batch_size), y.split(batch_size))]
+    return [windows(data, s, block_size, device) for s in starts.split(batch_size)]
 
 # ---- model: the teacher (nanoGPT) ----
 
@@ -990,7 +991,8 @@ def machine():
         return f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
     cpu = platform.processor() or platform.machine()
     if os.path.exists("/proc/cpuinfo"):
-        names = [l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")]
+        with open("/proc/cpuinfo") as f:
+            names = [l.split(":", 1)[1].strip() for l in f if l.startswith("model name")]
         cpu = names[0] if names else cpu
     return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
 

@@ -14,8 +14,9 @@ import sys
 
 os.environ["TRITON_INTERPRET"] = "1"  # Triton kernels run on the CPU; must be set before triton is imported
 HERE = os.path.dirname(os.path.abspath(__file__))
-SHARED = os.path.join(HERE, "..", "shared")
-os.environ.setdefault("TIKTOKEN_CACHE_DIR", os.path.join(SHARED, "tiktoken_cache"))
+SHARED = os.path.join(HERE, "..", "shared")  # offline copies beside the checkout, where there are any
+if os.path.isdir(os.path.join(SHARED, "tiktoken_cache")):
+    os.environ.setdefault("TIKTOKEN_CACHE_DIR", os.path.join(SHARED, "tiktoken_cache"))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -327,11 +328,16 @@ def test_each_task_keeps_the_layer_it_needs(tmp_path):
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
-    """A data folder holding the shared copy of tiny Shakespeare, as if downloaded."""
+    """A data folder holding tiny Shakespeare: the shared offline copy, else downloaded once."""
     d = tmp_path_factory.mktemp("data")
+    src = os.path.join(SHARED, "data", "shakespeare", "input.txt")
+    if not os.path.exists(src):
+        src = os.path.join(HERE, "data", "shakespeare", "input.txt")
+        if not os.path.exists(src):
+            dtr.download(dtr.SHAKESPEARE_URL, src)
     for name in ("shakespeare", "shakespeare_char"):
         os.makedirs(d / name)
-        shutil.copy(os.path.join(SHARED, "data", "shakespeare", "input.txt"), d / name / "input.txt")
+        shutil.copy(src, d / name / "input.txt")
     return str(d)
 
 def test_char_data_facts(data_dir):
