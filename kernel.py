@@ -123,12 +123,16 @@ def linear_attention_step(q, k, v, log_g=None, state=None, normalize=True):
     return o, state
 
 # ---- Triton kernels ----
-# One program per (batch, head) walks the chunks in order with the whole D x Dv state in
-# registers (fp32), like the PyTorch loop above; D and Dv are padded to powers of two and
-# masked. flash-linear-attention also splits D and Dv across programs for more parallelism;
-# this version stays one program per head to stay short. The backward recomputes the
-# per-chunk states instead of storing them: a second pass over q, k, v is cheap, whereas
-# storing T / C states of D x Dv fp32 costs as much memory as the activations themselves.
+# Each program owns one (batch, head) and one block of BV value columns, and walks the chunks
+# in order with its D x BV slice of the state in registers (fp32), like the PyTorch loop
+# above. Value columns never mix in the recurrence, so splitting them is free in the forward;
+# it also keeps a program's tiles small enough for shared memory at D = 128. D is not split:
+# a program needs whole rows of q and k for q . k. D and Dv are padded to powers of two and
+# masked. The backward recomputes the per-chunk states instead of storing them: a second
+# pass over q, k, v is cheap, whereas storing T / C states of D x Dv fp32 costs as much
+# memory as the activations themselves. dq and dk sum over the value columns, so each value
+# block writes its share and the wrapper adds them up (and then forms dlog_g, which needs
+# whole rows of dq and dk).
 
 try:
     import triton
@@ -170,7 +174,8 @@ if HAS_TRITON:
                     HAS_G: tl.constexpr, HAS_H0: tl.constexpr):
         bh = tl.program_id(0).to(tl.int64)
         q, k, v, o, g = q + bh * T * D, k + bh * T * D, v + bh * T * DV, o + bh * T * DV, g + bh * T
-        ik, iv, it = tl.arange(0, BK), tl.arange(0, BV), tl.arange(0, BT)
+        ik, it = tl.arange(0, BK), tl.arange(0, BT)
+        iv = tl.program_id(1) * BV + tl.arange(0, BV)  # this program's value columns
         # (BK, BV) running state S
         b_h = tl.zeros([BK, BV], dtype=tl.float32)
         if HAS_H0:
@@ -189,14 +194,15 @@ if HAS_TRITON:
         _store_tile(ht + bh * D * DV, b_h, ik, iv, D, DV)
 
     @triton.jit
-    def _bwd_dq_kernel(q, k, v, g, h0, do, dht, dq, dgq, dgT, T, D: tl.constexpr, DV: tl.constexpr,
+    def _bwd_dq_kernel(q, k, v, g, h0, do, dq, T, D: tl.constexpr, DV: tl.constexpr,
                        BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                       HAS_G: tl.constexpr, HAS_H0: tl.constexpr, HAS_DHT: tl.constexpr):
-        """Forward walk that recomputes the states: dq, q . dq per step and <S_T, dS_T>."""
+                       HAS_G: tl.constexpr, HAS_H0: tl.constexpr):
+        """Forward walk that recomputes the states: this value block's share of dq."""
         bh = tl.program_id(0).to(tl.int64)
-        q, k, v, g = q + bh * T * D, k + bh * T * D, v + bh * T * DV, g + bh * T
-        do, dq, dgq = do + bh * T * DV, dq + bh * T * D, dgq + bh * T
-        ik, iv, it = tl.arange(0, BK), tl.arange(0, BV), tl.arange(0, BT)
+        q, k, v, g, do = q + bh * T * D, k + bh * T * D, v + bh * T * DV, g + bh * T, do + bh * T * DV
+        dq = dq + (tl.program_id(1) * tl.num_programs(0) + bh) * T * D  # (NV, B * H, T, D) shares
+        ik, it = tl.arange(0, BK), tl.arange(0, BT)
+        iv = tl.program_id(1) * BV + tl.arange(0, BV)
         # (BK, BV) state entering the chunk
         b_h = tl.zeros([BK, BV], dtype=tl.float32)
         if HAS_H0:
@@ -204,34 +210,29 @@ if HAS_TRITON:
         for n in range(tl.cdiv(T, BT)):
             t = n * BT + it
             b_b, b_C, b_D = _chunk_decay(g, t, T, BT, HAS_G)
-            b_q, b_k = _load_tile(q, t, ik, T, D), _load_tile(k, t, ik, T, D)
+            b_k = _load_tile(k, t, ik, T, D)
             b_v, b_do = _load_tile(v, t, iv, T, DV), _load_tile(do, t, iv, T, DV)
             # (BT, BT) dA_ts = (do_t . v_s) D_ts -> (BT, BK) dq = dA k + exp(b) do S^T
             b_dA = tl.dot(b_do, tl.trans(b_v)) * b_D
             b_dq = tl.dot(b_dA, b_k) + tl.dot(b_do, tl.trans(b_h)) * tl.exp(b_b)[:, None]
             _store_tile(dq, b_dq, t, ik, T, D)
-            if HAS_G:
-                tl.store(dgq + t, tl.sum(b_q * b_dq, 1), mask=t < T)
             b_h = b_h * tl.exp(b_C) + tl.dot(tl.trans(b_k * tl.exp(b_C - b_b)[:, None]), b_v)
-        if HAS_G and HAS_DHT:  # b_h is now the final state S_T
-            tl.store(dgT + bh, tl.sum(tl.sum(b_h * _load_tile(dht + bh * D * DV, ik, iv, D, DV), 1), 0))
 
     @triton.jit
-    def _bwd_dkv_kernel(q, k, v, g, do, dht, dgq, dgT, dk, dv, dg, dh0, T, D: tl.constexpr,
+    def _bwd_dkv_kernel(q, k, v, g, do, dht, dk, dv, dh0, T, D: tl.constexpr,
                         DV: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                         HAS_G: tl.constexpr, HAS_H0: tl.constexpr, HAS_DHT: tl.constexpr):
-        """Reverse walk carrying dS: dk, dv, dlog_g (a reverse cumsum, so it rides along) and dS_0."""
+        """Reverse walk carrying dS: this value block's dv, dS_0 and share of dk."""
         bh = tl.program_id(0).to(tl.int64)
         q, k, v, g = q + bh * T * D, k + bh * T * D, v + bh * T * DV, g + bh * T
-        do, dk, dv, dgq, dg = do + bh * T * DV, dk + bh * T * D, dv + bh * T * DV, dgq + bh * T, dg + bh * T
-        ik, iv, it = tl.arange(0, BK), tl.arange(0, BV), tl.arange(0, BT)
+        do, dv = do + bh * T * DV, dv + bh * T * DV
+        dk = dk + (tl.program_id(1) * tl.num_programs(0) + bh) * T * D  # (NV, B * H, T, D) shares
+        ik, it = tl.arange(0, BK), tl.arange(0, BT)
+        iv = tl.program_id(1) * BV + tl.arange(0, BV)
         # (BK, BV) gradient w.r.t. the state at the end of the current chunk
         b_dh = tl.zeros([BK, BV], dtype=tl.float32)
-        b_carry = 0.  # sum of dL/dB over all later steps, seeded with <S_T, dS_T>
         if HAS_DHT:
             b_dh = _load_tile(dht + bh * D * DV, ik, iv, D, DV)
-            if HAS_G:
-                b_carry = tl.load(dgT + bh)
         NT = tl.cdiv(T, BT)
         for i in range(NT):
             t = (NT - 1 - i) * BT + it
@@ -247,12 +248,6 @@ if HAS_TRITON:
             b_dv = tl.dot(tl.trans(b_A), b_do) + tl.dot(b_k, b_dh) * b_kd  # (BT, BV)
             _store_tile(dk, b_dk, t, ik, T, D)
             _store_tile(dv, b_dv, t, iv, T, DV)
-            if HAS_G:
-                # (BT,) dL/dB_t, then its suffix sum: within the chunk plus all later chunks
-                b_x = tl.load(dgq + t, mask=t < T, other=0.) - tl.sum(b_k * b_dk, 1)
-                b_dg = tl.sum(tl.where(it[None, :] >= it[:, None], b_x[None, :], 0.), 1) + b_carry
-                tl.store(dg + t, b_dg, mask=t < T)
-                b_carry += tl.sum(b_x, 0)
             # reverse state passing: dS <- exp(b_C) dS + sum_t exp(b_t) q_t do_t^T
             b_dh = b_dh * tl.exp(b_C) + tl.dot(tl.trans(b_q * tl.exp(b_b)[:, None]), b_do)
         if HAS_H0:
@@ -272,9 +267,8 @@ class TritonLinearAttention(torch.autograd.Function):
         if not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
             raise RuntimeError("impl='triton' on CPU tensors runs only with TRITON_INTERPRET=1 set "
                                "before triton is imported; use impl='torch' on CPU")
-        if max(D, Dv) > 256:  # the whole state lives in one program's registers
-            raise ValueError(f"impl='triton' supports head dims up to 256, got D={D}, Dv={Dv} "
-                             "(Dv includes the normaliser column)")
+        if D > 128:  # whole rows of q and k live in one program, with a D x BV slice of the state
+            raise ValueError(f"impl='triton' supports feature dims D up to 128, got D={D}; use impl='torch'")
         if chunk_size < 16 or chunk_size & (chunk_size - 1):
             raise ValueError(f"impl='triton' wants a power-of-two chunk_size >= 16, got {chunk_size}")
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
@@ -283,31 +277,39 @@ class TritonLinearAttention(torch.autograd.Function):
         o = q.new_empty(B, H, T, Dv, dtype=torch.float32)
         ht = q.new_empty(B, H, D, Dv, dtype=torch.float32)
         ctx.meta = dict(D=D, DV=Dv, BT=chunk_size, BK=max(16, triton.next_power_of_2(D)),
-                        BV=max(16, triton.next_power_of_2(Dv)), HAS_G=log_g is not None,
-                        HAS_H0=initial_state is not None)
-        _fwd_kernel[(B * H,)](q, k, v, g, h0, o, ht, T, **ctx.meta)
-        ctx.save_for_backward(q, k, v, log_g, initial_state)
+                        BV=min(64, max(16, triton.next_power_of_2(Dv))), HAS_G=log_g is not None,
+                        HAS_H0=initial_state is not None,
+                        num_stages=1)  # no multi-buffered loads: at D = 128 they overflow shared memory
+        ctx.grid = (B * H, triton.cdiv(Dv, ctx.meta["BV"]))  # (batch x head, value block)
+        _fwd_kernel[ctx.grid](q, k, v, g, h0, o, ht, T, **ctx.meta)
+        ctx.save_for_backward(q, k, v, log_g, initial_state, ht)
         ctx.set_materialize_grads(False)  # dht stays None when the final state is unused
         return o, ht
 
     @staticmethod
     def backward(ctx, do, dht):
-        q, k, v, log_g, initial_state = ctx.saved_tensors
+        q, k, v, log_g, initial_state, ht = ctx.saved_tensors
         B, H, T, D = q.shape
-        meta = ctx.meta
+        NV = ctx.grid[1]
         do = q.new_zeros(B, H, T, v.shape[-1], dtype=torch.float32) if do is None else do.float().contiguous()
         g, h0 = (x if x is not None else q for x in (log_g, initial_state))
         dht_ = dht.float().contiguous() if dht is not None else q
-        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        dgq = q.new_empty(B, H, T, dtype=torch.float32)  # q_t . dq_t
-        dgT = q.new_zeros(B, H, dtype=torch.float32)  # <S_T, dS_T>
-        dg = q.new_empty(B, H, T, dtype=torch.float32)
+        dq = q.new_empty(NV, B, H, T, D, dtype=torch.float32)  # one share per value block
+        dk = torch.empty_like(dq)
+        dv = torch.empty_like(v)
         dh0 = torch.empty_like(initial_state) if initial_state is not None else q
-        _bwd_dq_kernel[(B * H,)](q, k, v, g, h0, do, dht_, dq, dgq, dgT, T, HAS_DHT=dht is not None, **meta)
-        _bwd_dkv_kernel[(B * H,)](q, k, v, g, do, dht_, dgq, dgT, dk, dv, dg, dh0, T,
-                                  HAS_DHT=dht is not None, **meta)
-        dlog_g = dg.to(log_g.dtype) if log_g is not None else None
-        return dq, dk, dv, dlog_g, dh0 if initial_state is not None else None, None
+        _bwd_dq_kernel[ctx.grid](q, k, v, g, h0, do, dq, T, **ctx.meta)
+        _bwd_dkv_kernel[ctx.grid](q, k, v, g, do, dht_, dk, dv, dh0, T, HAS_DHT=dht is not None, **ctx.meta)
+        dq, dk = dq.sum(0), dk.sum(0)
+        dlog_g = None
+        if log_g is not None:  # dL/dB_t = q_t . dq_t - k_t . dk_t (+ <S_T, dS_T>), summed from t on
+            dB = (q.float() * dq).sum(-1) - (k.float() * dk).sum(-1)  # (B, H, T)
+            dlog_g = dB.flip(-1).cumsum(-1).flip(-1)
+            if dht is not None:
+                dlog_g = dlog_g + (ht * dht.float()).sum((-2, -1))[..., None]
+            dlog_g = dlog_g.to(log_g.dtype)
+        return (dq.to(q.dtype), dk.to(k.dtype), dv, dlog_g,
+                dh0 if initial_state is not None else None, None)
 
 # ---- dispatch ----
 
@@ -402,7 +404,7 @@ def benchmark(device, max_T, reps, with_fla):
           f"median of {reps}, times in ms; naive only up to T={naive_max}")
     print(f"{'T':>6} | fwd: " + " ".join(f"{n:>8}" for n in forms) + " | fwd+bwd: "
           + " ".join(f"{n:>8}" for n in forms) + " | fwd speed-up vs sdpa")
-    rows, T = [], 256
+    rows, T, broken = [], 256, set()
     while T <= max_T:
         torch.manual_seed(0)
         q, k = (torch.rand(B, H, T, D, device=device, dtype=dtype) for _ in range(2))
@@ -410,13 +412,17 @@ def benchmark(device, max_T, reps, with_fla):
         g = -0.1 * torch.rand(B, H, T, device=device, dtype=dtype)
         fwd, fwd_bwd = {}, {}
         for name, f in forms.items():
-            if name == "naive" and T > naive_max:
-                fwd[name] = fwd_bwd[name] = float("nan")
+            fwd[name] = fwd_bwd[name] = float("nan")
+            if (name == "naive" and T > naive_max) or name in broken:
                 continue
-            with torch.no_grad():
-                fwd[name] = _time_ms(lambda: f(q, k, v, g), reps, sync)
-            ins = [t.detach().requires_grad_() for t in (q, k, v, g)]
-            fwd_bwd[name] = _time_ms(lambda: f(*ins).float().sum().backward(), reps, sync)
+            try:
+                with torch.no_grad():
+                    fwd[name] = _time_ms(lambda: f(q, k, v, g), reps, sync)
+                ins = [t.detach().requires_grad_() for t in (q, k, v, g)]
+                fwd_bwd[name] = _time_ms(lambda: f(*ins).float().sum().backward(), reps, sync)
+            except RuntimeError as e:  # e.g. a third-party kernel refusing this Triton version
+                broken.add(name)
+                print(f"bench    {name} dropped: {str(e).splitlines()[0][:160]}")
         rows.append((T, fwd, fwd_bwd))
         print(f"{T:>6} | fwd: " + " ".join(f"{fwd[n]:8.2f}" for n in forms) + " | fwd+bwd: "
               + " ".join(f"{fwd_bwd[n]:8.2f}" for n in forms) + f" | {fwd['sdpa'] / fwd['chunked']:6.1f}x")

@@ -59,7 +59,7 @@ def forward_backward(impl, inputs, dtype, normalize, chunk_size, final_state=Tru
     return [t for t in [o, S] + [x.grad for x in ins if x is not None] if t is not None]
 
 # T: 1 step, one short of a chunk, exactly one chunk, one past it, several ragged chunks;
-# D = 48 and Dv + 1 exercise the non-power-of-two masks.
+# D = 48 and Dv + 1 exercise the non-power-of-two masks; Dv = 100 spans two Triton value blocks.
 CASES = [  # T, D, Dv, gated, with_state, normalize, chunk_size, final_state
     (1, 16, 16, True, True, True, 16, True),
     (63, 16, 16, True, True, True, 32, True),
@@ -68,6 +68,7 @@ CASES = [  # T, D, Dv, gated, with_state, normalize, chunk_size, final_state
     (65, 48, 20, True, False, True, 16, True),
     (200, 16, 16, False, True, True, 32, True),
     (200, 16, 16, True, False, False, 32, True),
+    (70, 24, 100, True, True, True, 32, True),
 ]
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -130,8 +131,8 @@ def test_bf16_long_sequence_is_finite(log_g_value):
 
 @needs_triton
 def test_triton_rejects_bad_sizes():
-    q = torch.rand(1, 1, 8, 300)
-    with pytest.raises(ValueError, match="head dims up to 256"):
+    q = torch.rand(1, 1, 8, 129)
+    with pytest.raises(ValueError, match="feature dims D up to 128"):
         kernel.linear_attention(q, q, q[..., :16], impl="triton")
     with pytest.raises(ValueError, match="power-of-two chunk_size"):
         kernel.linear_attention(q[..., :16], q[..., :16], q[..., :16], chunk_size=24, impl="triton")
