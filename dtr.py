@@ -18,6 +18,7 @@ import copy
 import dataclasses
 import glob
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -333,9 +334,14 @@ class CausalSelfAttention(nn.Module):
             n = cache["n"]
             cache["k"][:, :, n:n + T], cache["v"][:, :, n:n + T] = k, v
             cache["n"] = n + T
-            # query i sees keys <= n + i; a single new token sees them all, and needs no mask
-            mask = None if T == 1 else torch.ones(T, n + T, dtype=torch.bool, device=x.device).tril(diagonal=n)
-            y = F.scaled_dot_product_attention(q, cache["k"][:, :, :n + T], cache["v"][:, :, :n + T], attn_mask=mask)
+            # query i sees keys <= n + i: a plain causal mask for a prompt into an empty cache,
+            # none at all for a single new token, else the causal mask shifted by n
+            k, v = cache["k"][:, :, :n + T], cache["v"][:, :, :n + T]
+            if n == 0 or T == 1:
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=n == 0)
+            else:
+                mask = torch.ones(T, n + T, dtype=torch.bool, device=x.device).tril(diagonal=n)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return F.dropout(self.c_proj(y), self.dropout, self.training)
 
@@ -747,43 +753,74 @@ def bench_decode(cfg, device, patterns, contexts, new_tokens=32, repeats=5, batc
     """Prefill N tokens, then decode new_tokens one at a time, for each layer pattern, side by
     side; decoding is timed for one sequence and for `batch` sequences at once (the prefilled
     cache copied to each), since one sequence on a CPU mostly measures reading the weights.
-    Random weights of the run's model size: weights do not change speed; the position table is
-    stretched to the longest context just for timing."""
+    Each decoding is timed twice: eager, and through torch.compile, which removes most of
+    PyTorch's per-op overhead (at this size ~300 small ops per token, the same for every model,
+    that hide what attention itself costs). Random weights of the run's model size: weights do
+    not change speed; the position table is stretched to the longest context just for timing."""
     torch.manual_seed(cfg.seed)
     model = GPT(GPTConfig(block_size=max(contexts) + new_tokens, vocab_size=65, n_layer=cfg.n_layer,
                           n_head=cfg.n_head, n_embd=cfg.n_embd)).to(device).eval()
     students = [s.to(device) for s in make_students(model, cfg.student == "gla")]
+    models = {}
+    for name, layers in patterns.items():  # one model per pattern, so each compiles on its own
+        with hybrid(model, layers, students):
+            models[name] = copy.deepcopy(model)
+    steps = {name: {"eager": m, "compiled": compiled_decoder(m, batch, device)} for name, m in models.items()}
+    modes = ["eager"] + (["compiled"] if all(s["compiled"] is not None for s in steps.values()) else [])
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     median = lambda xs: sorted(xs)[len(xs) // 2]
     rows = []
     for N in contexts:
         idx = torch.randint(65, (batch, N + new_tokens), device=device)
         prefill, held = {name: [] for name in patterns}, {}
-        decode = {(name, B): [] for name in patterns for B in (1, batch)}
+        decode = {(name, B, mode): [] for name in patterns for B in (1, batch) for mode in modes}
         for _ in range(repeats):
-            for name, layers in patterns.items():  # models take turns, so noise hits them alike
-                with hybrid(model, layers, students):
-                    caches = model.new_caches(1, N + new_tokens)
-                    sync(); t0 = time.perf_counter()
-                    model(idx[:1, :N], caches=caches)
-                    sync(); prefill[name].append(time.perf_counter() - t0)
-                    held[name] = cache_bytes(caches)
-                    for B in (1, batch):  # the same prefilled cache, for B sequences
-                        c = [{k: v.expand(B, *v.shape[1:]).clone() if torch.is_tensor(v) else v
-                              for k, v in layer.items()} for layer in caches]
-                        for t in range(N, N + new_tokens):
-                            t0 = time.perf_counter()
-                            model(idx[:B, t:t + 1], caches=c)
-                            sync(); decode[name, B].append(time.perf_counter() - t0)
+            for name, m in models.items():  # models take turns, so noise hits them alike
+                caches = m.new_caches(1, N + new_tokens)
+                sync(); t0 = time.perf_counter()
+                m(idx[:1, :N], caches=caches)
+                sync(); prefill[name].append(time.perf_counter() - t0)
+                held[name] = cache_bytes(caches)
+                for B, mode in itertools.product((1, batch), modes):  # the same prefilled cache, for B sequences
+                    c = [{k: v.expand(B, *v.shape[1:]).clone() if torch.is_tensor(v) else v
+                          for k, v in layer.items()} for layer in caches]
+                    for t in range(N, N + new_tokens):
+                        t0 = time.perf_counter()
+                        steps[name][mode](idx[:B, t:t + 1], caches=c)
+                        sync(); decode[name, B, mode].append(time.perf_counter() - t0)
         for name in patterns:
-            rows.append({"model": name, "context": N, "prefill_s": median(prefill[name]), "cache_bytes": held[name],
-                         "decode_tok_s": 1 / median(decode[name, 1]),
-                         f"decode_tok_s_batch{batch}": batch / median(decode[name, batch])})
-            print(f"decode   {name:10s} context {N:6d} | prefill {rows[-1]['prefill_s']:7.3f} s | decode "
-                  f"{rows[-1]['decode_tok_s']:7.1f} tok/s, batch {batch}: {rows[-1][f'decode_tok_s_batch{batch}']:7.1f} tok/s"
-                  f" | cache {held[name] / 2**20:8.2f} MiB")
+            row = {"model": name, "context": N, "prefill_s": median(prefill[name]), "cache_bytes": held[name]}
+            for mode in modes:
+                tail = "" if mode == "eager" else "_compiled"
+                row["decode_tok_s" + tail] = 1 / median(decode[name, 1, mode])
+                row[f"decode_tok_s_batch{batch}" + tail] = batch / median(decode[name, batch, mode])
+            rows.append(row)
+            print(f"decode   {name:10s} context {N:6d} | prefill {row['prefill_s']:7.3f} s | cache {held[name] / 2**20:8.2f} MiB | "
+                  + " | ".join(f"{mode} {row['decode_tok_s' + ('' if mode == 'eager' else '_compiled')]:7.1f} tok/s, "
+                               f"batch {batch}: {row[f'decode_tok_s_batch{batch}' + ('' if mode == 'eager' else '_compiled')]:7.1f}"
+                               for mode in modes))
     return {"device": device, "machine": machine(), "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_embd": cfg.n_embd,
-            "new_tokens": new_tokens, "repeats": repeats, "batch": batch, "rows": rows}
+            "new_tokens": new_tokens, "repeats": repeats, "batch": batch, "compiled": "compiled" in modes, "rows": rows}
+
+def compiled_decoder(model, batch, device, context=70):
+    """torch.compile(model) for one-token decoding steps, compiled here for 1 and `batch`
+    sequences (shapes dynamic, so every context reuses the graphs) and checked against the
+    eager model's logits. None, with the reason printed, where compiling does not work."""
+    step = torch.compile(model, dynamic=True)
+    idx = torch.randint(65, (batch, context + 3), device=device)
+    try:
+        for B in (1, batch):
+            eager, comp = model.new_caches(B, context + 3), model.new_caches(B, context + 3)
+            model(idx[:B, :context], caches=eager)
+            model(idx[:B, :context], caches=comp)
+            for t in range(context, context + 3):
+                want, _ = model(idx[:B, t:t + 1], caches=eager)
+                got, _ = step(idx[:B, t:t + 1], caches=comp)
+                torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    except Exception as e:  # no C++ compiler, an unsupported platform, ...: time eager decoding only
+        print(f"decode   compiled decoding skipped: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+        return None
+    return step
 
 # ---- tasks (paper §4, Fig. 3) ----
 # Greedy replacement only needs fixed batches to score, so a target task is just its own
@@ -1035,22 +1072,30 @@ def results_markdown(reports, benches, pictures):
             out += [f"One search per target task (`--task {c['task']}`), same teacher and students:", ""] + \
                    tasks_markdown(r, r["tolerance"], r["n_layer"]) + [""]
     for bench in benches:
+        batch = bench["batch"]
+        speeds = [("decode_tok_s", "eager, 1 sequence"), (f"decode_tok_s_batch{batch}", f"eager, batch {batch}")]
+        if bench.get("compiled"):
+            speeds += [(key + "_compiled", label.replace("eager", "compiled")) for key, label in speeds]
         out += [f"#### Decoding speed and cache memory, M_opt of the `{bench['student']}` student "
                 f"({bench['n_layer']} layers, {bench['n_embd']} wide, "
                 f"{bench['new_tokens']} new tokens, median of {bench['repeats']} runs, {bench['machine']})", "",
-                f"| context | model | prefill s | decode tok/s | decode tok/s, batch {bench['batch']} | cache MiB |",
-                "|---|---|---|---|---|---|"]
-        out += [f"| {w['context']} | {w['model']} | {w['prefill_s']:.3f} | {w['decode_tok_s']:.1f} | "
-                f"{w['decode_tok_s_batch' + str(bench['batch'])]:.1f} | {w['cache_bytes'] / 2**20:.2f} |" for w in bench["rows"]]
+                "| context | model | prefill s | " + " | ".join(f"tok/s, {label}" for _, label in speeds) + " | cache MiB |",
+                "|---" * (len(speeds) + 4) + "|"]
+        out += [f"| {w['context']} | {w['model']} | {w['prefill_s']:.3f} | " + " | ".join(f"{w[key]:.1f}" for key, _ in speeds)
+                + f" | {w['cache_bytes'] / 2**20:.2f} |" for w in bench["rows"]]
         by = {(w["model"], w["context"]): w for w in bench["rows"]}
-        key = f"decode_tok_s_batch{bench['batch']}"
+        # speed-ups: eager against eager; and, with compiling, each model in its faster mode (the
+        # teacher's attention is not always faster compiled, and it should not be held back)
+        fast = lambda w, key: max(w[key], w.get(key + "_compiled", 0.0))
+        ratios = [(key, label, lambda w, key=key: w[key]) for key, label in speeds[:2]]
+        if bench.get("compiled"):
+            ratios += [(key, label.replace("eager", "faster mode"), lambda w, key=key: fast(w, key)) for key, label in speeds[:2]]
         for name in ("all_linear", "m_opt"):
-            out += ["", f"{name} ({bench['linear'][name]}/{bench['n_layer']} layers linear) against the teacher, "
-                    f"same run: " + "; ".join(
-                        f"context {n}: decoding {by[name, n]['decode_tok_s'] / by['teacher', n]['decode_tok_s']:.1f}x "
-                        f"(batch {bench['batch']}: {by[name, n][key] / by['teacher', n][key]:.1f}x), "
-                        f"cache {by['teacher', n]['cache_bytes'] / by[name, n]['cache_bytes']:.0f}x smaller"
-                        for n in sorted({c for _, c in by}))]
+            out += ["", f"{name} ({bench['linear'][name]}/{bench['n_layer']} layers linear) against the teacher, same run:", "",
+                    "| context | " + " | ".join(f"speed-up, {label}" for _, label, _ in ratios) + " | cache smaller by |",
+                    "|---" * (len(ratios) + 2) + "|"]
+            out += [f"| {n} | " + " | ".join(f"{tok_s(by[name, n]) / tok_s(by['teacher', n]):.1f}x" for _, _, tok_s in ratios)
+                    + f" | {by['teacher', n]['cache_bytes'] / by[name, n]['cache_bytes']:.0f}x |" for n in sorted({c for _, c in by})]
         out.append("")
     out += [f"![{os.path.splitext(os.path.basename(p))[0]}]({p})" for p in pictures]
     return "\n".join(out)
@@ -1080,20 +1125,23 @@ def draw_pictures(reports, benches, folder="assets"):
             ax.legend(fontsize=8)
         paths.append(save_figure(fig, os.path.join(folder, "baselines.png")))
     if benches:
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-        batch = benches[0]["batch"]
+        batch, modes = benches[0]["batch"], ["eager"] + (["compiled"] if benches[0].get("compiled") else [])
+        fig, axes = plt.subplots(1, len(modes) + 1, figsize=(5.5 * (len(modes) + 1), 4))
         curves = [("teacher", benches[0]), ("all_linear", benches[0])] + [("m_opt", b) for b in benches]
         for n, (name, bench) in enumerate(curves):
             rows = [w for w in bench["rows"] if w["model"] == name]
             ctx, color = [w["context"] for w in rows], f"C{n}"
             label = name if name != "m_opt" else f"M_opt {bench['student']} ({bench['linear']['m_opt']}/{bench['n_layer']} linear)"
-            ax1.plot(ctx, [w["decode_tok_s"] for w in rows], marker="o", color=color)
-            ax1.plot(ctx, [w[f"decode_tok_s_batch{batch}"] for w in rows], marker="s", ls="--", color=color)
-            ax2.plot(ctx, [w["cache_bytes"] / 2**20 for w in rows], marker="o", color=color, label=label)
-        ax1.set(xscale="log", yscale="log", xlabel="context (tokens)", ylabel="decode tokens/s",
-                title=f"decoding speed (solid: 1 sequence, dashed: batch of {batch})")
-        ax2.set(xscale="log", yscale="log", xlabel="context (tokens)", ylabel="cache MiB", title="cache memory")
-        ax2.legend(fontsize=8)
+            for ax, mode in zip(axes, modes):
+                tail = "" if mode == "eager" else "_compiled"
+                ax.plot(ctx, [w["decode_tok_s" + tail] for w in rows], marker="o", color=color)
+                ax.plot(ctx, [w[f"decode_tok_s_batch{batch}" + tail] for w in rows], marker="s", ls="--", color=color)
+            axes[-1].plot(ctx, [w["cache_bytes"] / 2**20 for w in rows], marker="o", color=color, label=label)
+        for ax, mode in zip(axes, modes):
+            ax.set(xscale="log", yscale="log", xlabel="context (tokens)", ylabel="decode tokens/s",
+                   title=f"decoding, {mode} (solid: 1 sequence, dashed: batch {batch})")
+        axes[-1].set(xscale="log", yscale="log", xlabel="context (tokens)", ylabel="cache MiB", title="cache memory")
+        axes[-1].legend(fontsize=8)
         paths.append(save_figure(fig, os.path.join(folder, "decode.png")))
     L = max(r["n_layer"] for r in reports)
     fig, ax = plt.subplots(figsize=(5 + 0.9 * L, 1.2 + 0.5 * len(reports)))

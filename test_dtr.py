@@ -169,7 +169,7 @@ def test_student_matches_trivially_linearisable_block():
 
 @pytest.mark.parametrize("linear", [[], [0, 2], [0, 1, 2]])  # teacher, hybrid, all-linear
 def test_cached_generation_equals_plain_forward(linear):
-    # prefill 70 tokens (past the 64-token chunk boundary), then decode one token at a time:
+    # prefill 70 tokens (past the 64-token chunk boundary), 5 more at once, then one token at a time:
     # every position's logits must equal those of one uncached forward over the whole sequence
     torch.manual_seed(0)
     model = dtr.GPT(dtr.GPTConfig(block_size=100, vocab_size=20, n_layer=3, n_head=2, n_embd=16)).eval()
@@ -180,7 +180,8 @@ def test_cached_generation_equals_plain_forward(linear):
     idx = torch.randint(20, (2, 100))
     full, _ = model(idx)
     caches = model.new_caches(2, 100)
-    steps = [model(idx[:, :70], caches=caches)[0]] + [model(idx[:, t:t + 1], caches=caches)[0] for t in range(70, 100)]
+    steps = [model(idx[:, :70], caches=caches)[0], model(idx[:, 70:75], caches=caches)[0]]  # prompt, then a few more at once
+    steps += [model(idx[:, t:t + 1], caches=caches)[0] for t in range(75, 100)]
     assert rel_err(torch.cat(steps, dim=1), full) < 1e-5
     assert caches[0]["pos"] == 100
 
