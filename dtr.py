@@ -790,15 +790,14 @@ def bench_decode(cfg, device, patterns, contexts, new_tokens=32, repeats=5, batc
                         sync(); decode[name, B, mode].append(time.perf_counter() - t0)
         for name in patterns:
             row = {"model": name, "context": N, "prefill_s": median(prefill[name]), "cache_bytes": held[name]}
+            line = f"decode   {name:10s} context {N:6d} | prefill {row['prefill_s']:7.3f} s | cache {held[name] / 2**20:8.2f} MiB"
             for mode in modes:
-                tail = "" if mode == "eager" else "_compiled"
+                tail = "" if mode == "eager" else "_compiled"  # decode_tok_s, decode_tok_s_compiled, ...
                 row["decode_tok_s" + tail] = 1 / median(decode[name, 1, mode])
                 row[f"decode_tok_s_batch{batch}" + tail] = batch / median(decode[name, batch, mode])
+                line += f" | {mode} {row['decode_tok_s' + tail]:7.1f} tok/s, batch {batch}: {row[f'decode_tok_s_batch{batch}' + tail]:7.1f}"
             rows.append(row)
-            print(f"decode   {name:10s} context {N:6d} | prefill {row['prefill_s']:7.3f} s | cache {held[name] / 2**20:8.2f} MiB | "
-                  + " | ".join(f"{mode} {row['decode_tok_s' + ('' if mode == 'eager' else '_compiled')]:7.1f} tok/s, "
-                               f"batch {batch}: {row[f'decode_tok_s_batch{batch}' + ('' if mode == 'eager' else '_compiled')]:7.1f}"
-                               for mode in modes))
+            print(line)
     return {"device": device, "machine": machine(), "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_embd": cfg.n_embd,
             "new_tokens": new_tokens, "repeats": repeats, "batch": batch, "compiled": "compiled" in modes, "rows": rows}
 
@@ -1086,15 +1085,16 @@ def results_markdown(reports, benches, pictures):
         by = {(w["model"], w["context"]): w for w in bench["rows"]}
         # speed-ups: eager against eager; and, with compiling, each model in its faster mode (the
         # teacher's attention is not always faster compiled, and it should not be held back)
-        fast = lambda w, key: max(w[key], w.get(key + "_compiled", 0.0))
-        ratios = [(key, label, lambda w, key=key: w[key]) for key, label in speeds[:2]]
+        ratios = [(label, key, False) for key, label in speeds[:2]]
         if bench.get("compiled"):
-            ratios += [(key, label.replace("eager", "faster mode"), lambda w, key=key: fast(w, key)) for key, label in speeds[:2]]
+            ratios += [(label.replace("eager", "faster mode"), key, True) for key, label in speeds[:2]]
+        tok_s = lambda w, key, best: max(w[key], w[key + "_compiled"]) if best else w[key]
         for name in ("all_linear", "m_opt"):
             out += ["", f"{name} ({bench['linear'][name]}/{bench['n_layer']} layers linear) against the teacher, same run:", "",
-                    "| context | " + " | ".join(f"speed-up, {label}" for _, label, _ in ratios) + " | cache smaller by |",
+                    "| context | " + " | ".join(f"speed-up, {label}" for label, _, _ in ratios) + " | cache smaller by |",
                     "|---" * (len(ratios) + 2) + "|"]
-            out += [f"| {n} | " + " | ".join(f"{tok_s(by[name, n]) / tok_s(by['teacher', n]):.1f}x" for _, _, tok_s in ratios)
+            out += [f"| {n} | " + " | ".join(f"{tok_s(by[name, n], key, best) / tok_s(by['teacher', n], key, best):.1f}x"
+                                             for _, key, best in ratios)
                     + f" | {by['teacher', n]['cache_bytes'] / by[name, n]['cache_bytes']:.0f}x |" for n in sorted({c for _, c in by})]
         out.append("")
     out += [f"![{os.path.splitext(os.path.basename(p))[0]}]({p})" for p in pictures]

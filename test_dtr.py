@@ -416,6 +416,19 @@ def test_tasks_end_to_end(tiny_run, data_dir, tmp_path):
         assert r["tasks_cross_eval"]["loss"][i][i] == pytest.approx(t["m_opt"]["val_loss"], rel=1e-5)
     assert os.path.exists(os.path.join(out, "gla", "tasks.png")) and "| mine.txt |" in dtr.results_markdown([r], [], [])
 
+def test_decode_speedups_compare_each_model_in_its_faster_mode():
+    """The README's speed-ups: eager against eager, and each model in its faster mode (here the
+    teacher is faster eager, the linear model compiled), never a slowed-down teacher."""
+    row = lambda model, eager, compiled, cache: {"model": model, "context": 8192, "prefill_s": 0.1, "cache_bytes": cache,
+                                                 "decode_tok_s": eager, "decode_tok_s_batch8": 8 * eager,
+                                                 "decode_tok_s_compiled": compiled, "decode_tok_s_batch8_compiled": 8 * compiled}
+    bench = {"student": "gla", "n_layer": 6, "n_embd": 128, "new_tokens": 32, "repeats": 5, "machine": "test",
+             "batch": 8, "compiled": True, "linear": {"m_opt": 3, "all_linear": 6},
+             "rows": [row("teacher", 100.0, 80.0, 1000), row("m_opt", 150.0, 200.0, 500), row("all_linear", 200.0, 400.0, 10)]}
+    text = dtr.results_markdown([], [bench], [])
+    assert "| 8192 | 2.0x | 2.0x | 4.0x | 4.0x | 100x |" in text  # all_linear: 200 / 100 eager, 400 / 100 best
+    assert "| 8192 | 1.5x | 1.5x | 2.0x | 2.0x | 2x |" in text  # m_opt
+
 # ---- bad input: one clear message, exit code 2, nothing half-written ----
 
 def run_cli(args, capsys):
