@@ -123,16 +123,13 @@ def linear_attention_step(q, k, v, log_g=None, state=None, normalize=True):
     return o, state
 
 # ---- Triton kernels ----
-# Each program owns one (batch, head) and one block of BV value columns, and walks the chunks
-# in order with its D x BV slice of the state in registers (fp32), like the PyTorch loop
-# above. Value columns never mix in the recurrence, so splitting them is free in the forward;
-# it also keeps a program's tiles small enough for shared memory at D = 128. D is not split:
-# a program needs whole rows of q and k for q . k. D and Dv are padded to powers of two and
-# masked. The backward recomputes the per-chunk states instead of storing them: a second
-# pass over q, k, v is cheap, whereas storing T / C states of D x Dv fp32 costs as much
-# memory as the activations themselves. dq and dk sum over the value columns, so each value
-# block writes its share and the wrapper adds them up (and then forms dlog_g, which needs
-# whole rows of dq and dk).
+# A program owns one (batch, head) and BV value columns, and walks the chunks in order with
+# its D x BV slice of the state in registers (fp32), like the PyTorch loop above. Value
+# columns never mix in the recurrence, and the split keeps a program's tiles inside shared
+# memory at D = 128; D is not split (q . k needs whole rows). D and Dv are padded to powers
+# of two and masked. The backward recomputes the chunk states rather than storing T / C of
+# them, which would cost as much memory as the activations. dq and dk sum over value columns:
+# each block writes its share, the wrapper adds them and forms dlog_g from whole rows.
 
 try:
     import triton
