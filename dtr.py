@@ -752,10 +752,10 @@ def cache_bytes(caches):
 def bench_decode(cfg, device, patterns, contexts, new_tokens=32, repeats=5, batch=8):
     """Prefill N tokens, then decode new_tokens one at a time, for each layer pattern, side by
     side; decoding is timed for one sequence and for `batch` sequences at once (the prefilled
-    cache copied to each), since one sequence on a CPU mostly measures reading the weights.
-    Each decoding is timed twice: eager, and through torch.compile, which removes most of
-    PyTorch's per-op overhead (at this size ~300 small ops per token, the same for every model,
-    that hide what attention itself costs). Random weights of the run's model size: weights do
+    cache copied to each), which shares each token's fixed cost over the batch. Each decoding
+    is timed twice: eager, and through torch.compile, which removes most of PyTorch's per-op
+    overhead (at this size ~300 small ops per token, the same in every model, that hide what
+    attention itself costs). Random weights of the run's model size: weights do
     not change speed; the position table is stretched to the longest context just for timing."""
     torch.manual_seed(cfg.seed)
     model = GPT(GPTConfig(block_size=max(contexts) + new_tokens, vocab_size=65, n_layer=cfg.n_layer,
