@@ -312,7 +312,7 @@ class TritonLinearAttention(torch.autograd.Function):
 
 def linear_attention(q, k, v, log_g=None, normalize=True, initial_state=None,
                      output_final_state=False, chunk_size=64, impl=None):
-    """The one entry point. impl: None (auto: triton on CUDA when available, else torch),
+    """The one entry point. impl: None (auto: triton on CUDA for D <= 128 when installed, else torch),
     "torch", "triton" or "naive"; the DTR_LINEAR_ATTENTION_IMPL environment variable overrides
     auto. Returns o (B, H, T, Dv) in q's dtype, and the fp32 state when output_final_state."""
     if q.dim() != 4 or k.shape != q.shape or v.shape[:3] != q.shape[:3]:
@@ -320,7 +320,8 @@ def linear_attention(q, k, v, log_g=None, normalize=True, initial_state=None,
                          f"got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
     if log_g is not None and log_g.shape != q.shape[:3]:
         raise ValueError(f"log_g must be (B, H, T) = {tuple(q.shape[:3])}, got {tuple(log_g.shape)}")
-    impl = impl or os.environ.get("DTR_LINEAR_ATTENTION_IMPL") or ("triton" if q.is_cuda and HAS_TRITON else "torch")
+    triton_fits = q.is_cuda and HAS_TRITON and q.shape[-1] <= 128  # wider features: the torch form
+    impl = impl or os.environ.get("DTR_LINEAR_ATTENTION_IMPL") or ("triton" if triton_fits else "torch")
     if normalize:  # carry the key-sum z as an extra value column (see the top of the file)
         v = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)
     if impl == "torch":
