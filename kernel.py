@@ -191,12 +191,12 @@ if HAS_TRITON:
         _store_tile(ht + bh * D * DV, b_h, ik, iv, D, DV)
 
     @triton.jit
-    def _bwd_dq_kernel(q, k, v, g, h0, do, dq, T, D: tl.constexpr, DV: tl.constexpr,
+    def _bwd_dq_kernel(k, v, g, h0, do, dq, T, D: tl.constexpr, DV: tl.constexpr,
                        BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                        HAS_G: tl.constexpr, HAS_H0: tl.constexpr):
         """Forward walk that recomputes the states: this value block's share of dq."""
         bh = tl.program_id(0).to(tl.int64)
-        q, k, v, g, do = q + bh * T * D, k + bh * T * D, v + bh * T * DV, g + bh * T, do + bh * T * DV
+        k, v, g, do = k + bh * T * D, v + bh * T * DV, g + bh * T, do + bh * T * DV
         dq = dq + (tl.program_id(1) * tl.num_programs(0) + bh) * T * D  # (NV, B * H, T, D) shares
         ik, it = tl.arange(0, BK), tl.arange(0, BT)
         iv = tl.program_id(1) * BV + tl.arange(0, BV)
@@ -295,7 +295,7 @@ class TritonLinearAttention(torch.autograd.Function):
         dk = torch.empty_like(dq)
         dv = torch.empty_like(v)
         dh0 = torch.empty_like(initial_state) if initial_state is not None else q
-        _bwd_dq_kernel[ctx.grid](q, k, v, g, h0, do, dq, T, **ctx.meta)
+        _bwd_dq_kernel[ctx.grid](k, v, g, h0, do, dq, T, **ctx.meta)
         _bwd_dkv_kernel[ctx.grid](q, k, v, g, do, dht_, dk, dv, dh0, T, HAS_DHT=dht is not None, **ctx.meta)
         dq, dk = dq.sum(0), dk.sum(0)
         dlog_g = None
