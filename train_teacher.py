@@ -1,49 +1,635 @@
 """
-Train the full-attention teacher: a nanoGPT-style GPT on the chosen dataset.
+The teacher: a nanoGPT-style GPT, its data and its training loop. Distill-then-Replace starts
+from "a pretrained model"; this file makes one, and dtr.py builds the method on top of it.
 
     python train_teacher.py --dataset shakespeare_char          # writes out/shakespeare_char-cpu/teacher.pt
     torchrun --standalone --nproc_per_node=2 train_teacher.py   # the same, data-parallel over 2 processes
 
-dtr.py calls train() itself when no teacher checkpoint exists; the flags are dtr.py's. An
-interrupted run resumes from teacher.partial.pt, written every save_interval steps.
+dtr.py calls load_or_train() itself, so a separate run is only needed to train a teacher on its
+own. An interrupted run resumes from teacher.partial.pt, written every save_interval steps.
+
+The plumbing that every script of the project shares sits here too, each piece in one place:
+settings and their checks, the one-line error, files written atomically and read back, the
+device, and torchrun.
 """
+import argparse
 import dataclasses
+import glob
+import hashlib
+import json
 import math
 import os
+import sys
 import time
+import types
+import urllib.request
+from dataclasses import dataclass
 
+import numpy as np
 import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-import dtr
-from dtr import (GPT, GPTConfig, DtrError, atomic_save, autocast, barrier, check_compatible, check_resumable,
-                 choose_device, discard, fixed_batches, fmt_time, get_batch, load_data, model_args, rank,
-                 repeat_first_half, val_loss, world)
+# ---- settings: small dataclasses -> command line, every value checked in one place ----
+
+RULES = {  # the valid values of a numeric setting, and how the error message says it
+    ">0": (lambda v: v > 0, "> 0"),
+    ">=0": (lambda v: v >= 0, ">= 0"),
+    "[0,1)": (lambda v: 0 <= v < 1, "in [0, 1)"),
+}
+
+def opt(default, help, valid=None, positional=False):
+    """A setting: its default, its --help line, its valid values (a RULES key or a tuple of
+    choices), and whether it is given without a --flag (an experiment's run folder)."""
+    return dataclasses.field(default=default, metadata={"help": help, "valid": valid, "positional": positional})
+
+@dataclass
+class TeacherConfig:
+    # data
+    dataset: str = opt("shakespeare_char", "shakespeare (GPT-2 BPE), shakespeare_char, or path/to/your.txt")
+    tokenizer: str = opt("char", "how to tokenize your own text file", ("char", "gpt2"))
+    data_dir: str = opt("data", "where datasets are downloaded and their encoded splits cached")
+    out_dir: str = opt("", "default out/<dataset>-<preset>: teacher.pt there, a run per student below it")
+    preset: str = opt("", "model and schedule sizes (default: gpu on CUDA, else cpu)", ("tiny", "cpu", "gpu"))
+    device: str = opt("auto", "where to run", ("auto", "cpu", "cuda", "mps"))
+    seed: int = opt(1337, "random seed", ">=0")
+    # the model (nanoGPT's)
+    n_layer: int = opt(6, "transformer blocks", ">0")
+    n_head: int = opt(4, "attention heads per block (must divide n_embd)", ">0")
+    n_embd: int = opt(128, "model width", ">0")
+    block_size: int = opt(128, "context length in tokens", ">0")
+    dropout: float = opt(0.0, "dropout while training the teacher", "[0,1)")
+    # its training
+    batch_size: int = opt(16, "sequences per teacher step (and per validation batch)", ">0")
+    grad_accum: int = opt(1, "micro-batches per step and process (batch_size splits over grad_accum x processes)", ">0")
+    max_iters: int = opt(2000, "teacher training steps", ">0")
+    lr: float = opt(2e-3, "teacher peak learning rate", ">0")
+    min_lr: float = opt(2e-4, "teacher learning rate at the end of the cosine", ">=0")
+    warmup_iters: int = opt(100, "teacher linear warmup steps", ">=0")
+    weight_decay: float = opt(0.1, "AdamW weight decay", ">=0")
+    grad_clip: float = opt(1.0, "clip gradients to this norm", ">0")
+    eval_interval: int = opt(250, "evaluate the teacher every this many steps", ">0")
+    save_interval: int = opt(250, "write a resumable checkpoint every this many teacher or distillation steps", ">0")
+    val_batches: int = opt(8, "fixed validation batches, for the teacher's val loss and every comparison after it", ">0")
+    copy_frac: float = opt(0.0, "fraction of teacher sequences whose second half repeats the first "
+                                "(teaches copying from context, which the copy task measures)", "[0,1)")
+
+    def check(self):
+        """Settings that only fail together."""
+        if self.n_embd % self.n_head:
+            raise DtrError(f"--n_head {self.n_head} does not divide --n_embd {self.n_embd}; "
+                           f"pick a head count that does, e.g. --n_head {math.gcd(self.n_embd, self.n_head) or 1}")
+        split = self.grad_accum * world(before_init=True)
+        if self.batch_size % split:
+            raise DtrError(f"--batch_size {self.batch_size} does not split into --grad_accum {self.grad_accum} "
+                           f"x {world(before_init=True)} processes; make it a multiple of {split}")
+
+PRESETS = {
+    # the whole pipeline in seconds: for smoke tests and for watching every phase go by
+    "tiny": dict(n_layer=4, n_head=2, n_embd=48, block_size=64, batch_size=8, max_iters=200, eval_interval=50,
+                 save_interval=10, warmup_iters=10, val_batches=2),
+    # a few minutes on a laptop CPU
+    "cpu": dict(),
+    # nanoGPT's baby GPT
+    "gpu": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2, batch_size=64,
+                max_iters=5000, lr=1e-3, min_lr=1e-4, eval_interval=500, save_interval=500),
+}
+# On a CPU the GPT-2 vocabulary (11,706 rows after remapping) costs more per step than the
+# whole 6-layer trunk, so BPE runs take fewer, smaller steps to stay within minutes.
+BPE_OVERRIDES = {"cpu": dict(batch_size=8, max_iters=1200)}
+
+def parse_config(cls, argv, description, presets=None):
+    """Settings from the command line: the dataclass's defaults <- the preset <- the flags given.
+    Every value is then checked (validate), so a bad one is one line before any work starts."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in dataclasses.fields(cls):
+        if f.metadata["positional"]:
+            parser.add_argument(f.name, help=f.metadata["help"])
+            continue
+        shown = [f"default {f.default!r}"] + [f"{p} {v[f.name]!r}" for p, v in (presets or {}).items() if f.name in v]
+        kind = dict(action=argparse.BooleanOptionalAction) if isinstance(f.default, bool) else dict(type=type(f.default))
+        parser.add_argument(f"--{f.name}", default=None, **kind, help=f"{f.metadata['help']} ({', '.join(shown)})")
+    args = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
+    if presets is None:  # an experiment's settings
+        return validate(cls(**args))
+    preset = args.get("preset") or ("gpu" if args.get("device", "auto") in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+    if preset not in presets:
+        raise DtrError(f"unknown --preset {preset!r}; use one of {', '.join(presets)}")
+    bpe = BUILTIN.get(args.get("dataset"), args.get("tokenizer")) == "gpt2"
+    cfg = cls(**{**presets[preset], **(BPE_OVERRIDES.get(preset, {}) if bpe else {}), **args, "preset": preset})
+    cfg.out_dir = cfg.out_dir or os.path.join("out", f"{data_name(cfg)}-{preset}")
+    return validate(cfg)
+
+def validate(cfg):
+    """The one place settings are checked: each field against its rule or choices, then together."""
+    for f in dataclasses.fields(cfg):
+        value, valid = getattr(cfg, f.name), f.metadata.get("valid")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise DtrError(f"--{f.name} {value} is not a finite number")
+        if isinstance(valid, tuple) and value not in valid:
+            raise DtrError(f"unknown --{f.name} {value!r}; use one of {', '.join(valid)}")
+        if isinstance(valid, str) and not RULES[valid][0](value):
+            raise DtrError(f"--{f.name} {value} is not {RULES[valid][1]}")
+    if hasattr(cfg, "check"):
+        cfg.check()
+    return cfg
+
+# ---- errors and files: one-line errors, atomic writes, every file read back in one place ----
+
+class DtrError(Exception):
+    """A problem with the user's input: printed as one line, exit code 2, no traceback."""
+
+def cli(job, parse, argv=None):
+    """Run job(parse(argv)) as a command: a DtrError becomes one 'error:' line and exit code 2;
+    Ctrl-C says how to resume. Every script of the project goes through here."""
+    cfg = None
+    try:
+        cfg = parse(argv)
+        return job(cfg)
+    except DtrError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:  # *.partial.* are the unfinished phases' checkpoints (the logs above say which step)
+        out = getattr(cfg, "out_dir", None) or "."
+        found = [f for f in sorted(glob.glob(os.path.join(out, "**", "*.partial.*"), recursive=True)) if not f.endswith(".tmp")]
+        print(f"\ninterrupted; rerun the same command to resume{' from ' + ', '.join(found) if found else ''} "
+              f"(finished phases are reused)", file=sys.stderr)
+        sys.exit(130)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+def atomic_save(obj, path):
+    """Write to a temp file, then rename: a killed run never leaves a half-written file. Only rank 0
+    writes; a temp file left by SIGKILL is overwritten by the rerun's same save (or by discard)."""
+    if rank() > 0:
+        return
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = path + ".tmp"
+    try:
+        if path.endswith(".json"):
+            with open(tmp, "w") as f:
+                json.dump(obj, f, indent=2)
+        else:
+            torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:  # Ctrl-C or a full disk mid-write: leave neither a temp nor a half file
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+def discard(path):
+    """A finished phase's resumable checkpoint goes, with any temp file a killed write of it left."""
+    for p in (path, path + ".tmp"):
+        if rank() == 0 and os.path.exists(p):
+            os.remove(p)
+
+def load_file(path, fix, keys=(), device="cpu"):
+    """The one place a file is read back: a checkpoint (.pt, tensors and plain data only) or JSON.
+    One that does not load, or lacks `keys`, is one DtrError naming it and saying what to do (`fix`)."""
+    try:
+        if path.endswith(".json"):
+            with open(path) as f:
+                obj = json.load(f)
+        else:
+            obj = torch.load(path, map_location=device, weights_only=True)
+        missing = [k for k in keys if k not in obj]
+    except Exception as e:  # empty, truncated, someone else's pickle, not a dict at all
+        raise DtrError(f"cannot read {path} ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else 'empty'}); {fix}") from None
+    if missing:
+        raise DtrError(f"{path} is not what this project writes there (no {', '.join(missing)}); {fix}")
+    return obj
+
+def check_resumable(saved, want, path):
+    """Refuse to continue from a file written with other settings, naming the first that differs."""
+    for key, value in want.items():
+        if saved.get(key) != value:
+            said = (f"was made from another {key[:-7]}" if key.endswith("_sha256") else
+                    f"was written with {key}={saved.get(key)} but this run has {key}={value}")
+            raise DtrError(f"{path} {said}; rerun with the settings it was written with, "
+                           f"another --out_dir, or delete it to redo that phase")
+
+def sha256(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+class Partial:
+    """A phase's resumable checkpoint, <name>.partial.pt|json: saved with the settings it depends on
+    (`key`) and the seconds the phase has run so far, refused by a rerun with other settings,
+    discarded when the phase is done."""
+
+    def __init__(self, path, key):
+        self.path, self.key, self.t0, self.spent = path, key, time.time(), 0.0
+
+    def load(self, device="cpu"):
+        if not os.path.exists(self.path):
+            return None
+        saved = load_file(self.path, "delete it to redo that phase from its start", ("key",), device)
+        check_resumable(saved["key"], self.key, self.path)
+        self.spent = saved.get("train_s", 0.0)
+        return saved
+
+    def elapsed(self):
+        """Seconds spent on the phase, the runs before an interruption included."""
+        return self.spent + time.time() - self.t0
+
+    def save(self, **state):
+        atomic_save({"key": self.key, "train_s": self.elapsed(), **state}, self.path)
+
+    def done(self):
+        discard(self.path)
+
+def fmt_time(seconds):
+    return f"{int(seconds) // 60}:{int(seconds) % 60:02d}"
+
+class Pace:
+    """ms/step over the steps since the last report, and the ETA from it: a slow first step, a
+    validation pass (paused) or a resume do not skew it."""
+
+    def __init__(self, step, total):
+        self.step, self.total, self.t = step, total, time.time()
+
+    def paused(self, seconds):
+        self.t += seconds
+
+    def __call__(self, step):
+        per_step = (time.time() - self.t) / max(1, step - self.step)
+        self.step, self.t = step, time.time()
+        return f"{1000 * per_step:.0f} ms/step | eta {fmt_time(per_step * (self.total - step))}"
+
+# ---- device, and torchrun (one process per device; in a single process these are no-ops) ----
+
+def choose_device(name):
+    """The one place device and dtype are chosen: cuda -> mps -> cpu, bf16 autocast on CUDA."""
+    reason = "asked for"
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+        reason = "auto-detected"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise DtrError("--device cuda, but PyTorch sees no CUDA GPU; use --device cpu (or auto)")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise DtrError("--device mps, but MPS is not available; use --device cpu (or auto)")
+    bf16 = name == "cuda" and torch.cuda.is_bf16_supported()
+    dist_init(name)
+    print(f"device {name} ({reason}){', bf16 autocast' if bf16 else ', fp32'}"
+          f"{f', {world()} processes (torchrun)' if world() > 1 else ''}")
+    return name, bf16
+
+def autocast(device, bf16):
+    return torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16)
+
+def dist_init(device):
+    """Join the process group when launched by torchrun (it sets RANK, LOCAL_RANK, WORLD_SIZE)."""
+    if "RANK" not in os.environ or dist.is_initialized():
+        return
+    dist.init_process_group("nccl" if device == "cuda" else "gloo")
+    if device == "cuda":
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))  # "cuda" now means this process's GPU
+    if rank() > 0:
+        sys.stdout = open(os.devnull, "w")  # one log, written by rank 0; errors still reach stderr
+
+def rank():
+    return dist.get_rank() if dist.is_initialized() else 0
+
+def world(before_init=False):
+    if before_init:  # settings are checked before the process group exists
+        return int(os.environ.get("WORLD_SIZE", 1))
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+def all_gather(obj):
+    """Every process's obj (any picklable), in rank order; [obj] in a single process."""
+    if world() == 1:
+        return [obj]
+    out = [None] * world()
+    dist.all_gather_object(out, obj)
+    return out
+
+def barrier():
+    if world() > 1:
+        dist.barrier()
+
+# ---- data ----
+
+SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+BUILTIN = {"shakespeare": "gpt2", "shakespeare_char": "char"}  # dataset -> tokenizer; both read one copy of the text
+
+def data_name(cfg):
+    """shakespeare, shakespeare_char, or <your file's name>-<tokenizer>: names the data cache and the run folder."""
+    if cfg.dataset in BUILTIN:
+        return cfg.dataset
+    return os.path.splitext(os.path.basename(cfg.dataset))[0] + "-" + cfg.tokenizer
+
+def gpt2_encoding():
+    import tiktoken  # only needed for BPE datasets
+    try:
+        return tiktoken.get_encoding("r50k_base")  # the same 50,257-token vocabulary as "gpt2"
+    except Exception as e:
+        raise DtrError(f"could not load GPT-2's BPE through tiktoken ({type(e).__name__}); connect to the internet "
+                       f"once, or set TIKTOKEN_CACHE_DIR to a folder that holds its cache") from None
+
+def encode(text, meta, what="the text"):
+    """Text -> ids in our compact vocabulary; a character (or GPT-2 token) it lacks is a DtrError."""
+    pieces = list(text) if meta["tokenizer"] == "char" else gpt2_encoding().encode_ordinary(text)
+    ids = {t: i for i, t in enumerate(meta["vocab"])}  # character or GPT-2 id -> compact id
+    missing = next((p for p in pieces if p not in ids), None)
+    if missing is not None:
+        shown = repr(missing if meta["tokenizer"] == "char" else gpt2_encoding().decode([missing]))
+        raise DtrError(f"{what} contains {shown}, which is not in the teacher's {meta['tokenizer']} vocabulary "
+                       f"({meta['dataset']}); remove it, or train a teacher on data that has it")
+    return [ids[p] for p in pieces]
+
+def decode(ids, meta):
+    if meta["tokenizer"] == "char":
+        return "".join(meta["vocab"][i] for i in ids)
+    return gpt2_encoding().decode([meta["vocab"][i] for i in ids])
+
+def load_data(cfg):
+    """Returns (train, val, meta): int64 token tensors and the tokenizer's meta. The split is
+    nanoGPT's: first 90% of the characters train, last 10% validate. Encoded splits are cached."""
+    if cfg.dataset in BUILTIN:
+        src, tokenizer = os.path.join(cfg.data_dir, "shakespeare", "input.txt"), BUILTIN[cfg.dataset]
+        if not os.path.exists(src):
+            download(SHAKESPEARE_URL, src)
+    elif os.path.isfile(cfg.dataset):
+        src, tokenizer = cfg.dataset, cfg.tokenizer
+    else:
+        raise DtrError(f"--dataset {cfg.dataset!r} is neither a built-in dataset "
+                       f"({', '.join(BUILTIN)}) nor a readable text file")
+    try:
+        with open(src, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DtrError(f"cannot read {src} as UTF-8 text ({e}); pass a readable UTF-8 file") from None
+    folder = os.path.join(cfg.data_dir, data_name(cfg))
+    sha, meta_path = hashlib.sha256(text.encode()).hexdigest(), os.path.join(folder, "meta.json")
+    try:  # the cache: meta.json names the text it was made from and the length of each split
+        meta = load_file(meta_path, "", ("source_sha256", "tokenizer", "n_train", "n_val"))
+        splits = [np.fromfile(os.path.join(folder, s + ".bin"), dtype=np.uint16) for s in ("train", "val")]
+        if meta["source_sha256"] == sha and meta["tokenizer"] == tokenizer and \
+                [len(s) for s in splits] == [meta["n_train"], meta["n_val"]]:
+            return (*(torch.from_numpy(s.astype(np.int64)) for s in splits), meta)
+    except (DtrError, OSError):
+        pass  # no cache, or a broken one: encode again
+    n = int(0.9 * len(text))
+    if tokenizer == "char":
+        vocab, pieces = sorted(set(text)), [list(text[:n]), list(text[n:])]
+    else:  # each split encoded on its own, and only the GPT-2 ids that occur in them kept: 11,706 rows for Shakespeare
+        pieces = [gpt2_encoding().encode_ordinary(part) for part in (text[:n], text[n:])]
+        vocab = sorted(set(pieces[0]) | set(pieces[1]))
+    if len(vocab) > 65535:
+        raise DtrError(f"{src} has {len(vocab)} distinct tokens, more than the 65,535 we store; use --tokenizer gpt2")
+    ids = {t: i for i, t in enumerate(vocab)}
+    train, val = (np.array([ids[p] for p in part], dtype=np.uint16) for part in pieces)
+    meta = {"dataset": data_name(cfg), "tokenizer": tokenizer, "vocab": vocab, "source_sha256": sha,
+            "n_train": len(train), "n_val": len(val)}
+    os.makedirs(folder, exist_ok=True)
+    for split, arr in (("train", train), ("val", val)):
+        if rank() == 0:  # the other processes encoded the same tokens; they must not write over them
+            arr.tofile(os.path.join(folder, split + ".bin"))
+    atomic_save(meta, meta_path)  # written last: it marks the cache complete
+    return torch.from_numpy(train.astype(np.int64)), torch.from_numpy(val.astype(np.int64)), meta
+
+def download(url, path):
+    print(f"downloading {url} -> {path}")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r:
+            data = r.read()
+    except OSError as e:
+        raise DtrError(f"could not download tiny Shakespeare ({e}); put the file from {url} "
+                       f"at {path} by hand and rerun") from None
+    with open(path + ".tmp", "wb") as f:
+        f.write(data)
+    os.replace(path + ".tmp", path)
+
+def windows(data, starts, block_size, device):
+    """x = the windows of block_size tokens at `starts`, y = the next token at each place, both (B, T)."""
+    x = torch.stack([data[i:i + block_size] for i in starts])
+    y = torch.stack([data[i + 1:i + 1 + block_size] for i in starts])
+    return x.to(device), y.to(device)
+
+def get_batch(data, block_size, batch_size, device, generator=None):
+    """Random windows for training."""
+    return windows(data, torch.randint(len(data) - block_size - 1, (batch_size,), generator=generator), block_size, device)
+
+def fixed_batches(data, block_size, batch_size, n_batches, device, split="validation"):
+    """Deterministic windows spread evenly over the split: every candidate in the greedy
+    search sees exactly the same tokens, so loss differences are real, not sampling noise."""
+    if len(data) < block_size + 2:
+        raise DtrError(f"the {split} split has {len(data)} tokens, fewer than the context "
+                       f"({block_size}) + 2; use a longer text or a smaller --block_size")
+    starts = torch.linspace(0, len(data) - block_size - 1, n_batches * batch_size).long()
+    return [windows(data, s, block_size, device) for s in starts.split(batch_size)]
+
+def repeat_first_half(x, y, n):
+    """The first n rows of a training batch (x, y: (B, T)) become their first half shown twice,
+    with the targets of that sequence: the copy task's pattern, for a teacher to learn from."""
+    T, half = x.size(1), x.size(1) // 2
+    x2, y2 = x.clone(), y.clone()
+    x2[:n, half:] = x[:n, :T - half]
+    y2[:n, half - 1] = x[:n, 0]  # the last token of the first copy is followed by the first of the second
+    y2[:n, half:] = y[:n, :T - half]
+    return x2, y2
+
+# ---- the model (nanoGPT's, module names kept) ----
+
+@dataclass
+class GPTConfig:
+    block_size: int = 128
+    vocab_size: int = 65
+    n_layer: int = 6
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+
+class CausalSelfAttention(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.n_head = config.n_head
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q, k, v for all heads
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.dropout = config.dropout
+
+    def new_cache(self, batch_size, max_len):
+        """KV cache for generation: keys and values of every token seen, so it grows with context."""
+        hs = self.c_attn.in_features // self.n_head
+        kv = self.c_proj.weight.new_zeros(batch_size, self.n_head, max_len, hs)
+        return {"k": kv, "v": kv.clone(), "n": 0}
+
+    def forward(self, x, cache=None):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        if cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                               dropout_p=self.dropout if self.training else 0.0)
+        else:  # append to the cache, then attend over everything seen so far
+            n = cache["n"]
+            cache["k"][:, :, n:n + T], cache["v"][:, :, n:n + T] = k, v
+            cache["n"] = n + T
+            # query i sees keys <= n + i: a plain causal mask for a prompt into an empty cache,
+            # none at all for a single new token, else the causal mask shifted by n
+            k, v = cache["k"][:, :, :n + T], cache["v"][:, :, :n + T]
+            if n == 0 or T == 1:
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=n == 0)
+            else:
+                mask = torch.ones(T, n + T, dtype=torch.bool, device=x.device).tril(diagonal=n)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return F.dropout(self.c_proj(y), self.dropout, self.training)
+
+class MLP(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+
+class Block(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd)
+        self.attn = CausalSelfAttention(config)  # dtr.py swaps a linear student in here (setattr)
+        self.ln_2 = nn.LayerNorm(config.n_embd)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cache=None):
+        x = x + self.attn(self.ln_1(x), cache)
+        return x + self.mlp(self.ln_2(x))
+
+class Cache:
+    """What generation carries from call to call: one cache per layer, of that layer's kind (a KV
+    cache for full attention, the fixed-size state for linear attention), and the tokens fed so far."""
+
+    def __init__(self, model, batch_size, max_len):
+        self.layers = [block.attn.new_cache(batch_size, max_len) for block in model.transformer.h]
+        self.pos = 0
+
+class GPT(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=nn.LayerNorm(config.n_embd),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # weight tying
+        self.apply(self._init_weights)
+        for pn, p in self.named_parameters():  # GPT-2's scaled init of the residual projections
+            if pn.endswith("c_proj.weight"):
+                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            torch.nn.init.zeros_(module.bias)
+
+    def embed(self, idx, start=0):
+        T = idx.size(1)
+        assert start + T <= self.config.block_size, f"position {start + T} is past the context of {self.config.block_size}"
+        pos = torch.arange(start, start + T, device=idx.device)
+        return self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+
+    def head(self, x, targets=None):
+        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab)
+        # targets of -1 are not scored: the copy task masks the first copy of each passage
+        loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1)
+        return logits, loss
+
+    def forward(self, idx, targets=None, cache=None):
+        """cache: None, or a Cache carried from call to call while generating: the first call
+        prefills the prompt, each later call feeds only the newest tokens."""
+        x = self.embed(idx, cache.pos if cache else 0)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, cache.layers[i] if cache else None)
+        if cache:
+            cache.pos += idx.size(1)
+        return self.head(x, targets)
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=0.8, top_k=40, generator=None):
+        """Sample with a Cache: one prefill, then one token per call. Once the window is full,
+        start again from its last half (a sliding window, refreshed in jumps)."""
+        window, cache, logits = self.config.block_size, None, None
+        for _ in range(max_new_tokens):
+            if logits is None:  # the first prefill, or a refresh from the last half of the window
+                context = idx[:, -(max(1, window // 2) if cache else window):]
+                cache = Cache(self, idx.size(0), window)
+                logits, _ = self(context, cache=cache)
+            logits = logits[:, -1, :].float() / temperature
+            v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+            logits[logits < v[:, [-1]]] = -float("inf")
+            idx_next = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
+            idx = torch.cat((idx, idx_next), dim=1)
+            # feed the new token while a later one still fits; else the next step refreshes
+            logits = self(idx_next, cache=cache)[0] if cache.pos + 1 < window else None
+        return idx
+
+def model_args(cfg, meta):
+    return dict(vocab_size=len(meta["vocab"]), dropout=cfg.dropout, **{f: getattr(cfg, f) for f in MODEL_FIELDS})
+
+MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "block_size")
+
+def load_model(path, device, fix, prepare=None):
+    """The one loader of models: rebuild the GPT in a checkpoint (prepare(model, ckpt) may swap
+    students in first, for a hybrid) and load its weights. Returns (model in eval mode, ckpt)."""
+    ckpt = load_file(path, fix, ("model_args", "state_dict", "meta"), device)
+    try:
+        model = GPT(GPTConfig(**ckpt["model_args"]))
+        if prepare:
+            prepare(model, ckpt)
+        model.load_state_dict(ckpt["state_dict"])
+    except (TypeError, KeyError, RuntimeError) as e:  # another architecture's weights
+        raise DtrError(f"{path} does not fit the model it describes ({type(e).__name__}: {str(e)[:120]}); {fix}") from None
+    return model.to(device).eval(), ckpt
+
+# ---- training ----
 
 # the settings a resumed run must share with the run that wrote teacher.partial.pt
-# (the model's size and the data are checked by check_compatible)
 TRAIN_FIELDS = ("seed", "batch_size", "max_iters", "lr", "min_lr", "warmup_iters", "weight_decay", "grad_clip", "dropout", "copy_frac")
 
-def lr_at(it, cfg):
-    """Linear warmup, then cosine decay from lr to min_lr (as in nanoGPT)."""
-    if it < cfg.warmup_iters:
-        return cfg.lr * (it + 1) / cfg.warmup_iters
-    progress = (it - cfg.warmup_iters) / max(1, cfg.max_iters - cfg.warmup_iters)
-    return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
+def cosine_lr(it, lr, min_lr, warmup, total):
+    """The learning rate at step `it`: linear warmup, then cosine decay from lr to min_lr (as in nanoGPT)."""
+    if it < warmup:
+        return lr * (it + 1) / warmup
+    progress = (it - warmup) / max(1, total - warmup)
+    return min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (lr - min_lr)
+
+def teacher_key(cfg, meta, fields=MODEL_FIELDS + ("copy_frac",)):
+    """What a teacher must share with this run: the data first (the likeliest difference), then the
+    model; a half-trained one (teacher.partial.pt) its schedule too."""
+    return {"dataset": meta["dataset"], "tokenizer": meta["tokenizer"], "data_sha256": meta["source_sha256"],
+            **{f: getattr(cfg, f) for f in fields}}
+
+@torch.no_grad()
+def val_loss(model, batches, device="cpu", bf16=False):
+    """Mean next-token loss over fixed batches."""
+    with autocast(device, bf16):
+        return sum(model(x, y)[1].item() for x, y in batches) / len(batches)
 
 def train(cfg, train_data, val_data, meta, device, bf16, ckpt_path):
     """Train from scratch, or resume, and write the checkpoint atomically. Returns the trained model.
     Under torchrun each process takes its own slice of every step's batch (DistributedDataParallel
     averages the gradients), so a step sees the same batch_size sequences at any process count."""
     micro = cfg.batch_size // (cfg.grad_accum * world())  # sequences per forward pass
-    if micro * cfg.grad_accum * world() != cfg.batch_size:
-        raise DtrError(f"--batch_size {cfg.batch_size} does not split into --grad_accum {cfg.grad_accum} "
-                       f"x {world()} processes; make it a multiple of {cfg.grad_accum * world()}")
     torch.manual_seed(cfg.seed)
     model = GPT(GPTConfig(**model_args(cfg, meta))).to(device)
-    n_params = sum(p.numel() for p in model.parameters())
     print(f"teacher  {cfg.n_layer} layers, {cfg.n_head} heads, {cfg.n_embd} wide, context {cfg.block_size}, "
-          f"{n_params / 1e6:.2f}M parameters, {cfg.max_iters} steps of {cfg.batch_size} sequences")
+          f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {cfg.max_iters} steps of {cfg.batch_size} sequences")
     # weight decay on matrices only, as in nanoGPT
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
@@ -51,23 +637,20 @@ def train(cfg, train_data, val_data, meta, device, bf16, ckpt_path):
                                    {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.99))
     val_b = fixed_batches(val_data, cfg.block_size, cfg.batch_size, cfg.val_batches, device)
     gen = torch.Generator().manual_seed(cfg.seed)  # the same on every process: the same batches
-    resume_path = ckpt_path[:-3] + ".partial.pt"
-    start = 0
-    if os.path.exists(resume_path):
-        ckpt = torch.load(resume_path, map_location=device)
-        check_compatible(ckpt, cfg, meta, resume_path)
-        check_resumable(ckpt["config"], {f: getattr(cfg, f) for f in TRAIN_FIELDS}, resume_path)
-        model.load_state_dict(ckpt["state_dict"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        gen.set_state(ckpt["gen"])
-        torch.set_rng_state(ckpt["rng"])  # dropout masks on the CPU; a GPU's are not restored
-        start = ckpt["step"]
-        print(f"teacher  resuming {resume_path} at step {start}/{cfg.max_iters}")
-    ddp_model = DDP(model) if world() > 1 else model  # ---- distributed: all-reduces gradients in backward
-    t0 = time.time()
+    # ---- resume: continue from teacher.partial.pt, written every save_interval steps
+    partial, start = Partial(ckpt_path[:-3] + ".partial.pt", teacher_key(cfg, meta, MODEL_FIELDS + TRAIN_FIELDS)), 0
+    if (saved := partial.load(device)) is not None:
+        model.load_state_dict(saved["state_dict"])
+        optimizer.load_state_dict(saved["optimizer"])
+        gen.set_state(saved["gen"])
+        torch.set_rng_state(saved["rng"])  # dropout masks on the CPU; a GPU's are not restored
+        start = saved["step"]
+        print(f"teacher  resuming {partial.path} at step {start}/{cfg.max_iters}")
+    ddp_model = DDP(model) if world() > 1 else model  # ---- torchrun: all-reduces gradients in backward
+    pace = Pace(start, cfg.max_iters)
     for it in range(start, cfg.max_iters):
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(it, cfg)
+            group["lr"] = cosine_lr(it, cfg.lr, cfg.min_lr, cfg.warmup_iters, cfg.max_iters)
         x, y = get_batch(train_data, cfg.block_size, cfg.batch_size, device, gen)  # the whole step's batch
         if cfg.copy_frac:  # some rows repeat their first half (before slicing: same global batch)
             x, y = repeat_first_half(x, y, int(cfg.copy_frac * len(x)))
@@ -82,39 +665,49 @@ def train(cfg, train_data, val_data, meta, device, bf16, ckpt_path):
             (loss / cfg.grad_accum).backward()  # equal slices: the mean of means is the batch mean
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
+        if not math.isfinite(loss.item()):
+            raise DtrError(f"teacher training diverged (loss {loss.item()}) at step {it + 1}; lower --lr (now {cfg.lr})")
         if (it + 1) % cfg.save_interval == 0 and it + 1 < cfg.max_iters:
-            atomic_save({"model_args": model_args(cfg, meta), "state_dict": model.state_dict(),
-                         "optimizer": optimizer.state_dict(), "config": dataclasses.asdict(cfg), "meta": meta,
-                         "step": it + 1, "gen": gen.get_state(), "rng": torch.get_rng_state()}, resume_path)
+            partial.save(model_args=model_args(cfg, meta), state_dict=model.state_dict(), optimizer=optimizer.state_dict(),
+                         step=it + 1, gen=gen.get_state(), rng=torch.get_rng_state())
         last = it == cfg.max_iters - 1
         if it % (cfg.eval_interval // 5 or 1) == 0 or last:
-            evaluate = it % cfg.eval_interval == 0 or last
+            evaluate, t_eval = it % cfg.eval_interval == 0 or last, time.time()
             if evaluate:  # a couple of fixed batches for progress, all of them at the end
                 vl = val_loss(model.eval(), val_b if last else val_b[:2], device, bf16)
-            dt = time.time() - t0
-            eta = dt / (it + 1 - start) * (cfg.max_iters - it - 1)
+            pace.paused(time.time() - t_eval)
             print(f"teacher  step {it + 1}/{cfg.max_iters} | train {loss.item():.4f} | " +
-                  (f"val {vl:.4f} | " if evaluate else "") +
-                  f"{1000 * dt / (it + 1 - start):.0f} ms/step | elapsed {fmt_time(dt)} | eta {fmt_time(eta)}")
-        if not math.isfinite(loss.item()):
-            raise DtrError(f"teacher training diverged (loss {loss.item()}) at step {it}; lower --lr (now {cfg.lr})")
+                  (f"val {vl:.4f} | " if evaluate else "") + pace(it + 1))
     model.eval()
     atomic_save({"model_args": model_args(cfg, meta), "state_dict": model.state_dict(),
                  "config": dataclasses.asdict(cfg), "meta": meta, "val_loss": vl, "iter_num": cfg.max_iters,
-                 "train_s": time.time() - t0},  # this process's share, if it resumed a partial run
-                ckpt_path)
-    discard(resume_path)
+                 "train_s": partial.elapsed()}, ckpt_path)  # the runs before a resume included
+    partial.done()
     barrier()  # the other processes read teacher.pt next
     print(f"teacher  val loss {vl:.4f}, saved {ckpt_path}")
     return model
 
+def load_or_train(cfg, train_data, val_data, meta, device, bf16):
+    """The teacher of this out_dir: teacher.pt if it exists (refused if made with other settings), else
+    trained now. Returns (model, seconds its training took, seconds spent on it in this call)."""
+    path, t0 = os.path.join(cfg.out_dir, "teacher.pt"), time.time()
+    if not os.path.exists(path):
+        model = train(cfg, train_data, val_data, meta, device, bf16, path)
+        return model, load_file(path, "")["train_s"], time.time() - t0
+    model, ckpt = load_model(path, device, "delete it to retrain the teacher")
+    check_resumable(teacher_key(types.SimpleNamespace(**ckpt["config"]), ckpt["meta"]), teacher_key(cfg, meta), path)
+    print(f"teacher  reusing {path} (val loss {ckpt['val_loss']:.4f})")
+    return model, ckpt.get("train_s"), 0.0
+
+# ---- main ----
+
 def teach(cfg):
     device, bf16 = choose_device(cfg.device)
     train_data, val_data, meta = load_data(cfg)
-    train(cfg, train_data, val_data, meta, device, bf16, os.path.join(cfg.out_dir, "teacher.pt"))
+    load_or_train(cfg, train_data, val_data, meta, device, bf16)
 
 def main(argv=None):
-    dtr.main(argv, job=teach)  # dtr's command line: its flags, error messages and Ctrl-C note
+    cli(teach, lambda a: parse_config(TeacherConfig, a, __doc__, PRESETS), argv)
 
 if __name__ == "__main__":
     main()

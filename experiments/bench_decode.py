@@ -1,0 +1,133 @@
+"""
+Decoding speed and cache memory (paper Fig. 2, Table 2): prefill N tokens, then decode one token
+at a time, with the teacher, a finished run's M_opt and the all-linear model taking turns.
+
+    python experiments/bench_decode.py out/shakespeare_char-cpu/gla --contexts 512,2048,8192   # writes decode_bench.json
+
+Full-attention layers keep a KV cache that grows with the context; linear layers keep a
+fixed-size state. Decoding is timed for one sequence and for `batch` sequences at once (the
+prefilled cache copied to each), which shares each token's fixed cost over the batch, and each
+twice: eager, and through torch.compile, which removes most of PyTorch's per-op overhead (at
+128 wide ~300 small ops per token, the same in every model, that hide what attention costs).
+Random weights of the run's model size: weights do not change speed; the position table is
+stretched to the longest context just for timing.
+"""
+import copy
+import itertools
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # dtr.py sits one folder up
+import torch  # noqa: E402
+
+import dtr  # noqa: E402
+from train_teacher import GPT, Cache, DtrError, GPTConfig, atomic_save, choose_device, cli, load_file, opt, parse_config  # noqa: E402
+
+@dataclass
+class BenchConfig:
+    run_dir: str = opt("", "a finished run's folder, e.g. out/shakespeare_char-cpu/gla", positional=True)
+    contexts: str = opt("512,1024,2048,4096,8192,16384", "comma-separated prompt lengths in tokens")
+    new_tokens: int = opt(32, "tokens decoded after each prefill", ">0")
+    repeats: int = opt(5, "timed repeats (median)", ">0")
+    batch: int = opt(8, "sequences decoded at once in the batched timing", ">0")
+    device: str = opt("auto", "where to run", ("auto", "cpu", "cuda", "mps"))
+
+    def check(self):
+        if not all(c.strip().isdigit() and int(c) > 0 for c in self.contexts.split(",")):
+            raise DtrError(f"--contexts wants comma-separated token counts, e.g. 512,2048,8192; got {self.contexts!r}")
+
+def cache_bytes(cache):
+    return sum(t.numel() * t.element_size() for layer in cache.layers for t in layer.values() if torch.is_tensor(t))
+
+def copy_cache(cache, B):
+    """The same prefilled cache for B sequences."""
+    out = copy.copy(cache)
+    out.layers = [{k: v.expand(B, *v.shape[1:]).clone() if torch.is_tensor(v) else v for k, v in layer.items()}
+                  for layer in cache.layers]
+    return out
+
+@torch.inference_mode()
+def bench_decode(cfg, device, patterns, contexts, new_tokens=32, repeats=5, batch=8):
+    """Per pattern ({name: linear layers}) and context: prefill seconds, cache bytes, and decoding
+    tokens/s (1 sequence and `batch`, eager and compiled), median of `repeats`."""
+    torch.manual_seed(cfg.seed)
+    model = GPT(GPTConfig(block_size=max(contexts) + new_tokens, vocab_size=65, n_layer=cfg.n_layer,
+                          n_head=cfg.n_head, n_embd=cfg.n_embd)).to(device).eval()
+    students = [s.to(device) for s in dtr.make_students(model, cfg.student)]
+    models = {}
+    for name, layers in patterns.items():  # one model per pattern, so each compiles on its own
+        with dtr.hybrid(model.transformer.h, layers, students):
+            models[name] = copy.deepcopy(model)
+    steps = {name: {"eager": m, "compiled": compiled_decoder(m, batch, device)} for name, m in models.items()}
+    modes = ["eager"] + (["compiled"] if all(s["compiled"] is not None for s in steps.values()) else [])
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    median = lambda xs: sorted(xs)[len(xs) // 2]
+    rows = []
+    for N in contexts:
+        idx = torch.randint(65, (batch, N + new_tokens), device=device)
+        prefill, held = {name: [] for name in patterns}, {}
+        decode = {(name, B, mode): [] for name in patterns for B in (1, batch) for mode in modes}
+        for _ in range(repeats):
+            for name, m in models.items():  # models take turns, so noise hits them alike
+                cache = Cache(m, 1, N + new_tokens)
+                sync(); t0 = time.perf_counter()
+                m(idx[:1, :N], cache=cache)
+                sync(); prefill[name].append(time.perf_counter() - t0)
+                held[name] = cache_bytes(cache)
+                for B, mode in itertools.product((1, batch), modes):
+                    c = copy_cache(cache, B)
+                    for t in range(N, N + new_tokens):
+                        t0 = time.perf_counter()
+                        steps[name][mode](idx[:B, t:t + 1], cache=c)
+                        sync(); decode[name, B, mode].append(time.perf_counter() - t0)
+        for name in patterns:
+            row = {"model": name, "context": N, "prefill_s": median(prefill[name]), "cache_bytes": held[name]}
+            line = f"decode   {name:10s} context {N:6d} | prefill {row['prefill_s']:7.3f} s | cache {held[name] / 2**20:8.2f} MiB"
+            for mode in modes:
+                tail = "" if mode == "eager" else "_compiled"  # decode_tok_s, decode_tok_s_compiled, ...
+                row["decode_tok_s" + tail] = 1 / median(decode[name, 1, mode])
+                row[f"decode_tok_s_batch{batch}" + tail] = batch / median(decode[name, batch, mode])
+                line += f" | {mode} {row['decode_tok_s' + tail]:7.1f} tok/s, batch {batch}: {row[f'decode_tok_s_batch{batch}' + tail]:7.1f}"
+            rows.append(row)
+            print(line)
+    return {"device": device, "machine": dtr.machine(), "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_embd": cfg.n_embd,
+            "new_tokens": new_tokens, "repeats": repeats, "batch": batch, "compiled": "compiled" in modes, "rows": rows}
+
+def compiled_decoder(model, batch, device, context=70):
+    """torch.compile(model) for one-token decoding steps, compiled here for 1 and `batch`
+    sequences (shapes dynamic, so every context reuses the graphs) and checked against the
+    eager model's logits. None, with the reason printed, where compiling does not work."""
+    step = torch.compile(model, dynamic=True)
+    idx = torch.randint(65, (batch, context + 3), device=device)
+    try:
+        for B in (1, batch):
+            eager, comp = Cache(model, B, context + 3), Cache(model, B, context + 3)
+            model(idx[:B, :context], cache=eager)
+            model(idx[:B, :context], cache=comp)
+            for t in range(context, context + 3):
+                want, _ = model(idx[:B, t:t + 1], cache=eager)
+                got, _ = step(idx[:B, t:t + 1], cache=comp)
+                torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    except Exception as e:  # no C++ compiler, an unsupported platform, ...: time eager decoding only
+        print(f"decode   compiled decoding skipped: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+        return None
+    return step
+
+def run(args):
+    device, _ = choose_device(args.device)
+    report = load_file(os.path.join(args.run_dir, "report.json"), "run python dtr.py first", ("config", "m_opt"))
+    cfg = dtr.Config(**{k: v for k, v in report["config"].items() if k in dtr.Config.__dataclass_fields__})
+    patterns = {"teacher": [], "m_opt": report["m_opt"]["linear_layers"], "all_linear": list(range(cfg.n_layer))}
+    contexts = [int(c) for c in args.contexts.split(",")]
+    result = bench_decode(cfg, device, patterns, contexts, args.new_tokens, args.repeats, args.batch)
+    atomic_save(result, os.path.join(args.run_dir, "decode_bench.json"))
+    print(f"wrote {os.path.join(args.run_dir, 'decode_bench.json')}")
+    return result
+
+def main(argv=None):
+    cli(run, lambda a: parse_config(BenchConfig, a, __doc__), argv)
+
+if __name__ == "__main__":
+    main()
