@@ -1,5 +1,5 @@
 """
-Linear attention, optionally gated and normalised, in one self-contained file.
+Linear attention, optionally gated and normalised, and the gated delta rule, in one self-contained file.
 
 Layout everywhere: q, k (B, H, T, D), v (B, H, T, Dv), log_g (B, H, T), state (B, H, D, Dv).
 q and k arrive already feature-mapped. The recurrence all forms implement:
@@ -33,9 +33,18 @@ exp(B_t - B_s) (query t, key s) or exp(B_T - B_s) (final state). Moving B_t by e
 the terms where t is the query up and those where t is the key down, so
 dL/dB_t = q_t . dq_t - k_t . dk_t (+ <S_T, dS_T> at t = T), and dlog_g_t = sum_{t'>=t} dL/dB_t'.
 
+Gated delta rule (Gated DeltaNet, arXiv 2412.06464; the caller L2-normalises q and k):
+
+    S_t = g_t (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T,   o_t = S_t^T q_t,   beta_t in (0, 1)
+
+i.e. S_t = g_t S_{t-1} + k_t u_t^T with new values u_t = beta_t (v_t - g_t S_{t-1}^T k_t). In a chunk
+the u's solve (I + A) u = beta v - beta exp(b) K S_0, A_ts = beta_t exp(b_t - b_s) k_t.k_s for s < t:
+one triangular solve gives u = U' - W S_0 (the WY/UT form), and the hand-off is linear in S_0:
+S_C = (exp(b_C) I - K_C^T W) S_0 + K_C^T U', where K_C's rows are exp(b_C - b_s) k_s.
+
 File map: naive quadratic reference -> PyTorch chunked form -> recurrent one-token step
--> Triton kernels -> autograd wrapper -> one dispatch function `linear_attention`
--> __main__ self-check and benchmark (`python kernel.py --help`).
+-> Triton kernels -> autograd wrapper -> one dispatch function `linear_attention` -> gated delta
+rule (naive loop, chunked, step, `gated_delta_rule`; PyTorch only) -> __main__ self-check and benchmark.
 """
 import argparse
 import math
@@ -337,6 +346,86 @@ def linear_attention(q, k, v, log_g=None, normalize=True, initial_state=None,
     o = o.to(q.dtype)
     return (o, state) if output_final_state else o
 
+# ---- gated delta rule: naive loop, chunked form, recurrent step, dispatch ----
+
+def naive_gated_delta_rule(q, k, v, beta, log_g=None, initial_state=None):
+    """Token-by-token reference: the recurrence as written at the top, D x D matrix and all. (o, S)"""
+    B, H, T, D = q.shape
+    q, k, v, beta = _acc(q), _acc(k), _acc(v), _acc(beta)
+    g = torch.ones_like(beta) if log_g is None else torch.exp(_acc(log_g))  # (B, H, T)
+    S = q.new_zeros(B, H, D, v.shape[-1]) if initial_state is None else _acc(initial_state)
+    eye = torch.eye(D, dtype=q.dtype, device=q.device)
+    o = []
+    for t in range(T):
+        # (B, H, D, 1), (B, H, 1, Dv), (B, H, 1, 1)
+        k_t, v_t, b_t = k[:, :, t, :, None], v[:, :, t, None, :], beta[:, :, t, None, None]
+        S = g[:, :, t, None, None] * (eye - b_t * k_t @ k_t.mT) @ S + b_t * k_t @ v_t
+        o.append((q[:, :, t, None, :] @ S).squeeze(-2))  # o_t = S_t^T q_t, (B, H, Dv)
+    return torch.stack(o, dim=2), S
+
+def chunked_gated_delta_rule(q, k, v, beta, log_g=None, initial_state=None, chunk_size=64):
+    """Chunk-parallel form (top of the file): one triangular solve for all chunks at once, then a
+    D x D state hand-off per chunk. Plain PyTorch, so autograd gives the backward. Returns fp32 (o, S)."""
+    (B, H, T, D), Dv, C = q.shape, v.shape[-1], chunk_size
+    N, pad = -(-T // C), -T % C  # chunks, and the steps that pad the last one
+    q, k, v, beta = _acc(q), _acc(k), _acc(v), _acc(beta)
+    log_g = beta.new_zeros(B, H, T) if log_g is None else _acc(log_g)
+    if pad:  # padded steps: k = 0, beta = 0, g = 1, so they write nothing and forget nothing
+        q, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
+        beta, log_g = F.pad(beta, (0, pad)), F.pad(log_g, (0, pad))
+    q, k, v, beta = (x.reshape(B, H, N, C, -1) for x in (q, k, v, beta[..., None]))  # (B, H, N, C, D)
+    b = log_g.reshape(B, H, N, C).cumsum(-1)  # (B, H, N, C) decay from chunk start, inclusive
+    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
+    decay = torch.exp((b[..., :, None] - b[..., None, :]).masked_fill(~causal, -math.inf))  # (.., C, C)
+    # A_ts = beta_t exp(b_t - b_s) k_t.k_s, s < t. One solve of (I + A) X = [beta v | beta exp(b) k]
+    # gives U' and W together; subtle: unitriangular=True reads the diagonal as 1, so A stays strict.
+    A = (beta * (k @ k.mT) * decay).tril(-1)
+    rhs = torch.cat([beta * v, beta * torch.exp(b)[..., None] * k], dim=-1)  # (B, H, N, C, Dv + D)
+    u, w = torch.linalg.solve_triangular(A, rhs, upper=False, unitriangular=True).split([Dv, D], -1)
+    # State hand-off S_{n+1} = M_n S_n + dS_n: M and dS batched, one D x D matmul a chunk in the loop.
+    k_out = k * torch.exp(b[..., -1:] - b)[..., None]  # k_s decayed to the chunk end
+    M = torch.exp(b[..., -1])[..., None, None] * torch.eye(D, device=q.device) - k_out.mT @ w  # (.., D, D)
+    dS = k_out.mT @ u  # (B, H, N, D, Dv)
+    S = q.new_zeros(B, H, D, Dv) if initial_state is None else _acc(initial_state)
+    S_in = []  # the state entering each chunk
+    for n in range(N):
+        S_in.append(S)
+        S = M[:, :, n] @ S + dS[:, :, n]
+    S_in = torch.stack(S_in, dim=2)  # (B, H, N, D, Dv)
+    u = u - w @ S_in  # the true new values u_t = beta_t (v_t - g_t S_{t-1}^T k_t)
+    o = ((q @ k.mT) * decay) @ u + (q * torch.exp(b)[..., None]) @ S_in  # intra + inter, (B, H, N, C, Dv)
+    return o.reshape(B, H, N * C, Dv)[:, :, :T], S
+
+def gated_delta_rule_step(q, k, v, beta, log_g=None, state=None):
+    """One decoding step: q, k (B, H, D), v (B, H, Dv), beta, log_g (B, H). Rank-one form, no D x D
+    matrix: S = g S + beta k (v - g S^T k)^T. Returns (o (B, H, Dv), state), fp32."""
+    q, k, v, beta = _acc(q), _acc(k), _acc(v), _acc(beta)
+    state = q.new_zeros(*k.shape, v.shape[-1]) if state is None else _acc(state)  # (B, H, D, Dv)
+    if log_g is not None:
+        state = torch.exp(_acc(log_g))[..., None, None] * state
+    u = beta[..., None] * (v - (k[..., None, :] @ state).squeeze(-2))  # (B, H, Dv) beta x the error of S's answer for k
+    state = state + k[..., :, None] * u[..., None, :]
+    return (q[..., None, :] @ state).squeeze(-2), state
+
+def gated_delta_rule(q, k, v, beta, log_g=None, initial_state=None, output_final_state=False,
+                     chunk_size=64, impl=None):
+    """The entry point: q, k (B, H, T, D) (L2-normalised by the caller), v (B, H, T, Dv), beta,
+    log_g (B, H, T). impl: None or "torch" (chunked) or "naive". Returns o (B, H, T, Dv) in q's
+    dtype, and the fp32 state (B, H, D, Dv) when output_final_state."""
+    if q.dim() != 4 or k.shape != q.shape or v.shape[:3] != q.shape[:3] or any(
+            x is not None and x.shape != q.shape[:3] for x in (beta, log_g)):
+        shapes = [None if x is None else tuple(x.shape) for x in (q, k, v, beta, log_g)]
+        raise ValueError(f"gated_delta_rule wants q, k (B, H, T, D), v (B, H, T, Dv), beta and log_g "
+                         f"(B, H, T); got q, k, v, beta, log_g shapes {shapes}")
+    if impl in (None, "torch"):
+        o, state = chunked_gated_delta_rule(q, k, v, beta, log_g, initial_state, chunk_size)
+    elif impl == "naive":
+        o, state = naive_gated_delta_rule(q, k, v, beta, log_g, initial_state)
+    else:
+        raise ValueError(f"unknown impl {impl!r} for gated_delta_rule; use None, 'torch' or 'naive'")
+    o = o.to(q.dtype)
+    return (o, state) if output_final_state else o
+
 # ---- self-check and benchmark ----
 
 def _rel(a, b):
@@ -348,22 +437,26 @@ def self_check(device):
     B, H, T, D = 2, 2, 100, 48  # T not a multiple of the chunk, D and Dv + 1 not powers of two
     x = [torch.rand(B, H, T, D), torch.rand(B, H, T, D), torch.randn(B, H, T, D),
          -torch.rand(B, H, T), torch.randn(B, H, D, D + 1)]  # q, k, v, log_g, S_0
+    # gated delta rule: unit q, k rows (the caller's job), beta in (0, 1), S_0 (D, Dv)
+    y = [F.normalize(x[0] - 0.5, dim=-1), F.normalize(x[1] - 0.5, dim=-1), x[2],
+         torch.sigmoid(torch.randn(B, H, T)), x[3], x[4][..., :D]]  # q, k, v, beta, log_g, S_0
 
-    def run(impl, dtype, dev):
-        ins = [t.to(dev, dtype, copy=True).requires_grad_() for t in x]
-        o, S = linear_attention(*ins[:4], initial_state=ins[4], output_final_state=True,
-                                chunk_size=32, impl=impl)
+    def run(fn, inputs, impl, dtype, dev):
+        ins = [t.to(dev, dtype, copy=True).requires_grad_() for t in inputs]
+        o, S = fn(*ins[:-1], initial_state=ins[-1], output_final_state=True, chunk_size=32, impl=impl)
         (o.square().sum() + S.square().sum()).backward()
         return [o, S] + [t.grad for t in ins]
 
-    ref = run("naive", torch.float64, "cpu")
     triton_ok = HAS_TRITON and (device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1")
-    for impl in ["torch"] + (["triton"] if triton_ok else []):
-        errs = [_rel(a.cpu(), b) for a, b in zip(run(impl, torch.float32, device), ref)]
+    checks = [(impl, linear_attention, x, impl, "o state dq dk dv dlog_g dS0")
+              for impl in ["torch"] + (["triton"] if triton_ok else [])]
+    checks.append(("gdn", gated_delta_rule, y, "torch", "o state dq dk dv dbeta dlog_g dS0"))
+    for label, fn, inputs, impl, names in checks:
+        ref = run(fn, inputs, "naive", torch.float64, "cpu")
+        errs = [_rel(a.cpu(), b) for a, b in zip(run(fn, inputs, impl, torch.float32, device), ref)]
         tol = 5e-3 if impl == "triton" and device.type == "cuda" else 1e-4  # tl.dot uses TF32 on GPU
-        names = "o state dq dk dv dlog_g dS0".split()
-        print(f"check    {impl:6s} fp32 vs fp64 naive, T={T} D={D} | "
-              + " ".join(f"{n} {e:.1e}" for n, e in zip(names, errs))
+        print(f"check    {label:6s} fp32 vs fp64 naive, T={T} D={D} | "
+              + " ".join(f"{n} {e:.1e}" for n, e in zip(names.split(), errs))
               + f" | {'ok' if max(errs) < tol else 'FAIL'} (tol {tol:g})")
     if not triton_ok:
         print("check    triton skipped: " + ("not installed" if not HAS_TRITON else
@@ -432,6 +525,27 @@ def benchmark(device, max_T, reps, with_fla):
         print(f"crossover {label}: chunked beats SDPA " + (f"from T = {cross}" if cross
               else f"nowhere up to T = {rows[-1][0]}"))
 
+def benchmark_gated_delta_rule(device, reps, T=2048):
+    """Gated delta rule forward, fp32, at one length: the chunked form vs the token-by-token loops."""
+    B, H, D = 1, 4, 64
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(B, H, T, D, device=device) for _ in range(3))
+    q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+    beta, log_g = torch.rand(B, H, T, device=device), -0.1 * torch.rand(B, H, T, device=device)
+
+    def step_loop():  # the naive form without its D x D matrix: decode the sequence token by token
+        S = None
+        for t in range(T):
+            _, S = gated_delta_rule_step(q[:, :, t], k[:, :, t], v[:, :, t], beta[:, :, t], log_g[:, :, t], S)
+
+    forms = {"chunked": lambda: gated_delta_rule(q, k, v, beta, log_g), "step loop": step_loop,
+             "naive": lambda: gated_delta_rule(q, k, v, beta, log_g, impl="naive")}
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    with torch.no_grad():
+        ms = {name: _time_ms(f, reps, sync) for name, f in forms.items()}
+    print(f"bench    gated delta rule fwd fp32, B={B} H={H} T={T} D={D}, median of {reps}: "
+          + ", ".join(f"{n} {t:.1f} ms ({t / ms['chunked']:.1f}x)" for n, t in ms.items()))
+
 def main():
     parser = argparse.ArgumentParser(description="Linear attention: self-check and benchmark.")
     parser.add_argument("--quick", action="store_true", help="short run: T up to 2048, 3 repeats")
@@ -449,6 +563,7 @@ def main():
           f", torch {torch.__version__}, triton {triton.__version__ if HAS_TRITON else 'not installed'}")
     self_check(device)
     benchmark(device, 2048 if args.quick else args.max_T, 3 if args.quick else args.reps, args.fla)
+    benchmark_gated_delta_rule(device, 3 if args.quick else args.reps)
 
 if __name__ == "__main__":
     main()
