@@ -57,6 +57,8 @@ class Config(TeacherConfig):
         super().check()
         if any(n.strip() not in TASKS for n in self.task.split(",")):
             raise DtrError(f"unknown --task {self.task!r}; use a comma-separated list of {', '.join(TASKS)}")
+        if "copy" in self.task and self.block_size < 4:
+            raise DtrError(f"the copy task shows a passage of block_size // 2 tokens twice; --block_size {self.block_size} is too short, use 4 or more")
         if world(before_init=True) > self.n_layer:
             raise DtrError(f"{world(before_init=True)} processes for {self.n_layer} blocks; start at most {self.n_layer} with torchrun")
 

@@ -77,7 +77,10 @@ class TeacherConfig:
                                 "(teaches copying from context, which the copy task measures)", "[0,1)")
 
     def check(self):
-        """Settings that only fail together."""
+        """Settings that only fail together, or with the machine."""
+        for flag in ("out_dir", "data_dir"):
+            if os.path.exists(getattr(self, flag)) and not os.path.isdir(getattr(self, flag)):
+                raise DtrError(f"--{flag} {getattr(self, flag)} is a file, not a folder; pick a folder (it is created if missing)")
         if self.n_embd % self.n_head:
             raise DtrError(f"--n_head {self.n_head} does not divide --n_embd {self.n_embd}; "
                            f"pick a head count that does, e.g. --n_head {math.gcd(self.n_embd, self.n_head) or 1}")
@@ -166,18 +169,20 @@ def atomic_save(obj, path):
     writes; a temp file left by SIGKILL is overwritten by the rerun's same save (or by discard)."""
     if rank() > 0:
         return
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = path + ".tmp"
     try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         if path.endswith(".json"):
             with open(tmp, "w") as f:
                 json.dump(obj, f, indent=2)
         else:
             torch.save(obj, tmp)
         os.replace(tmp, path)
-    except BaseException:  # Ctrl-C or a full disk mid-write: leave neither a temp nor a half file
+    except BaseException as e:  # Ctrl-C or a full disk mid-write: leave neither a temp nor a half file
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, OSError):
+            raise DtrError(f"cannot write {path} ({e.strerror or e}); free some disk space, or pick another --out_dir") from None
         raise
 
 def discard(path):
