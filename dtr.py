@@ -34,7 +34,7 @@ from kernel import linear_attention, linear_attention_step
 from train_teacher import (PRESETS as TEACHER_PRESETS, GPT, GPTConfig, Block, CausalSelfAttention, DtrError,  # noqa: F401
                            Pace, Partial, TeacherConfig, all_gather, atomic_save, autocast, check_resumable, choose_device, cli,
                            cosine_lr, decode, encode, fixed_batches, get_batch, load_data, load_file, load_model,
-                           load_or_train, model_args, opt, parse_config, rank, sha256, val_loss, world)
+                           load_or_train, model_args, opt, parse_config, rank, sha256, world)
 
 # ---- settings: the teacher's (train_teacher.py), and the method's ----
 
@@ -47,7 +47,10 @@ class Config(TeacherConfig):
     distill_iters: int = opt(400, "distillation steps (all blocks train together)", ">0")
     distill_lr: float = opt(2e-3, "distillation peak learning rate", ">0")
     distill_batch_size: int = opt(8, "sequences per distillation step", ">0")
-    tolerance: float = opt(0.02, "M_opt keeps val loss <= (1 + tolerance) x the teacher's", "[0,1)")
+    metric: str = opt("loss", "the task metric P that greedy replacement and M_opt go by: loss (lower is better) "
+                              "or accuracy, the share of tokens predicted exactly (higher is better)", ("loss", "accuracy"))
+    tolerance: float = opt(0.02, "M_opt keeps P within this of the teacher's: loss <= (1 + tolerance) x, "
+                                 "accuracy >= (1 - tolerance) x", "[0,1)")
     task: str = opt("lm", "comma-separated target tasks, one greedy search each: lm (next token), copy (recall a repeated passage)")
     task_text: str = opt("", "path to your own validation text: one more target task, scored as next-token loss")
     sample_tokens: int = opt(200, "tokens to generate from the teacher and M_opt at the end", ">=0")
@@ -57,6 +60,8 @@ class Config(TeacherConfig):
         super().check()
         if any(n.strip() not in TASKS for n in self.task.split(",")):
             raise DtrError(f"unknown --task {self.task!r}; use a comma-separated list of {', '.join(TASKS)}")
+        if self.batch_size * self.val_batches < 2:
+            raise DtrError("--batch_size x --val_batches must be at least 2: search and test batches each need a window")
         if "copy" in self.task and self.block_size < 4:
             raise DtrError(f"the copy task shows a passage of block_size // 2 tokens twice; --block_size {self.block_size} is too short, use 4 or more")
         if world(before_init=True) > self.n_layer:
@@ -220,92 +225,139 @@ def block_mse(model, students, batches, device="cpu", bf16=False):
 # ---- 3. greedy replacement (Algorithm 1) ----
 
 @torch.no_grad()
-def greedy_round(model, students, batches, linear, device="cpu", bf16=False):
-    """One round of Algorithm 1: {layer: val loss of the current hybrid (`linear` already swapped
-    in) with that still-full layer swapped too}."""
+def evaluate(model, batches, device="cpu", bf16=False):
+    """The task metrics P of a model on fixed batches (§4): {"loss": mean next-token loss over the
+    batches, "accuracy": the share of scored targets (not -1) its argmax predicts exactly}."""
+    rows = []
+    with autocast(device, bf16):
+        for x, y in batches:
+            logits, loss = model(x, y)
+            rows.append(batch_scores(logits, loss, y))
+    return {metric: reduce(rows, metric) for metric in METRICS}
+
+def batch_scores(logits, loss, y):
+    scored = y != -1
+    return loss.item(), ((logits.argmax(-1) == y) & scored).sum().item(), scored.sum().item()
+
+def reduce(rows, metric):
+    """Loss: the mean of the batches' mean losses. Accuracy: exact predictions over scored targets."""
+    if metric == "loss":
+        return sum(r[0] for r in rows) / len(rows)
+    return sum(r[1] for r in rows) / max(1, sum(r[2] for r in rows))
+
+METRICS = {"loss": 1, "accuracy": -1}  # the sign that makes lower better
+
+@torch.no_grad()
+def greedy_round(model, students, batches, linear, device="cpu", bf16=False, metric="loss"):
+    """One round of Algorithm 1: {layer: the metric of the current hybrid (`linear` already
+    swapped in) with that still-full layer swapped too}."""
     blocks = model.transformer.h
     # the current hybrid is shared by every candidate up to the layer it swaps: run it once
     # and keep every layer's input, so a candidate only recomputes from its own layer on
     with autocast(device, bf16):
         cached = [block_io(model, x)[0] for x, _ in batches]  # [batch][layer] -> (B, T, C)
-        losses = {}
+        scores = {}
         for i in my_share([i for i in range(len(blocks)) if i not in linear]):  # torchrun: a share each
-            total = 0.0
+            rows = []
             for (_, y), inputs in zip(batches, cached):
                 with hybrid(blocks, [i], students):
                     h = inputs[i]
                     for block in blocks[i:]:
                         h = block(h)
-                total += model.head(h, y)[1].item()
-            losses[i] = total / len(batches)
-    return gather_dict(losses)  # the same on every process
+                rows.append(batch_scores(*model.head(h, y), y))
+            scores[i] = reduce(rows, metric)
+    return gather_dict(scores)  # the same on every process
 
 @torch.no_grad()
-def greedy_replace(model, students, batches, device="cpu", bf16=False, resume=None):
-    """Algorithm 1, phase 2 (the search), on fixed validation batches:
+def greedy_replace(model, students, batches, device="cpu", bf16=False, resume=None, metric="loss"):
+    """Algorithm 1, the search, on fixed validation ("search") batches:
 
         M <- teacher;  S <- all layers
         while S not empty:
-            l* <- argmin_{l in S} loss(M with layer l replaced by its student)
-            M <- M with l* replaced;  S <- S \\ {l*};  record (l*, loss)
+            l* <- argbest_{l in S} P(M with layer l replaced by its student)
+            M <- M with l* replaced;  S <- S \\ {l*};  record (l*, P)
 
-    Returns the teacher's loss and the trajectory [{"k", "layer", "val_loss", "rel_change",
-    "candidates"}, ...] (candidates: every layer's loss in that round, None where already linear),
-    and leaves `model` as the teacher it was given. Ties go to the lower layer index.
-    resume: a Partial holding the rounds done so far, continued after them and saved after each."""
+    P is the metric: loss (lower is better) or accuracy (higher). Returns the teacher's P and the
+    trajectory [{"k", "layer", "val_<metric>", "rel_change", "candidates"}, ...] (candidates:
+    every layer's P that round, None where already linear), and leaves `model` as the teacher it
+    was given. Ties go to the lower layer index. resume: a Partial holding the rounds done so
+    far, continued after them and saved after each."""
     model.eval()
-    blocks = model.transformer.h
-    teacher_loss = val_loss(model, batches, device, bf16)
+    blocks, sign, key = model.transformer.h, METRICS[metric], "val_" + metric
+    teacher = evaluate(model, batches, device, bf16)[metric]
     trajectory = restore_greedy(resume, len(blocks))
     linear = [t["layer"] for t in trajectory]
     with hybrid(blocks, linear, students):  # the teacher comes back when the search ends
         for k in range(len(trajectory) + 1, len(blocks) + 1):
-            losses = greedy_round(model, students, batches, linear, device, bf16)
-            best = min(losses, key=losses.get)
+            scores = greedy_round(model, students, batches, linear, device, bf16, metric)
+            best = min(scores, key=lambda i: sign * scores[i])
             linear.append(best)
             swap_in(blocks, [best], students)
-            trajectory.append({"k": k, "layer": best, "val_loss": losses[best],
-                               "rel_change": losses[best] / teacher_loss - 1,
-                               "candidates": [losses.get(i) for i in range(len(blocks))]})
-            print(f"greedy   round {k}/{len(blocks)} | " + " ".join(f"L{i} {l:.4f}" for i, l in losses.items()) +
-                  f" | replace L{best} -> {losses[best]:.4f} ({100 * trajectory[-1]['rel_change']:+.2f}%)")
+            trajectory.append({"k": k, "layer": best, key: scores[best], "rel_change": scores[best] / teacher - 1,
+                               "candidates": [scores.get(i) for i in range(len(blocks))]})
+            print(f"greedy   round {k}/{len(blocks)} | " + " ".join(f"L{i} {l:.4f}" for i, l in scores.items()) +
+                  f" | replace L{best} -> {scores[best]:.4f} ({100 * trajectory[-1]['rel_change']:+.2f}%)")
             if resume:
                 resume.save(trajectory=trajectory)
-    return teacher_loss, trajectory
+    return teacher, trajectory
 
-# ---- 4. M_best and M_opt (Algorithm 1, the end) ----
+# ---- 4. M_best and M_opt, scored on held-out test batches (Algorithm 1, the end) ----
 
-def select_models(teacher_loss, trajectory, tolerance):
-    """M_best: the lowest val loss seen (the teacher counts; ties go to more linear layers).
-    M_opt: the most linear layers whose val loss stays within `tolerance` of the teacher's,
-    P(M) >= P_min with P = -loss and P_min = -(1 + tolerance) x the teacher's loss."""
-    points = [(0, teacher_loss)] + [(t["k"], t["val_loss"]) for t in trajectory]
+def select_models(teacher, trajectory, tolerance, metric="loss"):
+    """M_best: the best P seen (the teacher counts; ties go to more linear layers). M_opt: the
+    most linear layers with P >= P_min, a tolerance below the teacher's P: for loss,
+    loss <= (1 + tolerance) x the teacher's; for accuracy, accuracy >= (1 - tolerance) x."""
+    sign, key = METRICS[metric], "val_" + metric
+    points = [(0, teacher)] + [(t["k"], t[key]) for t in trajectory]
     order = [t["layer"] for t in trajectory]
-    k_best = min(points, key=lambda p: (p[1], -p[0]))[0]
-    k_opt = max(k for k, loss in points if loss <= (1 + tolerance) * teacher_loss)
-    pick = lambda k: {"linear_layers": sorted(order[:k]), "val_loss": points[k][1]}
+    k_best = min(points, key=lambda p: (sign * p[1], -p[0]))[0]
+    k_opt = max(k for k, p in points if sign * p <= sign * (1 + sign * tolerance) * teacher)
+    pick = lambda k: {"linear_layers": sorted(order[:k]), key: points[k][1]}
     return pick(k_best), pick(k_opt)
+
+@torch.no_grad()
+def test_scores(model, students, trajectory, batches, device="cpu", bf16=False):
+    """P^test: every model of the trajectory, k = 0 (the teacher) .. L, on test batches that the
+    search never saw, both metrics. M_best and M_opt are two of them (k = their linear layers)."""
+    order = [t["layer"] for t in trajectory]
+    out = []
+    for k in range(len(order) + 1):
+        with hybrid(model.transformer.h, order[:k], students):
+            out.append(evaluate(model, batches, device, bf16))
+    return out
+
+def algorithm_1(model, students, batches, test_batches, cfg, device="cpu", bf16=False, resume=None):
+    """Algorithm 1 for one task: search on `batches`, select M_best and M_opt, score on `test_batches`.
+    Returns {"teacher_<metric>", "trajectory", "m_best", "m_opt", "test"}."""
+    teacher, trajectory = greedy_replace(model, students, batches, device, bf16, resume, cfg.metric)
+    m_best, m_opt = select_models(teacher, trajectory, cfg.tolerance, cfg.metric)
+    test = test_scores(model, students, trajectory, test_batches, device, bf16)
+    for m in (m_best, m_opt):
+        m.update({f"test_{metric}": test[len(m["linear_layers"])][metric] for metric in METRICS})
+    result = {f"teacher_{cfg.metric}": teacher, "trajectory": trajectory, "m_best": m_best, "m_opt": m_opt, "test": test}
+    print_trajectory(result, cfg)
+    return result
 
 # ---- 5. target tasks (§4, Fig. 3) ----
 # Greedy replacement only needs fixed batches to score, so a target task is just its own
 # batches: one teacher and one set of distilled students serve every task, and each task's
 # search keeps the full-attention layers that task needs.
 
-def copy_batches(data, block_size, batch_size, n_batches, device):
+def copy_batches(data, block_size, batch_size, n_batches, device, test=False):
     """In-context recall: each row is a held-out passage of block_size // 2 tokens shown twice.
     Only the second copy is scored (every other target is -1): from its second token on, each
     token can be read off the first copy, which softmax attention does with induction heads and
     a fixed-size linear-attention state can only approximate."""
     half = block_size // 2
     batches = []
-    for p, nxt in fixed_batches(data, half, batch_size, n_batches, device):  # passages (B, half)
+    for p, nxt in fixed_batches(data, half, batch_size, n_batches, device, test=test):  # passages (B, half)
         x = torch.cat([p, p], dim=1)  # (B, 2 half)
         y = torch.full_like(x, -1)
         y[:, half:-1] = nxt[:, :-1]  # p[1:]; the first token of the second copy has no cue yet
         batches.append((x, y))
     return batches
 
-def text_batches(path, meta, cfg, device):
+def text_batches(path, meta, cfg, device, test=False):
     """The user's own validation text through the teacher's tokenizer, as next-token batches."""
     try:
         with open(path, encoding="utf-8") as f:
@@ -316,61 +368,60 @@ def text_batches(path, meta, cfg, device):
     if len(ids) < cfg.block_size + 2:
         raise DtrError(f"--task_text {path} has {len(ids)} tokens, fewer than the context "
                        f"({cfg.block_size}) + 2; use a longer text")
-    return fixed_batches(torch.tensor(ids), cfg.block_size, cfg.batch_size, cfg.val_batches, device)
+    return fixed_batches(torch.tensor(ids), cfg.block_size, cfg.batch_size, cfg.val_batches, device, test=test)
 
-def task_batches(cfg, val, val_b, meta, device):
-    """{task name: fixed batches} for --task and --task_text, built (and checked) before training."""
-    tasks = {n.strip(): val_b if n.strip() == "lm" else copy_batches(val, cfg.block_size, cfg.batch_size, cfg.val_batches, device)
-             for n in cfg.task.split(",")}
+def task_batches(cfg, val, meta, device):
+    """{task name: (search batches, test batches)} for --task and --task_text, built (and checked)
+    before training. lm is next-token prediction on the validation split."""
+    make = {"lm": lambda test: fixed_batches(val, cfg.block_size, cfg.batch_size, cfg.val_batches, device, test=test),
+            "copy": lambda test: copy_batches(val, cfg.block_size, cfg.batch_size, cfg.val_batches, device, test)}
     if cfg.task_text:
-        tasks[os.path.basename(cfg.task_text)] = text_batches(cfg.task_text, meta, cfg, device)
-    return tasks
+        make[os.path.basename(cfg.task_text)] = lambda test: text_batches(cfg.task_text, meta, cfg, device, test)
+    names = [n.strip() for n in cfg.task.split(",")] + ([os.path.basename(cfg.task_text)] if cfg.task_text else [])
+    return {name: (make[name](False), make[name](True)) for name in dict.fromkeys(["lm"] + names)}
 
 def run_tasks(model, students, tasks, cfg, device="cpu", bf16=False, done=None):
-    """Per task: greedy replacement on its batches (or its result from `done`, {name: (teacher_loss,
-    trajectory)}), M_best and M_opt; then every task's M_opt scored on every task. Returns the
-    report's "tasks" and "tasks_cross_eval", or nothing for the plain single-task run."""
+    """Per task: Algorithm 1 on its batches (or its result from `done`, {name: result}); then
+    every task's M_opt scored on every task's test batches. Returns the report's "tasks" and
+    "tasks_cross_eval", or nothing when lm is the only task."""
     if list(tasks) == ["lm"]:
         return {}
     results = {}
-    for name, batches in tasks.items():
+    for name, (batches, test_batches) in tasks.items():
         print(f"\n---- task {name} ----")
-        teacher_loss, trajectory = (done or {}).get(name) or greedy_replace(model, students, batches, device, bf16)
-        m_best, m_opt = select_models(teacher_loss, trajectory, cfg.tolerance)
-        print_trajectory(teacher_loss, trajectory, m_best, m_opt, cfg.tolerance)
-        results[name] = {"teacher_loss": teacher_loss, "trajectory": trajectory, "m_best": m_best, "m_opt": m_opt}
+        results[name] = (done or {}).get(name) or algorithm_1(model, students, batches, test_batches, cfg, device, bf16)
     if "copy" in tasks:  # the same passages and targets without the repeat: what the first copy is worth
-        half = tasks["copy"][0][0].size(1) // 2
-        plain = [(x[:, :half], y[:, half:]) for x, y in tasks["copy"]]  # (B, half) each
-        results["copy"]["teacher_plain_loss"] = val_loss(model, plain, device, bf16)
-    names, loss = list(tasks), []
+        half = tasks["copy"][1][0][0].size(1) // 2
+        plain = [(x[:, :half], y[:, half:]) for x, y in tasks["copy"][1]]  # (B, half) each
+        results["copy"]["teacher_plain"] = evaluate(model, plain, device, bf16)
+    names, cross = list(tasks), []
     for row in names:  # is a hybrid chosen for one task still good at the others?
         with hybrid(model.transformer.h, results[row]["m_opt"]["linear_layers"], students):
-            loss.append([val_loss(model, tasks[col], device, bf16) for col in names])
-    out = {"tasks": results, "tasks_cross_eval": {"rows": names, "cols": names, "loss": loss}}
-    print("\n" + "\n".join(tasks_markdown(out, cfg.tolerance, len(students))))
+            cross.append([evaluate(model, tasks[col][1], device, bf16)[cfg.metric] for col in names])
+    out = {"tasks": results, "tasks_cross_eval": {"rows": names, "cols": names, cfg.metric: cross}}
+    print("\n" + "\n".join(tasks_markdown(out, cfg.tolerance, len(students), cfg.metric)))
     return out
 
-def tasks_markdown(report, tolerance, n_layer):
-    """The per-task tables in markdown: printed by the run, and written into the results."""
+def tasks_markdown(report, tolerance, n_layer, metric="loss"):
+    """The per-task tables in markdown, on the test batches: printed by the run, and written into the results."""
     tasks, cross = report["tasks"], report["tasks_cross_eval"]
     row = lambda *cells: "| " + " | ".join(cells) + " |"
     rule = row(*["---"] * (len(tasks) + 1))
-    vs = lambda loss, name: f"{loss:.4f} ({100 * (loss / tasks[name]['teacher_loss'] - 1):+.1f}%)"
+    vs = lambda p, name: f"{p:.4f} ({100 * (p / tasks[name]['test'][0][metric] - 1):+.1f}%)"
     out = [row(f"layer at M_opt (tolerance {tolerance:.0%}), k = greedy round it went linear", *tasks), rule]
     for i in range(n_layer):
         ks = [next(t["k"] for t in r["trajectory"] if t["layer"] == i) for r in tasks.values()]
         out.append(row(f"L{i}", *(("linear" if i in r["m_opt"]["linear_layers"] else "**full**") + f" (k={k})"
                                   for r, k in zip(tasks.values(), ks))))
-    out += [row("val loss: teacher -> M_opt", *(f"{r['teacher_loss']:.4f} -> {vs(r['m_opt']['val_loss'], n)}"
-                                                for n, r in tasks.items())), "",
-            row("M_opt of (row), scored on (col)", *cross["cols"]), rule]
-    out += [row(name, *map(vs, losses, cross["cols"])) for name, losses in zip(cross["rows"], cross["loss"])]
+    out += [row(f"test {metric}: teacher -> M_opt", *(f"{r['test'][0][metric]:.4f} -> {vs(r['m_opt']['test_' + metric], n)}"
+                                                       for n, r in tasks.items())), "",
+            row(f"M_opt of (row), test {metric} on (col)", *cross["cols"]), rule]
+    out += [row(name, *map(vs, scores, cross["cols"])) for name, scores in zip(cross["rows"], cross[metric])]
     if "copy" in tasks:
-        c = tasks["copy"]
-        out += ["", f"Teacher on the copy passages: {c['teacher_loss']:.4f} on the second copy, "
-                    f"{c['teacher_plain_loss']:.4f} on the same tokens without the repeat"
-                    + (" (it gains nothing from the repeat)." if c["teacher_loss"] >= c["teacher_plain_loss"] else ".")]
+        c, plain = tasks["copy"]["test"][0], tasks["copy"]["teacher_plain"]
+        out += ["", f"Teacher on the copy passages (test): loss {c['loss']:.4f}, accuracy {c['accuracy']:.3f} on the "
+                    f"second copy; loss {plain['loss']:.4f}, accuracy {plain['accuracy']:.3f} on the same tokens without "
+                    f"the repeat" + (" (it gains nothing from the repeat)." if c["loss"] >= plain["loss"] else ".")]
     return out
 
 # ---- torchrun and resume for the two phases: each in one place, one line in the method ----
@@ -424,9 +475,9 @@ def run(cfg):
     device, bf16 = choose_device(cfg.device)
     torch.manual_seed(cfg.seed)
     train, val, meta = load_data(cfg)
-    val_b = fixed_batches(val, cfg.block_size, cfg.batch_size, cfg.val_batches, device)
     fixed_batches(train, cfg.block_size, 1, 1, device, "training")  # long enough for a window
-    tasks = task_batches(cfg, val, val_b, meta, device)
+    tasks = task_batches(cfg, val, meta, device)  # {task: (search batches, test batches)}
+    val_b = tasks["lm"][0]
     print(f"data     {meta['dataset']}: {len(train):,} train / {len(val):,} val tokens, vocab {len(meta['vocab']):,}")
 
     # 0. the teacher, reused or trained
@@ -457,30 +508,28 @@ def run(cfg):
     print("distill  per-layer MSE " + " ".join(f"L{i} {m:.5f}" for i, m in enumerate(mse)))
     print("distill  relative MSE  " + " ".join(f"L{i} {r:.4f}" for i, r in enumerate(rel_mse)))
 
-    # 3-4. greedy replacement, then M_best and M_opt
+    # 3-4. greedy replacement on the search batches, M_best and M_opt, scored on the test batches
     t0 = time.time()
     resume = Partial(os.path.join(run_dir, "greedy.partial.json"),
-                     {**distill_key, "val_batches": cfg.val_batches, "batch_size": cfg.batch_size})
-    teacher_loss, trajectory = greedy_replace(model, students, val_b, device, bf16, resume)
-    m_best, m_opt = select_models(teacher_loss, trajectory, cfg.tolerance)
+                     {**distill_key, "val_batches": cfg.val_batches, "batch_size": cfg.batch_size, "metric": cfg.metric})
+    lm = algorithm_1(model, students, *tasks["lm"], cfg, device, bf16, resume)
     t_greedy = time.time() - t0
-    print_trajectory(teacher_loss, trajectory, m_best, m_opt, cfg.tolerance)
-    for name, m in (("m_best", m_best), ("m_opt", m_opt)):
-        with hybrid(model.transformer.h, m["linear_layers"], students):
+    for name in ("m_best", "m_opt"):
+        with hybrid(model.transformer.h, lm[name]["linear_layers"], students):
             atomic_save({"model_args": model_args(cfg, meta), "state_dict": model.state_dict(),
                          "config": dataclasses.asdict(cfg), "meta": meta, "student": cfg.student,
-                         "linear_layers": m["linear_layers"], "val_loss": m["val_loss"]}, os.path.join(run_dir, name + ".pt"))
+                         **lm[name]}, os.path.join(run_dir, name + ".pt"))
 
     # 5. one search per target task, sharing the teacher and the students (§4)
-    tasks_report = run_tasks(model, students, tasks, cfg, device, bf16, done={"lm": (teacher_loss, trajectory)})
+    tasks_report = run_tasks(model, students, tasks, cfg, device, bf16, done={"lm": lm})
     report = {
         "dataset": meta["dataset"], "student": cfg.student, "device": device, "config": dataclasses.asdict(cfg),
         "command": ("python " if world() == 1 else f"torchrun --standalone --nproc_per_node={world()} ") +
                    " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]), "machine": machine(),
-        "date": time.strftime("%Y-%m-%d"), "n_layer": cfg.n_layer, "tolerance": cfg.tolerance,
-        "teacher": {"val_loss": teacher_loss, "train_s": teacher_train_s},
+        "date": time.strftime("%Y-%m-%d"), "n_layer": cfg.n_layer, "tolerance": cfg.tolerance, "metric": cfg.metric,
+        "teacher": {f"val_{cfg.metric}": lm[f"teacher_{cfg.metric}"], "train_s": teacher_train_s},
         "distill": {"mse": mse, "rel_mse": rel_mse, "train_s": distill_train_s},
-        "trajectory": trajectory, "m_best": m_best, "m_opt": m_opt, **tasks_report,
+        **{k: lm[k] for k in ("trajectory", "m_best", "m_opt", "test")}, **tasks_report,
         "timings_s": {"teacher": t_teacher, "distill": t_distill, "greedy": t_greedy, "total": time.time() - t_start},
     }
     atomic_save(report, os.path.join(run_dir, "report.json"))
@@ -490,8 +539,8 @@ def run(cfg):
 
     # what the two models write
     print(f"\n---- sample from the teacher ----\n{sample_text(model, meta, cfg.sample_tokens, device, cfg.seed)}")
-    with hybrid(model.transformer.h, m_opt["linear_layers"], students):
-        print(f"\n---- sample from M_opt (linear layers {m_opt['linear_layers']}) ----\n"
+    with hybrid(model.transformer.h, lm["m_opt"]["linear_layers"], students):
+        print(f"\n---- sample from M_opt (linear layers {lm['m_opt']['linear_layers']}) ----\n"
               f"{sample_text(model, meta, cfg.sample_tokens, device, cfg.seed)}")
     print(f"\nwrote {run_dir}/: report.json, students.pt, m_best.pt, m_opt.pt "
           f"(another sample: python dtr.py --sample {run_dir}/m_opt.pt --seed {cfg.seed + 1})")
@@ -540,12 +589,17 @@ def sample_text(model, meta, n_tokens, device, seed):
     start = torch.tensor([start_ids(meta)], device=device)
     return decode(model.generate(start, n_tokens, generator=gen)[0].tolist(), meta)
 
-def print_trajectory(teacher_loss, trajectory, m_best, m_opt, tolerance):
-    print(f"\n  k | replaced | val loss | vs teacher\n  0 |        - | {teacher_loss:8.4f} |")
-    for t in trajectory:
-        print(f"{t['k']:3d} |       L{t['layer']} | {t['val_loss']:8.4f} | {100 * t['rel_change']:+7.2f}%")
-    for name, m in (("M_best", m_best), (f"M_opt (tolerance {tolerance:.0%})", m_opt)):
-        print(f"{name}: linear layers {m['linear_layers']}, val loss {m['val_loss']:.4f}")
+def print_trajectory(result, cfg):
+    """Algorithm 1's outcome for one task: the metric on the search and on the test batches."""
+    metric, test = cfg.metric, result["test"]
+    print(f"\n  k | replaced | search {metric:8s} | vs teacher | test {metric:8s} | vs teacher\n"
+          f"  0 |        - | {result['teacher_' + metric]:15.4f} |            | {test[0][metric]:13.4f} |")
+    for t in result["trajectory"]:
+        print(f"{t['k']:3d} |       L{t['layer']} | {t['val_' + metric]:15.4f} | {100 * t['rel_change']:+9.2f}% | "
+              f"{test[t['k']][metric]:13.4f} | {100 * (test[t['k']][metric] / test[0][metric] - 1):+9.2f}%")
+    for name, m in (("M_best", result["m_best"]), (f"M_opt (tolerance {cfg.tolerance:.0%})", result["m_opt"])):
+        print(f"{name}: linear layers {m['linear_layers']}, search {metric} {m['val_' + metric]:.4f}, "
+              f"test loss {m['test_loss']:.4f}, test accuracy {m['test_accuracy']:.4f}")
 
 def machine():
     """What produced the numbers, for the report and the README."""
@@ -564,7 +618,8 @@ def sample(cfg):
     """--sample: generate from a checkpoint this project wrote."""
     device, _ = choose_device(cfg.device)
     model, ckpt = load_hybrid(cfg.sample, device)
-    print(f"{cfg.sample}: linear layers {ckpt.get('linear_layers', [])}, val loss {ckpt.get('val_loss', float('nan')):.4f}")
+    print(f"{cfg.sample}: linear layers {ckpt.get('linear_layers', [])}" +
+          "".join(f", {k.replace('_', ' ')} {ckpt[k]:.4f}" for k in ("val_loss", "test_loss", "test_accuracy") if k in ckpt))
     print(sample_text(model, ckpt["meta"], cfg.sample_tokens, device, cfg.seed))
 
 def parse_args(argv=None):

@@ -25,7 +25,7 @@ import torch
 import dtr
 import train_teacher
 from test_kernel import rel_err
-from train_teacher import Cache
+from train_teacher import Cache, val_loss
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHARED = os.path.join(HERE, "..", "shared")  # the offline copy of tiny Shakespeare, where there is one
@@ -140,7 +140,7 @@ def test_greedy_follows_algorithm_1():
         losses = {}
         for i in sorted(set(range(4)) - set(linear)):
             with dtr.hybrid(model.transformer.h, linear + [i], students):
-                losses[i] = dtr.val_loss(model, batches)
+                losses[i] = val_loss(model, batches)
         assert t["layer"] == min(losses, key=losses.get)
         assert t["val_loss"] == pytest.approx(losses[t["layer"]], rel=1e-5)
         assert t["rel_change"] == pytest.approx(t["val_loss"] / teacher_loss - 1)
@@ -157,6 +157,25 @@ def test_select_models():
     assert m_opt["linear_layers"] == [0, 2]
     _, m_opt = dtr.select_models(0.5, traj, tolerance=0.0)
     assert m_opt == {"linear_layers": [], "val_loss": 0.5}  # nothing within tolerance: the teacher
+    # accuracy: higher is better, and the tolerance is read the other way round
+    acc = [{"k": 1, "layer": 2, "val_accuracy": 0.9}, {"k": 2, "layer": 0, "val_accuracy": 0.95},
+           {"k": 3, "layer": 1, "val_accuracy": 0.7}]
+    m_best, m_opt = dtr.select_models(0.92, acc, tolerance=0.05, metric="accuracy")
+    assert m_best == {"linear_layers": [0, 2], "val_accuracy": 0.95} and m_opt == m_best
+    _, m_opt = dtr.select_models(0.92, acc[:1], tolerance=0.01, metric="accuracy")  # 0.9 < 0.99 x 0.92
+    assert m_opt == {"linear_layers": [], "val_accuracy": 0.92}
+
+def test_search_and_test_batches_share_no_window():
+    # greedy chooses on the search batches (today's validation batches, unchanged), reports on the test batches
+    data = torch.arange(111_540)
+    search = torch.cat([x for x, _ in dtr.fixed_batches(data, 128, 16, 8, "cpu")])
+    test = torch.cat([x for x, _ in dtr.fixed_batches(data, 128, 16, 8, "cpu", test=True)])
+    starts = torch.linspace(0, len(data) - 129, 128).long()  # the search windows as they always were
+    assert torch.equal(search[:, 0], starts) and len(test) == len(search) - 1
+    assert not set(search[:, 0].tolist()) & set(test[:, 0].tolist())
+    taken = torch.zeros(len(data), dtype=torch.bool)
+    taken[search.flatten()] = True
+    assert not taken[test.flatten()].any()  # not a single token in common, here where the split has room
 
 # ---- target tasks ----
 
@@ -192,8 +211,11 @@ class Copier(torch.nn.Module):
 
 def test_perfect_copier_has_near_zero_copy_loss():
     batches = dtr.copy_batches(torch.randint(20, (2000,), generator=torch.Generator().manual_seed(0)), 32, 8, 2, "cpu")
-    assert dtr.val_loss(Copier(shift=16), batches) < 1e-6
-    assert dtr.val_loss(Copier(shift=15), batches) > 10  # off by one: the mask and alignment matter
+    assert val_loss(Copier(shift=16), batches) < 1e-6
+    assert val_loss(Copier(shift=15), batches) > 10  # off by one: the mask and alignment matter
+    # accuracy on the second copy: a perfect copier predicts every scored token, the off-by-one none
+    assert dtr.evaluate(Copier(shift=16), batches)["accuracy"] == 1.0
+    assert dtr.evaluate(Copier(shift=15), batches)["accuracy"] < 0.2
 
 class Damaged(torch.nn.Module):
     """A "student": the teacher's attention plus a large fixed vector at positions [lo, hi)."""
@@ -213,8 +235,9 @@ def test_each_task_keeps_the_layer_it_needs():
     # "early" scores positions < 16 and must keep L1; "copy" scores >= 16 and must keep L0.
     model, data = periodic_gpt(n_layer=2)
     students = [Damaged(model.transformer.h[0].attn, 16, 32), Damaged(model.transformer.h[1].attn, 0, 16)]
-    early = [(x, y.masked_fill(torch.arange(32) >= 16, -1)) for x, y in dtr.fixed_batches(data, 32, 8, 2, "cpu")]
-    tasks = {"early": early, "copy": dtr.copy_batches(data, 32, 8, 2, "cpu")}
+    early = lambda test: [(x, y.masked_fill(torch.arange(32) >= 16, -1)) for x, y in dtr.fixed_batches(data, 32, 8, 2, "cpu", test=test)]
+    tasks = {name: (f(False), f(True)) for name, f in
+             (("early", early), ("copy", lambda test: dtr.copy_batches(data, 32, 8, 2, "cpu", test)))}
     out = dtr.run_tasks(model, students, tasks, dtr.Config(tolerance=0.02))
     res, cross = out["tasks"], out["tasks_cross_eval"]
     assert res["early"]["m_opt"]["linear_layers"] == [0] and res["copy"]["m_opt"]["linear_layers"] == [1]
@@ -222,9 +245,9 @@ def test_each_task_keeps_the_layer_it_needs():
     assert [t["layer"] for t in res["copy"]["trajectory"]] == [1, 0]
     # diagonal: each M_opt scores what its own search said; off it, the other task's hybrid does damage
     for i, name in enumerate(cross["rows"]):
-        assert cross["loss"][i][i] == pytest.approx(res[name]["m_opt"]["val_loss"], rel=1e-5)
-        assert cross["loss"][1 - i][i] > 1.5 * res[name]["teacher_loss"]
-    assert res["copy"]["teacher_plain_loss"] > 0
+        assert cross["loss"][i][i] == pytest.approx(res[name]["m_opt"]["test_loss"], rel=1e-5)
+        assert cross["loss"][1 - i][i] > 1.5 * res[name]["test"][0]["loss"]
+    assert res["copy"]["teacher_plain"]["loss"] > 0
 
 # ---- data ----
 
@@ -295,7 +318,9 @@ def test_end_to_end_report(tiny_run):
     linear = [i for i, b in enumerate(model.transformer.h) if isinstance(b.attn, dtr.LinearAttention)]
     assert linear == ckpt["linear_layers"] == saved["m_opt"]["linear_layers"]
     train, val, meta = train_teacher.load_data(dtr.parse_args(args))
-    assert dtr.val_loss(model, dtr.fixed_batches(val, 64, 8, 2, "cpu")) == pytest.approx(saved["m_opt"]["val_loss"], rel=1e-5)
+    assert val_loss(model, dtr.fixed_batches(val, 64, 8, 2, "cpu")) == pytest.approx(saved["m_opt"]["val_loss"], rel=1e-5)
+    test = dtr.evaluate(model, dtr.fixed_batches(val, 64, 8, 2, "cpu", test=True))
+    assert test["loss"] == pytest.approx(saved["m_opt"]["test_loss"], rel=1e-5) == pytest.approx(saved["test"][L]["loss"], rel=1e-5)
 
 def test_rerun_reuses_teacher_and_students(tiny_run, capsys):
     args, out, report = tiny_run
@@ -325,7 +350,7 @@ def test_tasks_end_to_end(tiny_run, data_dir, tmp_path):
     lm = r["tasks"]["lm"]  # the lm task is the single-task search, not a second one
     assert (lm["teacher_loss"], lm["trajectory"], lm["m_opt"]) == (r["teacher"]["val_loss"], r["trajectory"], r["m_opt"])
     for i, t in enumerate(r["tasks"].values()):
-        assert r["tasks_cross_eval"]["loss"][i][i] == pytest.approx(t["m_opt"]["val_loss"], rel=1e-5)
+        assert r["tasks_cross_eval"]["loss"][i][i] == pytest.approx(t["m_opt"]["test_loss"], rel=1e-5)
 
 def test_nan_distillation_is_refused():
     model = tiny_gpt()

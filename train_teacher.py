@@ -419,14 +419,19 @@ def get_batch(data, block_size, batch_size, device, generator=None):
     """Random windows for training."""
     return windows(data, torch.randint(len(data) - block_size - 1, (batch_size,), generator=generator), block_size, device)
 
-def fixed_batches(data, block_size, batch_size, n_batches, device, split="validation"):
+def fixed_batches(data, block_size, batch_size, n_batches, device, split="validation", test=False):
     """Deterministic windows spread evenly over the split: every candidate in the greedy
-    search sees exactly the same tokens, so loss differences are real, not sampling noise."""
+    search sees exactly the same tokens, so loss differences are real, not sampling noise.
+    test=True: the windows halfway between those, one fewer: held-out test batches that share
+    no window with the search batches (apart from each other by >= block_size tokens when the
+    split has room)."""
     if len(data) < block_size + 2:
         raise DtrError(f"the {split} split has {len(data)} tokens, fewer than the context "
                        f"({block_size}) + 2; use a longer text or a smaller --block_size")
-    starts = torch.linspace(0, len(data) - block_size - 1, n_batches * batch_size).long()
-    return [windows(data, s, block_size, device) for s in starts.split(batch_size)]
+    starts = torch.linspace(0, len(data) - block_size - 1, n_batches * batch_size)
+    if test:
+        starts = (starts[:-1] + starts[1:]) / 2
+    return [windows(data, s, block_size, device) for s in starts.long().split(batch_size)]
 
 def repeat_first_half(x, y, n):
     """The first n rows of a training batch (x, y: (B, T)) become their first half shown twice,

@@ -1,8 +1,9 @@
 """
 Placement baselines (paper Fig. 4): is greedy's order better than the obvious alternatives?
-With the same students on the same validation batches, the val loss at every k = 1..L of:
-k evenly spaced layers (uniform); one-shot importance (replace in the order of each layer's
-loss when swapped alone, i.e. greedy's first round); random orders (mean and std).
+With the same students, the loss at every k = 1..L of: k evenly spaced layers (uniform);
+one-shot importance (replace in the order of each layer's loss when swapped alone, i.e.
+greedy's first round); random orders (mean and std). On the search batches greedy chose on,
+and on the held-out test batches, where the comparison is fair to the baselines.
 
     python experiments/baselines.py out/shakespeare_char-cpu/gla     # writes baselines.json there
 """
@@ -14,7 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import torch  # noqa: E402
 
 import dtr  # noqa: E402
-from train_teacher import atomic_save, choose_device, cli, fixed_batches, opt, parse_config, val_loss  # noqa: E402
+from train_teacher import DtrError, atomic_save, choose_device, cli, opt, parse_config  # noqa: E402
 
 @dataclass
 class BaselinesConfig:
@@ -23,9 +24,9 @@ class BaselinesConfig:
     device: str = opt("auto", "where to run", ("auto", "cpu", "cuda", "mps"))
 
 @torch.no_grad()
-def placement_baselines(model, students, batches, trajectory, n_random=5, seed=0, device="cpu", bf16=False):
-    """{"greedy", "uniform", "importance", "random_mean", "random_std": val loss at k = 1..L, and
-    the layers each baseline chose}; `model` is handed back as the teacher."""
+def placement_baselines(model, students, batches, trajectory, greedy, n_random=5, seed=0, device="cpu", bf16=False):
+    """{"greedy" (given: its loss at k = 1..L on these batches), "uniform", "importance",
+    "random_mean", "random_std": loss at k = 1..L, and the layers each baseline chose}."""
     L = len(students)
     uniform = [sorted({int((i + 0.5) * L / k) for i in range(k)}) for k in range(1, L + 1)]
     importance = sorted(range(L), key=lambda i: trajectory[0]["candidates"][i])  # greedy's first round
@@ -34,11 +35,10 @@ def placement_baselines(model, students, batches, trajectory, n_random=5, seed=0
 
     def loss_of(layers):
         with dtr.hybrid(model.transformer.h, layers, students):
-            return val_loss(model, batches, device, bf16)
+            return dtr.evaluate(model, batches, device, bf16)["loss"]
 
     random_losses = torch.tensor([[loss_of(order[:k]) for k in range(1, L + 1)] for order in orders])
-    return {"greedy": [t["val_loss"] for t in trajectory],
-            "uniform": [loss_of(layers) for layers in uniform],
+    return {"greedy": greedy, "uniform": [loss_of(layers) for layers in uniform],
             "importance": [loss_of(importance[:k]) for k in range(1, L + 1)],
             "random_mean": random_losses.mean(0).tolist(), "random_std": random_losses.std(0).tolist(),
             "uniform_layers": uniform, "importance_order": importance, "random_orders": orders}
@@ -52,15 +52,21 @@ def greedy_verdict(b):
 
 def run(args):
     device, bf16 = choose_device(args.device)
-    cfg, report, model, students, (_, val, _) = dtr.load_run(args.run_dir, device)
-    batches = fixed_batches(val, cfg.block_size, cfg.batch_size, cfg.val_batches, device)  # greedy's own
-    b = placement_baselines(model, students, batches, report["trajectory"], args.n_random, cfg.seed, device, bf16)
-    for name in ("greedy", "uniform", "importance", "random_mean"):
-        print(f"baseline {name:11s} " + " ".join(f"{x:.4f}" for x in b[name]) + f" | mean over k {sum(b[name]) / len(b[name]):.4f}")
-    print("baseline " + greedy_verdict(b))
-    atomic_save(b, os.path.join(args.run_dir, "baselines.json"))
+    cfg, report, model, students, (_, val, meta) = dtr.load_run(args.run_dir, device)
+    if report["metric"] != "loss":
+        raise DtrError(f"{args.run_dir} was searched by {report['metric']}; the baselines compare losses, run one with --metric loss")
+    search, test = dtr.task_batches(cfg, val, meta, device)["lm"]
+    trajectory = report["trajectory"]
+    result = {split: placement_baselines(model, students, batches, trajectory, greedy, args.n_random, cfg.seed, device, bf16)
+              for split, batches, greedy in (("search", search, [t["val_loss"] for t in trajectory]),
+                                             ("test", test, [s["loss"] for s in report["test"][1:]]))}
+    for split, b in result.items():
+        for name in ("greedy", "uniform", "importance", "random_mean"):
+            print(f"baseline {split:6s} {name:11s} " + " ".join(f"{x:.4f}" for x in b[name]) + f" | mean over k {sum(b[name]) / len(b[name]):.4f}")
+        print(f"baseline {split:6s} {greedy_verdict(b)}")
+    atomic_save(result, os.path.join(args.run_dir, "baselines.json"))
     print(f"wrote {os.path.join(args.run_dir, 'baselines.json')}")
-    return b
+    return result
 
 def main(argv=None):
     cli(run, lambda a: parse_config(BaselinesConfig, a, __doc__), argv)

@@ -1,7 +1,7 @@
 """
 A short end-to-end finetune after replacement (paper §4.2): M_opt, and the teacher for the same
 number of steps so the comparison is fair, each trained with all parameters at a small
-learning rate; val loss before and after. The run's own files are left untouched.
+learning rate; loss on the test batches before and after. The run's own files are left untouched.
 
     python experiments/finetune.py out/shakespeare_char-cpu/gla --iters 200   # writes finetune.json there
 """
@@ -14,7 +14,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import torch  # noqa: E402
 
 import dtr  # noqa: E402
-from train_teacher import atomic_save, autocast, choose_device, cli, fixed_batches, get_batch, opt, parse_config, val_loss  # noqa: E402
+from train_teacher import atomic_save, autocast, choose_device, cli, get_batch, opt, parse_config, val_loss  # noqa: E402
 
 @dataclass
 class FinetuneConfig:
@@ -24,7 +24,7 @@ class FinetuneConfig:
 
 def finetune(model, layers, students, train, val_b, cfg, iters, device="cpu", bf16=False):
     """Train a copy of the model with `layers` linear, end to end, at the teacher's final learning
-    rate (min_lr), on batch_size sequences a step; {"before", "after"}: its val loss."""
+    rate (min_lr), on batch_size sequences a step; {"before", "after"}: its loss on val_b."""
     with dtr.hybrid(model.transformer.h, layers, students):
         tuned = copy.deepcopy(model).train().requires_grad_(True)
     before = val_loss(tuned.eval(), val_b, device, bf16)
@@ -42,8 +42,8 @@ def finetune(model, layers, students, train, val_b, cfg, iters, device="cpu", bf
 
 def run(args):
     device, bf16 = choose_device(args.device)
-    cfg, report, model, students, (train, val, _) = dtr.load_run(args.run_dir, device)
-    val_b = fixed_batches(val, cfg.block_size, cfg.batch_size, cfg.val_batches, device)
+    cfg, report, model, students, (train, val, meta) = dtr.load_run(args.run_dir, device)
+    val_b = dtr.task_batches(cfg, val, meta, device)["lm"][1]  # the held-out test batches
     result = {"iters": args.iters, **{name: finetune(model, layers, students, train, val_b, cfg, args.iters, device, bf16)
                                       for name, layers in (("teacher", []), ("m_opt", report["m_opt"]["linear_layers"]))}}
     print(f"finetune {args.iters} steps | " + " | ".join(

@@ -52,51 +52,63 @@ def conversion_share(r):
 # ---- markdown ----
 
 def headline(runs):
-    """README's table: one line per run."""
+    """README's table: one line per run, on the held-out test batches (chosen on the search batches)."""
     out = ["| run | command | teacher | all-linear | M_opt (tolerance) | M_best | conversion cost |", "|---" * 7 + "|"]
     for r in runs:
-        t, L = r["teacher"]["val_loss"], r["n_layer"]
-        last, share = r["trajectory"][-1]["val_loss"], conversion_share(r)
-        out.append(f"| {label(r)} | `{r['command']}` | {t:.4f} | {last:.4f} ({pct(last, t)}) | "
-                   f"{len(r['m_opt']['linear_layers'])}/{L} linear, {r['m_opt']['val_loss']:.4f} ({r['tolerance']:.0%}) | "
-                   f"{len(r['m_best']['linear_layers'])}/{L} linear, {r['m_best']['val_loss']:.4f} | "
-                   + (f"{100 * share:.0f}% of the teacher's training |" if share else "|"))
-    machines = sorted({r["machine"] for r in runs})
-    return out + ["", f"Val loss on the fixed validation batches; measured on {'; '.join(machines)}, "
+        test, L, share = r["test"], r["n_layer"], conversion_share(r)
+        t, last = test[0]["loss"], test[-1]["loss"]
+        m = lambda name: f"{len(r[name]['linear_layers'])}/{L} linear, {r[name]['test_loss']:.4f} ({pct(r[name]['test_loss'], t)})"
+        out.append(f"| {label(r)} | `{r['command']}` | {t:.4f} | {last:.4f} ({pct(last, t)}) | {m('m_opt')} ({r['tolerance']:.0%}) "
+                   f"| {m('m_best')} | " + (f"{100 * share:.0f}% of the teacher's training |" if share else "|"))
+    gaps = [gap(r) for r in runs]
+    return out + ["", f"Test loss on held-out batches that the search never saw; M_opt and M_best were chosen on "
+                      f"the search batches, and their relative change against the teacher differs between the two "
+                      f"sets by at most {max(gaps):.2f} percentage points over all k ({', '.join(f'{g:.2f}' for g in gaps)} "
+                      f"per run). Measured on {'; '.join(sorted({r['machine'] for r in runs}))}, "
                       f"{', '.join(sorted({r['date'] for r in runs}))}. Full tables: [RESULTS.md](RESULTS.md)."]
 
+def gap(r):
+    """The largest difference, in percentage points, between the search and the test batches'
+    relative change against the teacher, over the trajectory."""
+    m, test = r["metric"], r["test"]
+    return max(abs(100 * s["rel_change"] - 100 * (test[s["k"]][m] / test[0][m] - 1)) for s in r["trajectory"])
+
 def run_markdown(r):
-    """RESULTS.md's section for one run: the trajectory, M_best/M_opt, and each experiment on it."""
-    t, L = r["timings_s"], r["n_layer"]
+    """RESULTS.md's section for one run: the trajectory on search and test batches, M_best/M_opt,
+    and each experiment on it."""
+    t, L, m, test = r["timings_s"], r["n_layer"], r["metric"], r["test"]
     out = [f"### {label(r)} (preset `{r['config']['preset']}`)", "",
            f"`{r['command']}` on {r['machine']}, {r['date']}: teacher {t['teacher']:.0f} s, distillation "
            f"{t['distill']:.0f} s, greedy {t['greedy']:.0f} s, total {t['total']:.0f} s"
            + ("" if t["teacher"] else f" (teacher reused: it trained in {r['teacher']['train_s'] or 0:.0f} s"
               f", distillation {r['distill']['train_s'] or 0:.0f} s)") + ".", "",
-           "| k | replaced | val loss | vs teacher |", "|---|---|---|---|",
-           f"| 0 | - (teacher) | {r['teacher']['val_loss']:.4f} | |"]
-    out += [f"| {s['k']} | L{s['layer']} | {s['val_loss']:.4f} | {100 * s['rel_change']:+.2f}% |" for s in r["trajectory"]]
-    for name, m in (("M_best", r["m_best"]), (f"M_opt (tolerance {r['tolerance']:.0%})", r["m_opt"])):
-        full = [i for i in range(L) if i not in m["linear_layers"]]
-        out.append(f"\n**{name}**: {len(m['linear_layers'])}/{L} layers linear, "
-                   f"full attention kept in {full or 'none'}, val loss {m['val_loss']:.4f}.")
-    out += ["", "Distillation, relative MSE per layer: " + ", ".join(f"L{i} {x:.3f}" for i, x in enumerate(r["distill"]["rel_mse"])), ""]
+           f"| k | replaced | search {m} | vs teacher | test loss | vs teacher | test accuracy |", "|---" * 7 + "|",
+           f"| 0 | - (teacher) | {r['teacher']['val_' + m]:.4f} | | {test[0]['loss']:.4f} | | {test[0]['accuracy']:.4f} |"]
+    out += [f"| {s['k']} | L{s['layer']} | {s['val_' + m]:.4f} | {100 * s['rel_change']:+.2f}% | {test[s['k']]['loss']:.4f} | "
+            f"{pct(test[s['k']]['loss'], test[0]['loss'])} | {test[s['k']]['accuracy']:.4f} |" for s in r["trajectory"]]
+    for name, sel in (("M_best", r["m_best"]), (f"M_opt (tolerance {r['tolerance']:.0%}, by search {m})", r["m_opt"])):
+        full = [i for i in range(L) if i not in sel["linear_layers"]]
+        out.append(f"\n**{name}**: {len(sel['linear_layers'])}/{L} layers linear, full attention kept in {full or 'none'}; "
+                   f"search {m} {sel['val_' + m]:.4f}, test loss {sel['test_loss']:.4f}, test accuracy {sel['test_accuracy']:.4f}.")
+    out += ["", f"Search against test: the relative change against the teacher differs by at most {gap(r):.2f} "
+                f"percentage points over k.", "",
+            "Distillation, relative MSE per layer: " + ", ".join(f"L{i} {x:.3f}" for i, x in enumerate(r["distill"]["rel_mse"])), ""]
     if conversion_share(r):
         out += [f"Distillation + greedy took {100 * conversion_share(r):.0f}% of the teacher's training time.", ""]
-    if "baselines" in r:
-        b = r["baselines"]
-        out += [f"Placement baselines (`python experiments/baselines.py out/{r['slug'].replace('-', '/', 0)}`...), val loss at k linear layers:", "",
+    for split, b in r.get("baselines", {}).items():
+        out += [f"Placement baselines (`python experiments/baselines.py <run folder>`), loss on the {split} batches at k linear layers:", "",
                 "| placement | " + " | ".join(f"k={k}" for k in range(1, L + 1)) + " | mean |", "|---" * (L + 2) + "|"]
         out += [f"| {n} | " + " | ".join(f"{x:.4f}" for x in b[n]) + f" | {sum(b[n]) / L:.4f} |"
                 for n in ("greedy", "uniform", "importance", "random_mean")]
-        out += ["", f"Placement: {greedy_verdict(b)} (random: mean of {len(b['random_orders'])} orders).", ""]
+        out += ["", f"Placement on the {split} batches: {greedy_verdict(b)} (random: mean of {len(b['random_orders'])} orders).", ""]
     if "finetune" in r:
         f = r["finetune"]
-        out += [f"Finetuning {f['iters']} steps end to end: teacher {f['teacher']['before']:.4f} -> "
-                f"{f['teacher']['after']:.4f}, M_opt {f['m_opt']['before']:.4f} -> {f['m_opt']['after']:.4f}.", ""]
+        out += [f"Finetuning {f['iters']} steps end to end (`python experiments/finetune.py <run folder>`), test loss: "
+                f"teacher {f['teacher']['before']:.4f} -> {f['teacher']['after']:.4f}, "
+                f"M_opt {f['m_opt']['before']:.4f} -> {f['m_opt']['after']:.4f}.", ""]
     if "tasks" in r:
-        out += [f"One search per target task (`--task {r['config']['task']}`), same teacher and students:", ""] + \
-               dtr.tasks_markdown(r, r["tolerance"], L) + [""]
+        out += [f"One search per target task (`--task {r['config']['task']}`), same teacher and students, test batches:", ""] + \
+               dtr.tasks_markdown(r, r["tolerance"], L, m) + [""]
     if "decode_bench" in r:
         out += decode_markdown(r["decode_bench"], r)
     return out
@@ -168,16 +180,19 @@ def draw(runs, folder):
     for r in runs:
         title, ks, L = label(r).replace("`", ""), range(1, r["n_layer"] + 1), r["n_layer"]
         if "baselines" in r:
-            b = r["baselines"]
-            fig, ax = plt.subplots(figsize=(6.5, 4))
-            for name, style in (("uniform", ":"), ("importance", "--"), ("greedy", "-")):
-                ax.plot(ks, b[name], marker="o", ls=style, lw=2.5 if name == "greedy" else 1.5, label=name, zorder=3)
-            ax.errorbar(ks, b["random_mean"], yerr=b["random_std"], marker="o", capsize=3, label=f"random (mean, std of {len(b['random_orders'])})")
-            ax.axhline(r["teacher"]["val_loss"], color="gray", ls="--", label="teacher")
-            notes = overlaps({n: b[n] for n in ("greedy", "importance", "uniform", "random_mean")})
-            ax.set(title=f"Placement, paper Fig. 4: {title}" + "".join(f"\n{n}" for n in notes),
-                   xlabel="layers replaced by linear attention (k)", ylabel="val loss", xticks=list(ks))
-            ax.legend(fontsize=8)
+            fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
+            notes = []
+            for ax, (split, b) in zip(axes, r["baselines"].items()):
+                for name, style in (("uniform", ":"), ("importance", "--"), ("greedy", "-")):
+                    ax.plot(ks, b[name], marker="o", ls=style, lw=2.5 if name == "greedy" else 1.5, label=name, zorder=3)
+                ax.errorbar(ks, b["random_mean"], yerr=b["random_std"], marker="o", capsize=3,
+                            label=f"random (mean, std of {len(b['random_orders'])})")
+                ax.axhline(r["test"][0]["loss"] if split == "test" else r["teacher"]["val_loss"], color="gray", ls="--", label="teacher")
+                notes = overlaps({n: b[n] for n in ("greedy", "importance", "uniform", "random_mean")})
+                ax.set(title=f"{split} batches" + "".join(f"\n{n}" for n in notes),
+                       xlabel="layers replaced by linear attention (k)", ylabel="loss", xticks=list(ks))
+                ax.legend(fontsize=8)
+            fig.suptitle(f"Placement, paper Fig. 4: {title}", fontsize=11)
             paths.append(save_figure(plt, fig, os.path.join(folder, f"{r['slug']}-baselines.png")))
         if "tasks" in r:
             paths.append(draw_tasks(plt, r, title, os.path.join(folder, f"{r['slug']}-tasks.png")))
@@ -202,12 +217,14 @@ def draw_tasks(plt, r, title, path):
     tasks, tol, L = r["tasks"], r["tolerance"], r["n_layer"]
     names = list(tasks)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [2, 1]})
-    for name, t in tasks.items():
-        ax1.plot([0] + [s["k"] for s in t["trajectory"]], [0] + [100 * s["rel_change"] for s in t["trajectory"]], marker="o", label=name)
-    ax1.plot([0, L], [100 * tol] * 2, color="gray", ls="--", label=f"tolerance {tol:.0%}")
-    ax1.set(xlabel="layers replaced, in each task's greedy order (k)", ylabel="val loss vs the task's teacher (%)",
+    m = r["metric"]
+    rel = {name: [100 * (s[m] / t["test"][0][m] - 1) for s in t["test"]] for name, t in tasks.items()}  # k = 0..L
+    for name, curve in rel.items():
+        ax1.plot(range(L + 1), curve, marker="o", label=name)
+    ax1.plot([0, L], [100 * tol * dtr.METRICS[m]] * 2, color="gray", ls="--", label=f"tolerance {tol:.0%}")
+    ax1.set(xlabel="layers replaced, in each task's greedy order (k)", ylabel=f"test {m} vs the task's teacher (%)",
             title=f"Per-task greedy search: {title}")
-    if max(s["rel_change"] for t in tasks.values() for s in t["trajectory"]) > 0.5:
+    if max(abs(x) for curve in rel.values() for x in curve) > 50:
         ax1.set_yscale("symlog", linthresh=5)  # a task whose loss explodes would flatten the others
     ax1.legend(fontsize=8)
     full = [[i not in tasks[n]["m_opt"]["linear_layers"] for n in names] for i in range(L)]  # (layer, task)

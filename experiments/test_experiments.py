@@ -34,14 +34,14 @@ def test_placement_baselines_choose_the_stated_layers():
     students = [Zero() for _ in range(4)]
     batches = dtr.fixed_batches(torch.randint(20, (2000,), generator=torch.Generator().manual_seed(0)), 32, 4, 2, "cpu")
     traj = [{"val_loss": 0.0, "candidates": [3.0, 1.0, 4.0, 2.0]}] * 4  # round 1: L1 best, then L3, L0, L2
-    b = baselines.placement_baselines(model, students, batches, traj, n_random=3)
+    b = baselines.placement_baselines(model, students, batches, traj, [0.0] * 4, n_random=3)
     assert [block.attn for block in model.transformer.h] == teacher_attn  # the teacher is handed back
     assert b["uniform_layers"] == [[2], [1, 3], [0, 2, 3], [0, 1, 2, 3]]
     assert b["importance_order"] == [1, 3, 0, 2]
     assert all(sorted(order) == [0, 1, 2, 3] for order in b["random_orders"])
     for k, layers in ((1, [1]), (2, [1, 3]), (3, [0, 1, 3])):
         with dtr.hybrid(model.transformer.h, layers, students):
-            assert b["importance"][k - 1] == pytest.approx(dtr.val_loss(model, batches), rel=1e-6)
+            assert b["importance"][k - 1] == pytest.approx(dtr.evaluate(model, batches)["loss"], rel=1e-6)
     assert b["uniform"][3] == pytest.approx(b["importance"][3]) == pytest.approx(b["random_mean"][3])  # all swapped
 
 def test_decode_speedups_compare_each_model_in_its_faster_mode():
@@ -86,4 +86,4 @@ def test_experiments_on_a_finished_run(tmp_path):
         assert part in text
     with open(os.path.join(run_dir, "report.json")) as f:
         report = json.load(f)
-    assert f"{report['teacher']['val_loss']:.4f}" in "\n".join(readme.headline(runs))
+    assert f"{report['test'][0]['loss']:.4f}" in "\n".join(readme.headline(runs))
