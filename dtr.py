@@ -70,6 +70,7 @@ class Config(TeacherConfig):
 PRESETS = {name: {**TEACHER_PRESETS[name], **method} for name, method in {
     "tiny": dict(distill_iters=50, sample_tokens=60),
     "cpu": dict(),
+    "cpu12": dict(),
     "gpu": dict(distill_iters=1000, distill_batch_size=64, distill_lr=1e-3, val_batches=16),
 }.items()}
 

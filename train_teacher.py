@@ -52,7 +52,7 @@ class TeacherConfig:
     tokenizer: str = opt("char", "how to tokenize your own text file", ("char", "gpt2"))
     data_dir: str = opt("data", "where datasets are downloaded and their encoded splits cached")
     out_dir: str = opt("", "default out/<dataset>-<preset>: teacher.pt there, a run per student below it")
-    preset: str = opt("", "model and schedule sizes (default: gpu on CUDA, else cpu)", ("tiny", "cpu", "gpu"))
+    preset: str = opt("", "model and schedule sizes (default: gpu on CUDA, else cpu)", ("tiny", "cpu", "cpu12", "gpu"))
     device: str = opt("auto", "where to run", ("auto", "cpu", "cuda", "mps"))
     seed: int = opt(1337, "random seed", ">=0")
     # the model (nanoGPT's)
@@ -95,6 +95,8 @@ PRESETS = {
                  save_interval=10, warmup_iters=10, val_batches=2),
     # a few minutes on a laptop CPU
     "cpu": dict(),
+    # twice as deep, where greedy and one-shot importance placement part (paper Fig. 4); ~10 minutes
+    "cpu12": dict(n_layer=12),
     # nanoGPT's baby GPT
     "gpu": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2, batch_size=64,
                 max_iters=5000, lr=1e-3, min_lr=1e-4, eval_interval=500, save_interval=500),
