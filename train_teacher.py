@@ -252,19 +252,20 @@ def fmt_time(seconds):
     return f"{int(seconds) // 60}:{int(seconds) % 60:02d}"
 
 class Pace:
-    """ms/step over the steps since the last report, and the ETA from it: a slow first step, a
-    validation pass (paused) or a resume do not skew it."""
+    """ms/step over the steps since the last report, and the ETA from it: a validation pass
+    (paused) or a resume do not skew it, and the first step, slow with warm-up, gets no ETA."""
 
     def __init__(self, step, total):
-        self.step, self.total, self.t = step, total, time.time()
+        self.step, self.total, self.t, self.first = step, total, time.time(), True
 
     def paused(self, seconds):
         self.t += seconds
 
     def __call__(self, step):
         per_step = (time.time() - self.t) / max(1, step - self.step)
-        self.step, self.t = step, time.time()
-        return f"{1000 * per_step:.0f} ms/step | eta {fmt_time(per_step * (self.total - step))}"
+        eta = "-" if self.first and step - self.step == 1 else fmt_time(per_step * (self.total - step))
+        self.step, self.t, self.first = step, time.time(), False
+        return f"{1000 * per_step:.0f} ms/step | eta {eta}"
 
 # ---- device, and torchrun (one process per device; in a single process these are no-ops) ----
 
