@@ -43,6 +43,7 @@ TASKS = ("lm", "copy")
 
 @dataclass
 class Config(TeacherConfig):
+    """the method: distillation, greedy replacement, M_best/M_opt, tasks (dtr.py)"""
     student: str = opt("gla", "the linear-attention twin: gla (gated) or hedgehog (plain)", STUDENTS)
     distill_iters: int = opt(400, "distillation steps (all blocks train together)", ">0")
     distill_lr: float = opt(2e-3, "distillation peak learning rate", ">0")

@@ -47,6 +47,7 @@ def opt(default, help, valid=None, positional=False):
 
 @dataclass
 class TeacherConfig:
+    """the teacher: its data, model and training (train_teacher.py)"""
     # data
     dataset: str = opt("shakespeare_char", "shakespeare (GPT-2 BPE), shakespeare_char, or path/to/your.txt")
     tokenizer: str = opt("char", "how to tokenize your own text file", ("char", "gpt2"))
@@ -109,13 +110,18 @@ def parse_config(cls, argv, description, presets=None):
     """Settings from the command line: the dataclass's defaults <- the preset <- the flags given.
     Every value is then checked (validate), so a bad one is one line before any work starts."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sections = {}  # --help shows each dataclass's settings under its docstring: the teacher's, then the method's
+    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
+        section = parser.add_argument_group(klass.__doc__.strip().splitlines()[0])
+        for f in dataclasses.fields(klass):
+            sections.setdefault(f.name, section)
     for f in dataclasses.fields(cls):
         if f.metadata["positional"]:
             parser.add_argument(f.name, help=f.metadata["help"])
             continue
         shown = [f"default {f.default!r}"] + [f"{p} {v[f.name]!r}" for p, v in (presets or {}).items() if f.name in v]
         kind = dict(action=argparse.BooleanOptionalAction) if isinstance(f.default, bool) else dict(type=type(f.default))
-        parser.add_argument(f"--{f.name}", default=None, **kind, help=f"{f.metadata['help']} ({', '.join(shown)})")
+        sections[f.name].add_argument(f"--{f.name}", default=None, **kind, help=f"{f.metadata['help']} ({', '.join(shown)})")
     args = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
     if presets is None:  # an experiment's settings
         return validate(cls(**args))

@@ -19,6 +19,7 @@ from train_teacher import DtrError, atomic_save, choose_device, cli, opt, parse_
 
 @dataclass
 class BaselinesConfig:
+    """the placement baselines"""
     run_dir: str = opt("", "a finished run's folder, e.g. out/shakespeare_char-cpu/gla", positional=True)
     n_random: int = opt(5, "random orders to average", ">0")
     device: str = opt("auto", "where to run", ("auto", "cpu", "cuda", "mps"))

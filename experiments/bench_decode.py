@@ -27,6 +27,7 @@ from train_teacher import GPT, Cache, DtrError, GPTConfig, atomic_save, choose_d
 
 @dataclass
 class BenchConfig:
+    """the decoding benchmark"""
     run_dir: str = opt("", "a finished run's folder, e.g. out/shakespeare_char-cpu/gla", positional=True)
     contexts: str = opt("512,1024,2048,4096,8192,16384", "comma-separated prompt lengths in tokens")
     new_tokens: int = opt(32, "tokens decoded after each prefill", ">0")

@@ -18,6 +18,7 @@ from train_teacher import atomic_save, autocast, choose_device, cli, get_batch, 
 
 @dataclass
 class FinetuneConfig:
+    """the finetune"""
     run_dir: str = opt("", "a finished run's folder, e.g. out/shakespeare_char-cpu/gla", positional=True)
     iters: int = opt(200, "finetuning steps, for M_opt and for the teacher", ">0")
     device: str = opt("auto", "where to run", ("auto", "cpu", "cuda", "mps"))

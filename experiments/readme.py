@@ -20,6 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @dataclass
 class ReadmeConfig:
+    """the results to regenerate"""
     run_dirs: str = opt("", "comma-separated finished run folders, in the order to show them", positional=True)
 
 # ---- reading the runs ----
