@@ -5,9 +5,10 @@ Distill-then-Replace (DtR, arXiv 2601.11667) in one file, in the paper's order:
 1. the linear-attention students: every block's attention gets a linear twin, q/k/v/o copied;
 2. blockwise local distillation (§3.1): each twin learns to reproduce its teacher block's
    output from the teacher block's own input (MSE), all blocks at once;
-3. greedy replacement (Algorithm 1): swap in, one at a time, the twin whose swap hurts
-   validation loss least, all the way to the all-linear model;
-4. M_best (the lowest loss seen) and M_opt (the most linear layers within a tolerance);
+3. greedy replacement (Algorithm 1): swap in, one at a time, the twin whose swap hurts the
+   validation ("search") batches least, all the way to the all-linear model;
+4. M_best (the best seen) and M_opt (the most linear layers within a tolerance), chosen on the
+   search batches and reported on held-out test batches, as Algorithm 1 ends;
 5. target tasks (§4): with --task lm,copy one search per task on the same students.
 
     python dtr.py --dataset shakespeare_char
@@ -72,7 +73,7 @@ PRESETS = {name: {**TEACHER_PRESETS[name], **method} for name, method in {
     "tiny": dict(distill_iters=50, sample_tokens=60),
     "cpu": dict(),
     "cpu12": dict(),
-    "gpu": dict(distill_iters=1000, distill_batch_size=64, distill_lr=1e-3, val_batches=16),
+    "gpu": dict(distill_iters=1000, distill_batch_size=64, distill_lr=1e-3),
 }.items()}
 
 # ---- 1. the linear-attention students ----

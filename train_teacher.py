@@ -100,7 +100,7 @@ PRESETS = {
     "cpu12": dict(n_layer=12),
     # nanoGPT's baby GPT
     "gpu": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2, batch_size=64,
-                max_iters=5000, lr=1e-3, min_lr=1e-4, eval_interval=500, save_interval=500),
+                max_iters=5000, lr=1e-3, min_lr=1e-4, eval_interval=500, save_interval=500, val_batches=16),
 }
 # On a CPU the GPT-2 vocabulary (11,706 rows after remapping) costs more per step than the
 # whole 6-layer trunk, so BPE runs take fewer, smaller steps to stay within minutes.
