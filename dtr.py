@@ -2,7 +2,8 @@
 Distill-then-Replace (DtR, arXiv 2601.11667) in one file, in the paper's order:
 
 0. a pretrained full-attention GPT: the teacher (train_teacher.py trains one if it is missing);
-1. the linear-attention students: every block's attention gets a linear twin, q/k/v/o copied;
+1. the linear-attention students: every block's attention gets a linear twin, q/k/v/o copied
+   (hedgehog, gla, or gdn: Gated DeltaNet);
 2. blockwise local distillation (§3.1): each twin learns to reproduce its teacher block's
    output from the teacher block's own input (MSE), all blocks at once;
 3. greedy replacement (Algorithm 1): swap in, one at a time, the twin whose swap hurts the
@@ -31,7 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kernel import linear_attention, linear_attention_step
+from kernel import EPS, gated_delta_rule, gated_delta_rule_step, linear_attention, linear_attention_step
 from train_teacher import (PRESETS as TEACHER_PRESETS, GPT, GPTConfig, Block, CausalSelfAttention, DtrError,  # noqa: F401
                            Pace, Partial, TeacherConfig, all_gather, atomic_save, autocast, check_resumable, choose_device, cli,
                            cosine_lr, decode, encode, fixed_batches, get_batch, load_data, load_file, load_model,
@@ -39,13 +40,13 @@ from train_teacher import (PRESETS as TEACHER_PRESETS, GPT, GPTConfig, Block, Ca
 
 # ---- settings: the teacher's (train_teacher.py), and the method's ----
 
-STUDENTS = ("gla", "hedgehog")
+STUDENTS = ("gla", "hedgehog", "gdn")
 TASKS = ("lm", "copy")
 
 @dataclass
 class Config(TeacherConfig):
     """the method: distillation, greedy replacement, M_best/M_opt, tasks (dtr.py)"""
-    student: str = opt("gla", "the linear-attention twin: gla (gated) or hedgehog (plain)", STUDENTS)
+    student: str = opt("gla", "the linear-attention twin: gla (gated), hedgehog (plain) or gdn (gated delta rule)", STUDENTS)
     distill_iters: int = opt(400, "distillation steps (all blocks train together)", ">0")
     distill_lr: float = opt(2e-3, "distillation peak learning rate", ">0")
     distill_batch_size: int = opt(8, "sequences per distillation step", ">0")
@@ -111,7 +112,8 @@ class LinearAttention(nn.Module):
         hs = self.c_attn.in_features // self.n_head
         return {"state": torch.zeros(batch_size, self.n_head, 2 * hs, hs + 1, device=self.c_proj.weight.device)}
 
-    def forward(self, x, cache=None):
+    def features(self, x):
+        """x (B, T, C) -> feature-mapped q, k (B, nh, T, 2 hs), v (B, nh, T, hs), log_g (B, nh, T) or None."""
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
@@ -119,6 +121,11 @@ class LinearAttention(nn.Module):
         log_g = None
         if self.gate is not None:
             log_g = (F.logsigmoid(self.gate(x).float()) / 16).transpose(1, 2)  # (B, nh, T)
+        return q, k, v, log_g
+
+    def forward(self, x, cache=None):
+        B, T, C = x.size()
+        q, k, v, log_g = self.features(x)
         if cache is None:
             y = linear_attention(q, k, v, log_g)  # (B, nh, T, hs)
         elif T == 1:  # decoding: the recurrent step, constant work per token
@@ -130,9 +137,64 @@ class LinearAttention(nn.Module):
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.c_proj(y)
 
+class GatedDeltaNet(LinearAttention):
+    """Gated DeltaNet (Yang, Kautz & Hatamizadeh, arXiv 2412.06464) as a drop-in student: the gla
+    student's projections, feature maps and gate, with the state written by the gated delta rule
+
+        S_t = g_t (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t [v_t, 1]^T,   y_t = S_t^T q_t,   o_t = y_t[:hs] / y_t[hs]
+
+    Each write corrects what S already returns for k_t instead of adding to it, so a key written
+    with beta = 1 reads back exactly its value: the in-context recall an additive state blurs.
+    The choices that set where distillation starts (block relative MSE, init -> 50 tiny-preset
+    steps, on the tiny teacher trained 1000 steps; gla there: init 0.06-0.41, after 0.015-0.046):
+    - q, k: the Hedgehog map (identity-initialised) and then L2-normalised, as the delta rule
+      needs ||k|| = 1 to stay stable. The map's features are >= 0, so q.k >= 0 and the
+      normaliser below stays positive; with signed ones (the paper's SiLU, or none) q.z crosses
+      zero and the init MSE is 4-500x the teacher block's update. Training the map helps a little.
+    - o: the teacher's output is a convex combination of values; a raw read S^T q with unit q is
+      not, its scale depends on how q lines up with the keys (raw: init 0.6-2.1, after 0.07-0.15).
+      A column of ones rides along with v, so S's last column z learns by the same rule to return
+      1 for every key; dividing by q.z makes the read a weighted average again and keeps exact
+      recall (k written with beta = 1 reads v / 1). A per-head output scale cannot do this: the
+      right scale changes from token to token.
+    - beta_t = sigmoid(x W + b), W = 0, b = -2 (beta ~ 0.12): at init every key's features are
+      nearly uniform, and on a shared key the delta rule is a moving average of v with rate beta,
+      so o_t starts as an average over the last ~8 tokens, close to the teacher's broad heads
+      (init 0.06-0.16, after 0.016-0.028); b = 0 (a 2-token window) starts 3x worse, b = -4 ends worse.
+    - g_t as in gla, log g = logsigmoid(x W + b) / 16, g ~ 0.999 at init."""
+
+    def __init__(self, teacher_attn):
+        super().__init__(teacher_attn, gated=True)
+        self.beta = nn.Linear(self.c_attn.in_features, self.n_head)  # the write strength beta_t per head
+        nn.init.zeros_(self.beta.weight)
+        nn.init.constant_(self.beta.bias, -2.0)
+
+    def forward(self, x, cache=None):
+        B, T, C = x.size()
+        q, k, v, log_g = self.features(x)
+        q, k = F.normalize(q, dim=-1).float(), F.normalize(k, dim=-1)  # fp32 q: an fp32 ratio below
+        v = F.pad(v, (0, 1), value=1.0)  # (B, nh, T, hs + 1): the ones column whose read is q.z
+        beta = torch.sigmoid(self.beta(x).float()).transpose(1, 2)  # (B, nh, T)
+        # the cache is LinearAttention's: the fp32 state (B, nh, 2 hs, hs + 1), z its last column
+        if cache is None:
+            y = gated_delta_rule(q, k, v, beta, log_g)  # (B, nh, T, hs + 1)
+        elif T == 1:  # decoding: the rank-one step, constant work per token
+            y, cache["state"] = gated_delta_rule_step(q[:, :, 0], k[:, :, 0], v[:, :, 0], beta[..., 0],
+                                                      log_g[..., 0], cache["state"])
+            y = y[:, :, None]
+        else:  # prefill: the chunked form, starting from and handing back the state
+            y, cache["state"] = gated_delta_rule(q, k, v, beta, log_g, cache["state"], output_final_state=True)
+        # subtle: with features >= 0, q.z is positive in practice (>= 0.007 seen, the smallest at
+        # t = 0 where it is beta q.k and the ratio is exactly v_0); the clamp only guards the division
+        y = y[..., :-1] / y[..., -1:].clamp_min(EPS)  # (B, nh, T, hs)
+        y = y.to(x.dtype).transpose(1, 2).contiguous().view(B, T, C)
+        return self.c_proj(y)
+
 def make_students(model, kind):
     """One student per block, initialised from that block's attention."""
-    return [LinearAttention(block.attn, gated=kind == "gla") for block in model.transformer.h]
+    make = {"hedgehog": lambda attn: LinearAttention(attn, gated=False),
+            "gla": lambda attn: LinearAttention(attn, gated=True), "gdn": GatedDeltaNet}[kind]
+    return [make(block.attn) for block in model.transformer.h]
 
 def swap_in(blocks, layers, students):
     """The hybrid: the listed blocks' attention replaced by their students (setattr, no copies)."""

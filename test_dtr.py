@@ -36,10 +36,10 @@ def tiny_gpt(n_layer=3, seed=0):
     torch.manual_seed(seed)
     return dtr.GPT(dtr.GPTConfig(block_size=32, vocab_size=20, n_layer=n_layer, n_head=2, n_embd=16)).eval()
 
-@pytest.mark.parametrize("gated", [False, True])
-def test_student_block_is_causal(gated):
+@pytest.mark.parametrize("kind", dtr.STUDENTS)
+def test_student_block_is_causal(kind):
     model = tiny_gpt()
-    student = dtr.LinearAttention(model.transformer.h[0].attn, gated)
+    student = dtr.make_students(model, kind)[0]
     x = torch.randn(1, 32, 16)
     x2 = x.clone()
     x2[:, 20:] = torch.randn(1, 12, 16)  # change the future only
@@ -66,15 +66,17 @@ def test_student_matches_trivially_linearisable_block():
         assert rel_err(block(x) - x, teacher_out - x) < 1e-5
     assert block.attn is attn  # the teacher's attention is back
 
-@pytest.mark.parametrize("linear", [[], [0, 2], [0, 1, 2]])  # teacher, hybrid, all-linear
-def test_cached_generation_equals_plain_forward(linear):
+@pytest.mark.parametrize("kind,linear", [("gla", []), ("gla", [0, 2]), ("gla", [0, 1, 2]),  # teacher, hybrid, all-linear
+                                         ("gdn", [0, 2]), ("gdn", [0, 1, 2])])
+def test_cached_generation_equals_plain_forward(kind, linear):
     # prefill 70 tokens (past the 64-token chunk boundary), 5 more at once, then one token at a time:
     # every position's logits must equal those of one uncached forward over the whole sequence
     torch.manual_seed(0)
     model = dtr.GPT(dtr.GPTConfig(block_size=100, vocab_size=20, n_layer=3, n_head=2, n_embd=16)).eval()
-    students = dtr.make_students(model, "gla")
-    for s in students:  # a gate that really decays, so the state hand-off is exercised
-        torch.nn.init.normal_(s.gate.weight, std=1.0)
+    students = dtr.make_students(model, kind)
+    for s in students:  # a gate that really decays (and for gdn a beta that varies), so the state hand-off is exercised
+        for gate in (s.gate, getattr(s, "beta", s.gate)):
+            torch.nn.init.normal_(gate.weight, std=1.0)
     dtr.swap_in(model.transformer.h, linear, students)
     idx = torch.randint(20, (2, 100))
     full, _ = model(idx)
@@ -97,12 +99,12 @@ def reference_generate(model, idx, n, generator):
             start = idx.size(1) - window // 2
     return idx
 
-@pytest.mark.parametrize("linear", [[], [0, 1, 2]])
-def test_generate_equals_uncached_sampling(linear):
+@pytest.mark.parametrize("kind,linear", [("gla", []), ("gla", [0, 1, 2]), ("gdn", [0, 1, 2])])
+def test_generate_equals_uncached_sampling(kind, linear):
     # 50 tokens through a 16-token window: several refreshes, each token sampled from the same logits
     torch.manual_seed(0)
     model = dtr.GPT(dtr.GPTConfig(block_size=16, vocab_size=20, n_layer=3, n_head=2, n_embd=16)).eval()
-    dtr.swap_in(model.transformer.h, linear, dtr.make_students(model, "gla"))
+    dtr.swap_in(model.transformer.h, linear, dtr.make_students(model, kind))
     start = torch.zeros(1, 1, dtype=torch.long)
     got = model.generate(start, 50, generator=torch.Generator().manual_seed(3))
     want = reference_generate(model, start, 50, torch.Generator().manual_seed(3))
@@ -321,6 +323,18 @@ def test_end_to_end_report(tiny_run):
     assert val_loss(model, dtr.fixed_batches(val, 64, 8, 2, "cpu")) == pytest.approx(saved["m_opt"]["val_loss"], rel=1e-5)
     test = dtr.evaluate(model, dtr.fixed_batches(val, 64, 8, 2, "cpu", test=True))
     assert test["loss"] == pytest.approx(saved["m_opt"]["test_loss"], rel=1e-5) == pytest.approx(saved["test"][L]["loss"], rel=1e-5)
+
+def test_gdn_run_reloads_with_gdn_students(tiny_run, capsys):
+    # --student gdn on the same teacher: its students go in their own folder, and its M_opt
+    # reloads with gated-delta-rule students where the report says, scoring what it says
+    args, out, _ = tiny_run
+    report = dtr.run(dtr.parse_args(args + ["--student", "gdn"]))
+    assert "teacher  reusing" in capsys.readouterr().out
+    model, ckpt = dtr.load_hybrid(os.path.join(out, "gdn", "m_opt.pt"), "cpu")
+    gdn = [i for i, b in enumerate(model.transformer.h) if isinstance(b.attn, dtr.GatedDeltaNet)]
+    assert gdn == ckpt["linear_layers"] == report["m_opt"]["linear_layers"] != []
+    val = train_teacher.load_data(dtr.parse_args(args))[1]
+    assert dtr.val_loss(model, dtr.fixed_batches(val, 64, 8, 2, "cpu")) == pytest.approx(report["m_opt"]["val_loss"], rel=1e-5)
 
 def test_rerun_reuses_teacher_and_students(tiny_run, capsys):
     args, out, report = tiny_run
