@@ -66,6 +66,23 @@ def test_student_matches_trivially_linearisable_block():
         assert rel_err(block(x) - x, teacher_out - x) < 1e-5
     assert block.attn is attn  # the teacher's attention is back
 
+@pytest.mark.parametrize("kind", dtr.STUDENTS)
+def test_student_returns_a_shared_value_unchanged(kind):
+    # softmax attention's output is a convex combination of values, so a value every token shares
+    # comes out unchanged; a student's normaliser must keep that (gdn's: the read of its ones
+    # column, q.z), whatever the gates and write strengths do
+    model = tiny_gpt()
+    attn = model.transformer.h[0].attn
+    with torch.no_grad():
+        attn.c_attn.weight[32:] = 0  # W_v = 0: every value is the bias
+        attn.c_attn.bias[32:] = torch.randn(16)
+    student = dtr.make_students(model, kind)[0]
+    for gate in (getattr(student, "beta", None), student.gate):
+        if gate is not None:
+            torch.nn.init.normal_(gate.weight, std=1.0)
+    x = torch.randn(2, 32, 16)
+    assert rel_err(student(x), attn(x)) < 1e-5
+
 @pytest.mark.parametrize("kind,linear", [("gla", []), ("gla", [0, 2]), ("gla", [0, 1, 2]),  # teacher, hybrid, all-linear
                                          ("gdn", [0, 2]), ("gdn", [0, 1, 2])])
 def test_cached_generation_equals_plain_forward(kind, linear):
