@@ -351,7 +351,7 @@ def test_gdn_run_reloads_with_gdn_students(tiny_run, capsys):
     gdn = [i for i, b in enumerate(model.transformer.h) if isinstance(b.attn, dtr.GatedDeltaNet)]
     assert gdn == ckpt["linear_layers"] == report["m_opt"]["linear_layers"] != []
     val = train_teacher.load_data(dtr.parse_args(args))[1]
-    assert dtr.val_loss(model, dtr.fixed_batches(val, 64, 8, 2, "cpu")) == pytest.approx(report["m_opt"]["val_loss"], rel=1e-5)
+    assert val_loss(model, dtr.fixed_batches(val, 64, 8, 2, "cpu")) == pytest.approx(report["m_opt"]["val_loss"], rel=1e-5)
 
 def test_rerun_reuses_teacher_and_students(tiny_run, capsys):
     args, out, report = tiny_run
