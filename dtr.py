@@ -23,7 +23,6 @@ import copy
 import dataclasses
 import math
 import os
-import platform
 import sys
 import time
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ from kernel import EPS, gated_delta_rule, gated_delta_rule_step, linear_attentio
 from train_teacher import (PRESETS as TEACHER_PRESETS, GPT, GPTConfig, Block, CausalSelfAttention, DtrError,  # noqa: F401
                            Pace, Partial, TeacherConfig, all_gather, atomic_save, autocast, check_resumable, choose_device, cli,
                            cosine_lr, decode, encode, fixed_batches, get_batch, load_data, load_file, load_model,
-                           load_or_train, model_args, opt, parse_config, rank, sha256, world)
+                           load_or_train, machine, model_args, opt, parse_config, rank, sha256, world)
 
 # ---- settings: the teacher's (train_teacher.py), and the method's ----
 
@@ -138,30 +137,21 @@ class LinearAttention(nn.Module):
         return self.c_proj(y)
 
 class GatedDeltaNet(LinearAttention):
-    """Gated DeltaNet (Yang, Kautz & Hatamizadeh, arXiv 2412.06464) as a drop-in student: the gla
-    student's projections, feature maps and gate, with the state written by the gated delta rule
+    """Gated DeltaNet (arXiv 2412.06464) as a drop-in student: the gla student's projections,
+    feature maps and gate, with the state written by the gated delta rule
 
         S_t = g_t (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t [v_t, 1]^T,   y_t = S_t^T q_t,   o_t = y_t[:hs] / y_t[hs]
 
     Each write corrects what S already returns for k_t instead of adding to it, so a key written
     with beta = 1 reads back exactly its value: the in-context recall an additive state blurs.
-    What sets where distillation starts, measured as block relative MSE at init -> after 50 steps,
-    all-linear val loss (tiny preset, its teacher trained 1000 steps to 2.3043; gla: 0.06-0.41 ->
-    0.015-0.046, 2.3838; this class: 0.06-0.16 -> 0.016-0.028, 2.3249):
-    - q, k: the Hedgehog map (identity-initialised; training it helps a little), then L2-normalised,
-      as the delta rule needs ||k|| = 1 to stay stable. Its features are >= 0, so q.k >= 0 and the
-      normaliser below stays positive; with signed ones (none, or the paper's SiLU) q.z crosses
-      zero and the init MSE is 15-5000.
-    - o: the teacher's output is a convex combination of values; a raw read S^T q with unit q is
-      not, its scale follows how q lines up with the keys, token by token, which a per-head scale
-      cannot fix (raw: 0.08-0.29 -> 0.04-0.10, 2.3647). A column of ones rides along with v, so S's
-      last column z learns by the same rule to return 1 for every key; dividing by q.z makes the
-      read a weighted average again and keeps exact recall (k written with beta = 1 reads v / 1).
-    - beta_t = sigmoid(x W + b), W = 0, b = -2 (beta ~ 0.12): at init all keys' features are nearly
-      uniform, and on a shared key the delta rule is a moving average of v with rate beta, so o_t
-      starts as an average over the last ~8 tokens, close to the teacher's broad heads. b = 0 (a
-      2-token window): 0.29-0.51 -> 0.04-0.06; b = -4: 0.06-0.32 -> 0.017-0.045, 2.3794.
-    - g_t as in gla: log g = logsigmoid(x W + b) / 16, g ~ 0.999 at init."""
+    Where distillation starts (the choices, measured, are in the README):
+    - q, k: the Hedgehog map, then L2-normalised (the delta rule needs ||k|| = 1 to stay stable);
+      features >= 0 keep q.z, the normaliser below, positive.
+    - o: a column of ones rides along with v, and dividing by its read q.z makes each output a
+      weighted average of values, on the teacher's scale, while keeping exact recall.
+    - beta_t = sigmoid(x W + b), W = 0, b = -2 (beta ~ 0.12): on nearly uniform features at init,
+      the delta rule averages the last ~8 tokens' values, close to the teacher's broad heads.
+    - g_t as in gla, ~0.999 at init."""
 
     def __init__(self, teacher_attn):
         super().__init__(teacher_attn, gated=True)
@@ -463,31 +453,11 @@ def run_tasks(model, students, tasks, cfg, device="cpu", bf16=False, done=None):
     for row in names:  # is a hybrid chosen for one task still good at the others?
         with hybrid(model.transformer.h, results[row]["m_opt"]["linear_layers"], students):
             cross.append([evaluate(model, tasks[col][1], device, bf16)[cfg.metric] for col in names])
-    out = {"tasks": results, "tasks_cross_eval": {"rows": names, "cols": names, cfg.metric: cross}}
-    print("\n" + "\n".join(tasks_markdown(out, cfg.tolerance, len(students), cfg.metric)))
-    return out
-
-def tasks_markdown(report, tolerance, n_layer, metric="loss"):
-    """The per-task tables in markdown, on the test batches: printed by the run, and written into the results."""
-    tasks, cross = report["tasks"], report["tasks_cross_eval"]
-    row = lambda *cells: "| " + " | ".join(cells) + " |"
-    rule = row(*["---"] * (len(tasks) + 1))
-    vs = lambda p, name: f"{p:.4f} ({100 * (p / tasks[name]['test'][0][metric] - 1):+.1f}%)"
-    out = [row(f"layer at M_opt (tolerance {tolerance:.0%}), k = greedy round it went linear", *tasks), rule]
-    for i in range(n_layer):
-        ks = [next(t["k"] for t in r["trajectory"] if t["layer"] == i) for r in tasks.values()]
-        out.append(row(f"L{i}", *(("linear" if i in r["m_opt"]["linear_layers"] else "**full**") + f" (k={k})"
-                                  for r, k in zip(tasks.values(), ks))))
-    out += [row(f"test {metric}: teacher -> M_opt", *(f"{r['test'][0][metric]:.4f} -> {vs(r['m_opt']['test_' + metric], n)}"
-                                                       for n, r in tasks.items())), "",
-            row(f"M_opt of (row), test {metric} on (col)", *cross["cols"]), rule]
-    out += [row(name, *map(vs, scores, cross["cols"])) for name, scores in zip(cross["rows"], cross[metric])]
-    if "copy" in tasks:
-        c, plain = tasks["copy"]["test"][0], tasks["copy"]["teacher_plain"]
-        out += ["", f"Teacher on the copy passages (test): loss {c['loss']:.4f}, accuracy {c['accuracy']:.3f} on the "
-                    f"second copy; loss {plain['loss']:.4f}, accuracy {plain['accuracy']:.3f} on the same tokens without "
-                    f"the repeat" + (" (it gains nothing from the repeat)." if c["loss"] >= plain["loss"] else ".")]
-    return out
+    print(f"\ntasks    M_opt of (row), test {cfg.metric} on (col): " + " | ".join(names))
+    for name, row in zip(names, cross):
+        print(f"tasks    {name:8s} full {[i for i in range(len(students)) if i not in results[name]['m_opt']['linear_layers']]}: "
+              + " | ".join(f"{p:.4f}" for p in row))
+    return {"tasks": results, "tasks_cross_eval": {"rows": names, "cols": names, cfg.metric: cross}}
 
 # ---- torchrun and resume for the two phases: each in one place, one line in the method ----
 # torchrun: distillation splits the blocks over the processes, greedy each round's candidates;
@@ -665,17 +635,6 @@ def print_trajectory(result, cfg):
     for name, m in (("M_best", result["m_best"]), (f"M_opt (tolerance {cfg.tolerance:.0%})", result["m_opt"])):
         print(f"{name}: linear layers {m['linear_layers']}, search {metric} {m['val_' + metric]:.4f}, "
               f"test loss {m['test_loss']:.4f}, test accuracy {m['test_accuracy']:.4f}")
-
-def machine():
-    """What produced the numbers, for the report and the README."""
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
-    cpu = platform.processor() or platform.machine()
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            names = [l.split(":", 1)[1].strip() for l in f if l.startswith("model name")]
-        cpu = names[0] if names else cpu
-    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 # ---- 7. command line ----
 

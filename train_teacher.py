@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import os
+import platform
 import sys
 import time
 import types
@@ -253,6 +254,17 @@ class Partial:
 
     def done(self):
         discard(self.path)
+
+def machine():
+    """What produced the numbers, for the reports and the README."""
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            names = [l.split(":", 1)[1].strip() for l in f if l.startswith("model name")]
+        cpu = names[0] if names else cpu
+    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 def fmt_time(seconds):
     return f"{int(seconds) // 60}:{int(seconds) % 60:02d}"

@@ -109,9 +109,31 @@ def run_markdown(r):
                 f"M_opt {f['m_opt']['before']:.4f} -> {f['m_opt']['after']:.4f}.", ""]
     if "tasks" in r:
         out += [f"One search per target task (`--task {r['config']['task']}`), same teacher and students, test batches:", ""] + \
-               dtr.tasks_markdown(r, r["tolerance"], L, m) + [""]
+               tasks_markdown(r, r["tolerance"], L, m) + [""]
     if "decode_bench" in r:
         out += decode_markdown(r["decode_bench"], r)
+    return out
+
+def tasks_markdown(report, tolerance, n_layer, metric="loss"):
+    """The per-task tables in markdown, on the test batches: printed by the run, and written into the results."""
+    tasks, cross = report["tasks"], report["tasks_cross_eval"]
+    row = lambda *cells: "| " + " | ".join(cells) + " |"
+    rule = row(*["---"] * (len(tasks) + 1))
+    vs = lambda p, name: f"{p:.4f} ({100 * (p / tasks[name]['test'][0][metric] - 1):+.1f}%)"
+    out = [row(f"layer at M_opt (tolerance {tolerance:.0%}), k = greedy round it went linear", *tasks), rule]
+    for i in range(n_layer):
+        ks = [next(t["k"] for t in r["trajectory"] if t["layer"] == i) for r in tasks.values()]
+        out.append(row(f"L{i}", *(("linear" if i in r["m_opt"]["linear_layers"] else "**full**") + f" (k={k})"
+                                  for r, k in zip(tasks.values(), ks))))
+    out += [row(f"test {metric}: teacher -> M_opt", *(f"{r['test'][0][metric]:.4f} -> {vs(r['m_opt']['test_' + metric], n)}"
+                                                       for n, r in tasks.items())), "",
+            row(f"M_opt of (row), test {metric} on (col)", *cross["cols"]), rule]
+    out += [row(name, *map(vs, scores, cross["cols"])) for name, scores in zip(cross["rows"], cross[metric])]
+    if "copy" in tasks:
+        c, plain = tasks["copy"]["test"][0], tasks["copy"]["teacher_plain"]
+        out += ["", f"Teacher on the copy passages (test): loss {c['loss']:.4f}, accuracy {c['accuracy']:.3f} on the "
+                    f"second copy; loss {plain['loss']:.4f}, accuracy {plain['accuracy']:.3f} on the same tokens without "
+                    f"the repeat" + (" (it gains nothing from the repeat)." if c["loss"] >= plain["loss"] else ".")]
     return out
 
 def decode_markdown(bench, r):
