@@ -136,6 +136,37 @@ def tasks_markdown(report, tolerance, n_layer, metric="loss"):
                     f"the repeat" + (" (it gains nothing from the repeat)." if c["loss"] >= plain["loss"] else ".")]
     return out
 
+def students_markdown(runs):
+    """The students side by side on one teacher (paper Fig. 3: does the order depend on the linear
+    module?): distillation quality and cost, the greedy order, M_opt at 1% and 2%, and Spearman's
+    rank correlation between the students' orders."""
+    out, groups = [], {}
+    for r in runs:
+        groups.setdefault(r["config"]["out_dir"], []).append(r)
+    for folder, rs in groups.items():
+        if len(rs) < 2:
+            continue
+        L = rs[0]["n_layer"]
+        out += [f"Students on the same teacher (`{folder}/teacher.pt`), test loss against the teacher's "
+                f"{rs[0]['test'][0]['loss']:.4f}:", "",
+                "| student | relative MSE per layer | greedy order | all-linear | M_opt at 1% | M_opt at 2% | distill ms/step | conversion / teacher time |",
+                "|---" * 8 + "|"]
+        for r in rs:
+            order, test = [s["layer"] for s in r["trajectory"]], r["test"]
+            m_opt = lambda tol: len(dtr.select_models(r["teacher"]["val_loss"], r["trajectory"], tol)[1]["linear_layers"])
+            share = conversion_share(r)
+            out.append(f"| `{r['student']}` | {' '.join(f'{x:.3f}' for x in r['distill']['rel_mse'])} | "
+                       f"{' '.join(f'L{i}' for i in order)} | {test[-1]['loss']:.4f} ({pct(test[-1]['loss'], test[0]['loss'])}) | "
+                       + " | ".join(f"{m_opt(t)}/{L} linear, {pct(test[m_opt(t)]['loss'], test[0]['loss'])}" for t in (0.01, 0.02))
+                       + f" | {1000 * r['distill']['train_s'] / r['config']['distill_iters']:.0f} | "
+                       + (f"{100 * share:.0f}% |" if share else "|"))
+        rank = lambda r: [[s["layer"] for s in r["trajectory"]].index(i) for i in range(L)]  # the round each layer went
+        pairs = [(a, b) for j, a in enumerate(rs) for b in rs[j + 1:]]
+        rho = lambda a, b: 1 - 6 * sum((x - y) ** 2 for x, y in zip(rank(a), rank(b))) / (L * (L * L - 1))
+        out += ["", "Spearman correlation of the greedy orders: " +
+                ", ".join(f"`{a['student']}`-`{b['student']}` {rho(a, b):+.2f}" for a, b in pairs) + ".", ""]
+    return out
+
 def decode_markdown(bench, r):
     batch, L = bench["batch"], bench["n_layer"]
     speeds = [("decode_tok_s", "eager, 1 sequence"), (f"decode_tok_s_batch{batch}", f"eager, batch {batch}")]
@@ -301,7 +332,7 @@ def fill(path, marker, lines):
 def run(args):
     runs = load_runs([d for d in args.run_dirs.split(",") if d])
     pictures = [os.path.relpath(p, ROOT) for p in draw(runs, os.path.join(ROOT, "assets"))]
-    results = []
+    results = students_markdown(runs)
     for r in runs:
         results += run_markdown(r)
     results += [f"![{os.path.splitext(os.path.basename(p))[0]}]({p})" for p in pictures]
