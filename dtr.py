@@ -1,7 +1,8 @@
 """
 Distill-then-Replace (DtR, arXiv 2601.11667) in one file, in the paper's order:
 
-0. a pretrained full-attention GPT: the teacher (train_teacher.py trains one if it is missing);
+0. a pretrained full-attention GPT: the teacher (train_teacher.py trains one if it is missing,
+   or imports yours: --init_from a nanoGPT checkpoint or GPT-2);
 1. the linear-attention students: every block's attention gets a linear twin, q/k/v/o copied
    (hedgehog, gla, or gdn: Gated DeltaNet);
 2. blockwise local distillation (§3.1): each twin learns to reproduce its teacher block's
@@ -35,7 +36,7 @@ from kernel import EPS, gated_delta_rule, gated_delta_rule_step, linear_attentio
 from train_teacher import (PRESETS as TEACHER_PRESETS, GPT, GPTConfig, Block, CausalSelfAttention, DtrError,  # noqa: F401
                            Pace, Partial, TeacherConfig, all_gather, atomic_save, autocast, check_resumable, choose_device, cli,
                            cosine_lr, decode, encode, fixed_batches, get_batch, load_data, load_file, load_model,
-                           load_or_train, machine, model_args, opt, parse_config, rank, sha256, world)
+                           load_or_train, machine, opt, parse_config, rank, sha256, world)
 
 # ---- settings: the teacher's (train_teacher.py), and the method's ----
 
@@ -74,6 +75,7 @@ PRESETS = {name: {**TEACHER_PRESETS[name], **method} for name, method in {
     "cpu": dict(),
     "cpu12": dict(),
     "gpu": dict(distill_iters=1000, distill_batch_size=64, distill_lr=1e-3),
+    "gpt2-cpu": dict(distill_iters=150, distill_batch_size=4, sample_tokens=100),
 }.items()}
 
 # ---- 1. the linear-attention students ----
@@ -551,7 +553,7 @@ def run(cfg):
     t_greedy = time.time() - t0
     for name in ("m_best", "m_opt"):
         with hybrid(model.transformer.h, lm[name]["linear_layers"], students):
-            atomic_save({"model_args": model_args(cfg, meta), "state_dict": model.state_dict(),
+            atomic_save({"model_args": dataclasses.asdict(model.config), "state_dict": model.state_dict(),
                          "config": dataclasses.asdict(cfg), "meta": meta, "student": cfg.student,
                          **lm[name]}, os.path.join(run_dir, name + ".pt"))
 
@@ -562,7 +564,7 @@ def run(cfg):
         "command": ("python " if world() == 1 else f"torchrun --standalone --nproc_per_node={world()} ") +
                    " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]), "machine": machine(),
         "date": time.strftime("%Y-%m-%d"), "n_layer": cfg.n_layer, "tolerance": cfg.tolerance, "metric": cfg.metric,
-        "teacher": {f"val_{cfg.metric}": lm[f"teacher_{cfg.metric}"], "train_s": teacher_train_s},
+        "teacher": {f"val_{cfg.metric}": lm[f"teacher_{cfg.metric}"], "train_s": teacher_train_s, "init_from": cfg.init_from},
         "distill": {"mse": mse, "rel_mse": rel_mse, "train_s": distill_train_s},
         **{k: lm[k] for k in ("trajectory", "m_best", "m_opt", "test")}, **tasks_report,
         "timings_s": {"teacher": t_teacher, "distill": t_distill, "greedy": t_greedy, "total": time.time() - t_start},

@@ -5,6 +5,9 @@ from "a pretrained model"; this file makes one, and dtr.py builds the method on 
     python train_teacher.py --dataset shakespeare_char          # writes out/shakespeare_char-cpu/teacher.pt
     torchrun --standalone --nproc_per_node=2 train_teacher.py   # the same, data-parallel over 2 processes
 
+Or bring your own: --init_from takes a nanoGPT checkpoint (ckpt.pt, with its meta.pkl) or GPT-2
+(through Hugging Face transformers) and writes it as teacher.pt, with its own tokenizer.
+
 dtr.py calls load_or_train() itself, so a separate run is only needed to train a teacher on its
 own. An interrupted run resumes from teacher.partial.pt, written every save_interval steps.
 
@@ -19,6 +22,7 @@ import hashlib
 import json
 import math
 import os
+import pickle
 import platform
 import sys
 import time
@@ -54,7 +58,10 @@ class TeacherConfig:
     tokenizer: str = opt("char", "how to tokenize your own text file", ("char", "gpt2"))
     data_dir: str = opt("data", "where datasets are downloaded and their encoded splits cached")
     out_dir: str = opt("", "default out/<dataset>-<preset>: teacher.pt there, a run per student below it")
-    preset: str = opt("", "model and schedule sizes (default: gpu on CUDA, else cpu)", ("tiny", "cpu", "cpu12", "gpu"))
+    init_from: str = opt("", "a teacher you already have instead of training one: nanoGPT's ckpt.pt, gpt2 (-medium, "
+                             "-large, -xl) or a folder saved by save_pretrained; its size and tokenizer replace ours")
+    meta: str = opt("", "the meta.pkl of a character-level nanoGPT checkpoint (default: looked for beside it)")
+    preset: str = opt("", "model and schedule sizes (default: gpu on CUDA, else cpu)", ("tiny", "cpu", "cpu12", "gpu", "gpt2-cpu"))
     device: str = opt("auto", "where to run", ("auto", "cpu", "cuda", "mps"))
     seed: int = opt(1337, "random seed", ">=0")
     # the model (nanoGPT's)
@@ -83,6 +90,8 @@ class TeacherConfig:
         for flag in ("out_dir", "data_dir"):
             if os.path.exists(getattr(self, flag)) and not os.path.isdir(getattr(self, flag)):
                 raise DtrError(f"--{flag} {getattr(self, flag)} is a file, not a folder; pick a folder (it is created if missing)")
+        if self.meta and not self.init_from:
+            raise DtrError("--meta is the tokenizer of an --init_from checkpoint; give both, or neither")
         if self.n_embd % self.n_head:
             raise DtrError(f"--n_head {self.n_head} does not divide --n_embd {self.n_embd}; "
                            f"pick a head count that does, e.g. --n_head {math.gcd(self.n_embd, self.n_head) or 1}")
@@ -102,6 +111,8 @@ PRESETS = {
     # nanoGPT's baby GPT
     "gpu": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2, batch_size=64,
                 max_iters=5000, lr=1e-3, min_lr=1e-4, eval_interval=500, save_interval=500, val_batches=16),
+    # for --init_from gpt2: a shorter context and fewer, smaller batches (README: its cost on a CPU)
+    "gpt2-cpu": dict(block_size=256, batch_size=4, val_batches=4, save_interval=25),
 }
 # On a CPU the GPT-2 vocabulary (11,706 rows after remapping) costs more per step than the
 # whole 6-layer trunk, so BPE runs take fewer, smaller steps to stay within minutes.
@@ -131,6 +142,8 @@ def parse_config(cls, argv, description, presets=None):
         raise DtrError(f"unknown --preset {preset!r}; use one of {', '.join(presets)}")
     bpe = BUILTIN.get(args.get("dataset"), args.get("tokenizer")) == "gpt2"
     cfg = cls(**{**presets[preset], **(BPE_OVERRIDES.get(preset, {}) if bpe else {}), **args, "preset": preset})
+    if cfg.init_from:
+        import_settings(cfg)
     cfg.out_dir = cfg.out_dir or os.path.join("out", f"{data_name(cfg)}-{preset}")
     return validate(cfg)
 
@@ -201,12 +214,16 @@ def discard(path):
             os.remove(p)
 
 def load_file(path, fix, keys=(), device="cpu"):
-    """The one place a file is read back: a checkpoint (.pt, tensors and plain data only) or JSON.
-    One that does not load, or lacks `keys`, is one DtrError naming it and saying what to do (`fix`)."""
+    """The one place a file is read back: a checkpoint (.pt, tensors and plain data only), JSON, or
+    nanoGPT's meta.pkl (plain data only). One that does not load, or lacks `keys`, is one DtrError
+    naming it and saying what to do (`fix`)."""
     try:
         if path.endswith(".json"):
             with open(path) as f:
                 obj = json.load(f)
+        elif path.endswith(".pkl"):
+            with open(path, "rb") as f:
+                obj = PlainUnpickler(f).load()
         else:
             obj = torch.load(path, map_location=device, weights_only=True)
         missing = [k for k in keys if k not in obj]
@@ -215,6 +232,12 @@ def load_file(path, fix, keys=(), device="cpu"):
     if missing:
         raise DtrError(f"{path} is not what this project writes there (no {', '.join(missing)}); {fix}")
     return obj
+
+class PlainUnpickler(pickle.Unpickler):
+    """Dicts, lists, strings and numbers only: a pickle that names any class or function is refused."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"it names {module}.{name}, not plain data")
 
 def check_resumable(saved, want, path):
     """Refuse to continue from a file written with other settings, naming the first that differs."""
@@ -342,7 +365,11 @@ SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/da
 BUILTIN = {"shakespeare": "gpt2", "shakespeare_char": "char"}  # dataset -> tokenizer; both read one copy of the text
 
 def data_name(cfg):
-    """shakespeare, shakespeare_char, or <your file's name>-<tokenizer>: names the data cache and the run folder."""
+    """shakespeare, shakespeare_char, <your file's name>-<tokenizer>, or with --init_from <text>-from-<teacher>:
+    names the data cache and the run folder."""
+    if cfg.init_from:  # the teacher's own tokenizer: <text>-from-<teacher>
+        return (cfg.dataset if cfg.dataset in BUILTIN else os.path.splitext(os.path.basename(cfg.dataset))[0]) + \
+            "-from-" + init_name(cfg.init_from)
     if cfg.dataset in BUILTIN:
         return cfg.dataset
     return os.path.splitext(os.path.basename(cfg.dataset))[0] + "-" + cfg.tokenizer
@@ -367,13 +394,13 @@ def encode(text, meta, what="the text"):
     return [ids[p] for p in pieces]
 
 def decode(ids, meta):
-    if meta["tokenizer"] == "char":
-        return "".join(meta["vocab"][i] for i in ids)
-    return gpt2_encoding().decode([meta["vocab"][i] for i in ids])
+    tokens = [meta["vocab"][i] for i in ids if i < len(meta["vocab"])]  # nanoGPT pads GPT-2's 50,257 ids to 50,304 rows
+    return "".join(tokens) if meta["tokenizer"] == "char" else gpt2_encoding().decode(tokens)
 
 def load_data(cfg):
     """Returns (train, val, meta): int64 token tensors and the tokenizer's meta. The split is
-    nanoGPT's: first 90% of the characters train, last 10% validate. Encoded splits are cached."""
+    nanoGPT's: first 90% of the characters train, last 10% validate. Encoded splits are cached.
+    The vocabulary is what occurs in the text, or with --init_from the imported teacher's."""
     if cfg.dataset in BUILTIN:
         src, tokenizer = os.path.join(cfg.data_dir, "shakespeare", "input.txt"), BUILTIN[cfg.dataset]
         if not os.path.exists(src):
@@ -388,22 +415,28 @@ def load_data(cfg):
             text = f.read()
     except (OSError, UnicodeDecodeError) as e:
         raise DtrError(f"cannot read {src} as UTF-8 text ({e}); pass a readable UTF-8 file") from None
+    tokenizer, vocab = (cfg.tokenizer, teacher_vocab(cfg)) if cfg.init_from else (tokenizer, None)
     folder = os.path.join(cfg.data_dir, data_name(cfg))
     sha, meta_path = hashlib.sha256(text.encode()).hexdigest(), os.path.join(folder, "meta.json")
     try:  # the cache: meta.json names the text it was made from and the length of each split
         meta = load_file(meta_path, "", ("source_sha256", "tokenizer", "n_train", "n_val"))
         splits = [np.fromfile(os.path.join(folder, s + ".bin"), dtype=np.uint16) for s in ("train", "val")]
-        if meta["source_sha256"] == sha and meta["tokenizer"] == tokenizer and \
+        if meta["source_sha256"] == sha and meta["tokenizer"] == tokenizer and vocab in (None, meta.get("vocab")) and \
                 [len(s) for s in splits] == [meta["n_train"], meta["n_val"]]:
             return (*(torch.from_numpy(s.astype(np.int64)) for s in splits), meta)
     except (DtrError, OSError):
         pass  # no cache, or a broken one: encode again
     n = int(0.9 * len(text))
     if tokenizer == "char":
-        vocab, pieces = sorted(set(text)), [list(text[:n]), list(text[n:])]
-    else:  # each split encoded on its own, and only the GPT-2 ids that occur in them kept: 11,706 rows for Shakespeare
+        pieces = [list(text[:n]), list(text[n:])]
+    else:  # each split encoded on its own
         pieces = [gpt2_encoding().encode_ordinary(part) for part in (text[:n], text[n:])]
+    if vocab is None:  # only the ids that occur: 11,706 rows for Shakespeare in GPT-2's BPE
         vocab = sorted(set(pieces[0]) | set(pieces[1]))
+    elif missing := sorted((set(pieces[0]) | set(pieces[1])) - set(vocab)):  # (GPT-2's BPE lacks nothing)
+        raise DtrError(f"{src} contains {missing[0]!r}{f' and {len(missing) - 1} more' if len(missing) > 1 else ''}, "
+                       f"which the vocabulary of {cfg.init_from} ({cfg.meta}) lacks; remove it, or use text like "
+                       f"the text that model was trained on")
     if len(vocab) > 65535:
         raise DtrError(f"{src} has {len(vocab)} distinct tokens, more than the 65,535 we store; use --tokenizer gpt2")
     ids = {t: i for i, t in enumerate(vocab)}
@@ -474,14 +507,16 @@ class GPTConfig:
     n_head: int = 4
     n_embd: int = 128
     dropout: float = 0.0
+    bias: bool = True  # biases in the Linears and LayerNorms (nanoGPT's own checkpoints usually have none)
+    gelu: str = "none"  # F.gelu's approximation: "tanh" in GPT-2 itself
 
 class CausalSelfAttention(nn.Module):
 
     def __init__(self, config):
         super().__init__()
         self.n_head = config.n_head
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q, k, v for all heads
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v for all heads
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
 
     def new_cache(self, batch_size, max_len):
@@ -516,20 +551,21 @@ class MLP(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
+        self.gelu = config.gelu
 
     def forward(self, x):
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate=self.gelu)))
 
 class Block(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd)
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.attn = CausalSelfAttention(config)  # dtr.py swaps a linear student in here (setattr)
-        self.ln_2 = nn.LayerNorm(config.n_embd)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
     def forward(self, x, cache=None):
@@ -554,7 +590,7 @@ class GPT(nn.Module):
             wpe=nn.Embedding(config.block_size, config.n_embd),
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-            ln_f=nn.LayerNorm(config.n_embd),
+            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.transformer.wte.weight = self.lm_head.weight  # weight tying
@@ -628,6 +664,129 @@ def load_model(path, device, fix, prepare=None):
         raise DtrError(f"{path} does not fit the model it describes ({type(e).__name__}: {str(e)[:120]}); {fix}") from None
     return model.to(device).eval(), ckpt
 
+# ---- a teacher you already have (--init_from): a nanoGPT checkpoint, or GPT-2 ----
+# Our GPT keeps nanoGPT's module names, so a nanoGPT checkpoint's weights are our state_dict as they
+# are, and GPT-2's are too once the four matrices its Conv1D layers store as (in, out) are transposed.
+
+GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+NANOGPT_ARGS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size")
+GPT2_VOCAB = 50257
+INIT_FIX = "pass the ckpt.pt nanoGPT's train.py writes, gpt2 (-medium, -large, -xl), or a folder saved by save_pretrained"
+
+def from_transformers(init_from):
+    return init_from in GPT2_NAMES or os.path.isdir(init_from)
+
+def init_name(init_from):
+    """Names the data cache and the run folder: gpt2, the folder's or the file's name (for nanoGPT's
+    fixed ckpt.pt, its out_dir's)."""
+    path = init_from if init_from in GPT2_NAMES else os.path.abspath(init_from)
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return os.path.basename(os.path.dirname(path)) if stem == "ckpt" else stem
+
+def transformers_load(kind, init_from):
+    """GPT2Config or GPT2LMHeadModel from Hugging Face transformers, an optional dependency."""
+    try:
+        import transformers
+    except ImportError:
+        raise DtrError(f"--init_from {init_from} loads GPT-2 through Hugging Face transformers, which is not "
+                       f"installed; pip install transformers") from None
+    transformers.logging.disable_progress_bar()
+    try:
+        return getattr(transformers, kind).from_pretrained(init_from)
+    except Exception as e:  # offline and not cached, or a folder that holds no GPT-2
+        raise DtrError(f"transformers could not load {init_from} ({type(e).__name__}: {str(e).splitlines()[0][:100]}); "
+                       f"download it once while online (it is cached in ~/.cache/huggingface), or pass a folder "
+                       f"saved by save_pretrained") from None
+
+def read_source(init_from, weights=True):
+    """--init_from as (GPTConfig, its weights as our state_dict or None, what nanoGPT recorded: the
+    dataset it trained on, iter_num, best_val_loss)."""
+    if from_transformers(init_from):  # GPT-2, as nanoGPT's GPT.from_pretrained takes it
+        c = transformers_load("GPT2Config", init_from)
+        if getattr(c, "model_type", "") != "gpt2" or c.n_inner not in (None, 4 * c.n_embd) or \
+                c.scale_attn_by_inverse_layer_idx or c.activation_function not in ("gelu_new", "gelu_pytorch_tanh", "gelu"):
+            raise DtrError(f"{init_from} is not a plain GPT-2 (model_type {getattr(c, 'model_type', '?')}, "
+                           f"activation {getattr(c, 'activation_function', '?')}); {INIT_FIX}")
+        config = GPTConfig(n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, block_size=c.n_positions,
+                           vocab_size=c.vocab_size, gelu="none" if c.activation_function == "gelu" else "tanh")
+        if not weights:
+            return config, None, {}
+        sd = transformers_load("GPT2LMHeadModel", init_from).state_dict()
+        return config, {k: v.t() if k.endswith(CONV1D) else v for k, v in sd.items()}, {}
+    if not os.path.isfile(init_from):
+        raise DtrError(f"--init_from {init_from} is neither a file nor a folder; {INIT_FIX}")
+    ckpt = load_file(init_from, INIT_FIX)
+    args = ckpt.get("model_args") if isinstance(ckpt, dict) else None
+    if not isinstance(ckpt.get("model"), dict) or not isinstance(args, dict) or any(k not in args for k in NANOGPT_ARGS):
+        raise DtrError(f"{init_from} is not a nanoGPT checkpoint (a dict with model, and model_args holding "
+                       f"{', '.join(NANOGPT_ARGS)}); {INIT_FIX}")
+    config = GPTConfig(**{k: args[k] for k in NANOGPT_ARGS}, bias=args.get("bias", True), dropout=args.get("dropout", 0.0))
+    info = {k: float(ckpt[k]) for k in ("iter_num", "best_val_loss") if k in ckpt}
+    info["dataset"] = (ckpt.get("config") or {}).get("dataset", "")
+    # subtle: torch.compile'd models save their weights under _orig_mod.
+    return config, {k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()}, info
+
+def import_settings(cfg):
+    """--init_from decides the model and the tokenizer, checked before any work: its size replaces
+    ours, the context is at most its own, and its vocabulary is a character model's meta.pkl (given,
+    or found where nanoGPT keeps it) or else GPT-2's BPE."""
+    config, _, info = read_source(cfg.init_from, weights=False)
+    cfg.n_layer, cfg.n_head, cfg.n_embd = config.n_layer, config.n_head, config.n_embd
+    cfg.block_size = min(cfg.block_size, config.block_size)
+    here, looked = os.path.dirname(os.path.abspath(cfg.init_from)), []
+    if not cfg.meta and not from_transformers(cfg.init_from):  # nanoGPT: out-dir/ckpt.pt, data/<dataset>/meta.pkl
+        looked = [os.path.join(here, "meta.pkl")]
+        if info["dataset"]:
+            looked.append(os.path.normpath(os.path.join(here, "..", "data", info["dataset"], "meta.pkl")))
+        cfg.meta = next((p for p in looked if os.path.isfile(p)), "")
+    cfg.tokenizer = "char" if cfg.meta else "gpt2"
+    if cfg.meta and len(teacher_vocab(cfg)) != config.vocab_size:
+        raise DtrError(f"{cfg.init_from} has a vocabulary of {config.vocab_size} but {cfg.meta} of {len(teacher_vocab(cfg))} "
+                       f"characters; pass --meta with the meta.pkl of the data it was trained on")
+    if not cfg.meta and config.vocab_size < GPT2_VOCAB:
+        raise DtrError(f"{cfg.init_from} has a vocabulary of {config.vocab_size}, fewer than GPT-2's {GPT2_VOCAB:,}, and no "
+                       f"meta.pkl {'at ' + ' or '.join(looked) if looked else 'was given'}; pass --meta path/to/meta.pkl")
+
+def teacher_vocab(cfg):
+    """The imported teacher's tokens in id order: its meta.pkl's characters, or all of GPT-2's ids as they are."""
+    if not cfg.meta:
+        return list(range(GPT2_VOCAB))
+    meta = load_file(cfg.meta, "pass --meta the meta.pkl of the data the model was trained on", ("itos", "vocab_size"))
+    try:
+        return [meta["itos"][i] for i in range(meta["vocab_size"])]
+    except (KeyError, TypeError):
+        raise DtrError(f"{cfg.meta}'s itos does not map every id below its vocab_size to a character; pass --meta "
+                       f"the meta.pkl nanoGPT's prepare.py wrote") from None
+
+def import_model(init_from):
+    """--init_from's weights in our GPT, in eval mode on the CPU; and what nanoGPT recorded with them."""
+    config, sd, info = read_source(init_from)
+    model = GPT(config)
+    sd.setdefault("lm_head.weight", sd.get("transformer.wte.weight"))  # tied to wte; some save it once
+    try:  # a missing or misshapen weight fails; unused buffers (GPT-2's attention masks) are dropped
+        model.load_state_dict({k: v for k, v in sd.items() if k in model.state_dict()})
+    except RuntimeError as e:
+        raise DtrError(f"{init_from}'s weights do not fit the model it describes ({str(e)[:120]}); {INIT_FIX}") from None
+    return model.eval(), info
+
+def import_teacher(cfg, val_data, meta, device, bf16, path):
+    """--init_from written as this run's teacher.pt, so the rest of the pipeline (and a rerun's reuse
+    check) takes it like a teacher trained here."""
+    model, info = import_model(cfg.init_from)
+    model.to(device)
+    vl = val_loss(model, fixed_batches(val_data, cfg.block_size, cfg.batch_size, cfg.val_batches, device), device, bf16)
+    atomic_save({"model_args": dataclasses.asdict(model.config), "state_dict": model.state_dict(), "meta": meta,
+                 "config": dataclasses.asdict(cfg), "val_loss": vl, "init_sha256": init_sha256(cfg), **info}, path)
+    barrier()  # the other processes read teacher.pt next
+    said = f" (nanoGPT's best_val_loss {info['best_val_loss']:.4f} at iter {info['iter_num']:.0f})" if "best_val_loss" in info else ""
+    print(f"teacher  imported {cfg.init_from}: {cfg.n_layer} layers, {cfg.n_head} heads, {cfg.n_embd} wide, "
+          f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, val loss {vl:.4f}{said}, saved {path}")
+    return model
+
+def init_sha256(cfg):
+    return sha256(cfg.init_from) if os.path.isfile(cfg.init_from) else None
+
 # ---- training ----
 
 # the settings a resumed run must share with the run that wrote teacher.partial.pt
@@ -644,7 +803,7 @@ def teacher_key(cfg, meta, fields=MODEL_FIELDS + ("copy_frac",)):
     """What a teacher must share with this run: the data first (the likeliest difference), then the
     model; a half-trained one (teacher.partial.pt) its schedule too."""
     return {"dataset": meta["dataset"], "tokenizer": meta["tokenizer"], "data_sha256": meta["source_sha256"],
-            **{f: getattr(cfg, f) for f in fields}}
+            "init_from": getattr(cfg, "init_from", ""), **{f: getattr(cfg, f) for f in fields}}
 
 @torch.no_grad()
 def val_loss(model, batches, device="cpu", bf16=False):
@@ -720,13 +879,18 @@ def train(cfg, train_data, val_data, meta, device, bf16, ckpt_path):
 
 def load_or_train(cfg, train_data, val_data, meta, device, bf16):
     """The teacher of this out_dir: teacher.pt if it exists (refused if made with other settings), else
-    trained now. Returns (model, seconds its training took, seconds spent on it in this call)."""
+    trained now (or imported, with --init_from). Returns (model, seconds its training took, seconds
+    spent on it in this call)."""
     path, t0 = os.path.join(cfg.out_dir, "teacher.pt"), time.time()
     if not os.path.exists(path):
+        if cfg.init_from:
+            return import_teacher(cfg, val_data, meta, device, bf16, path), None, time.time() - t0
         model = train(cfg, train_data, val_data, meta, device, bf16, path)
         return model, load_file(path, "")["train_s"], time.time() - t0
     model, ckpt = load_model(path, device, "delete it to retrain the teacher")
     check_resumable(teacher_key(types.SimpleNamespace(**ckpt["config"]), ckpt["meta"]), teacher_key(cfg, meta), path)
+    if ckpt.get("init_sha256") != init_sha256(cfg):
+        raise DtrError(f"{path} was imported from another {cfg.init_from}; delete it to import the new one")
     print(f"teacher  reusing {path} (val loss {ckpt['val_loss']:.4f})")
     return model, ckpt.get("train_s"), 0.0
 
