@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from kernel import EPS, gated_delta_rule, gated_delta_rule_step, linear_attention, linear_attention_step
 from train_teacher import (PRESETS as TEACHER_PRESETS, GPT, GPTConfig, Block, CausalSelfAttention, DtrError,  # noqa: F401
                            Pace, Partial, TeacherConfig, all_gather, atomic_save, autocast, check_resumable, choose_device, cli,
-                           cosine_lr, decode, encode, fixed_batches, get_batch, load_data, load_file, load_model,
-                           load_or_train, machine, opt, parse_config, rank, sha256, world)
+                           cosine_lr, decode, encode, fixed_batches, get_batch, first_words, load_data, load_file, load_model,
+                           load_or_train, machine, opt, parse_config, rank, weights_sha256, world)
 
 # ---- settings: the teacher's (train_teacher.py), and the method's ----
 
@@ -524,7 +524,7 @@ def run(cfg):
     # 1-2. the students, distilled (or their saved result reused)
     t0, run_dir = time.time(), os.path.join(cfg.out_dir, cfg.student)
     students_path = os.path.join(run_dir, "students.pt")
-    distill_key = {"teacher_sha256": sha256(os.path.join(cfg.out_dir, "teacher.pt")), "student": cfg.student,
+    distill_key = {"teacher_sha256": weights_sha256(model), "student": cfg.student,
                    "distill_iters": cfg.distill_iters, "distill_lr": cfg.distill_lr,
                    "distill_batch_size": cfg.distill_batch_size, "seed": cfg.seed}
     students = [s.to(device) for s in make_students(model, cfg.student)]
@@ -592,7 +592,7 @@ def load_students(path, students, device, key=None):
         for s, sd in zip(students, saved["students"], strict=True):
             s.load_state_dict(sd)
     except (ValueError, RuntimeError) as e:
-        raise DtrError(f"{path} does not fit this run's students ({str(e)[:120]}); delete it to distill again") from None
+        raise DtrError(f"{path} does not fit this run's students ({first_words(e)}); delete it to distill again") from None
     return saved.get("train_s")
 
 def load_hybrid(path, device):

@@ -121,7 +121,7 @@ BPE_OVERRIDES = {"cpu": dict(batch_size=8, max_iters=1200)}
 def parse_config(cls, argv, description, presets=None):
     """Settings from the command line: the dataclass's defaults <- the preset <- the flags given.
     Every value is then checked (validate), so a bad one is one line before any work starts."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     sections = {}  # --help shows each dataclass's settings under its docstring: the teacher's, then the method's
     for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
         section = parser.add_argument_group(klass.__doc__.strip().splitlines()[0])
@@ -131,9 +131,12 @@ def parse_config(cls, argv, description, presets=None):
         if f.metadata["positional"]:
             parser.add_argument(f.name, help=f.metadata["help"])
             continue
-        shown = [f"default {f.default!r}"] + [f"{p} {v[f.name]!r}" for p, v in (presets or {}).items() if f.name in v]
+        valid = f.metadata["valid"]
+        shown = ([f"one of {', '.join(valid)}"] if isinstance(valid, tuple) else []) + \
+                ([f"default {f.default!r}"] if f.default != "" else []) + \
+                [f"{p} {v[f.name]!r}" for p, v in (presets or {}).items() if f.name in v]
         kind = dict(action=argparse.BooleanOptionalAction) if isinstance(f.default, bool) else dict(type=type(f.default))
-        sections[f.name].add_argument(f"--{f.name}", default=None, **kind, help=f"{f.metadata['help']} ({', '.join(shown)})")
+        sections[f.name].add_argument(f"--{f.name}", default=None, **kind, help=f.metadata["help"] + (f" ({', '.join(shown)})" if shown else ""))
     args = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
     if presets is None:  # an experiment's settings
         return validate(cls(**args))
@@ -146,6 +149,12 @@ def parse_config(cls, argv, description, presets=None):
         import_settings(cfg)
     cfg.out_dir = cfg.out_dir or os.path.join("out", f"{data_name(cfg)}-{preset}")
     return validate(cfg)
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with its complaints (an unknown flag, a value of the wrong type) as one DtrError line."""
+
+    def error(self, message):
+        raise DtrError(f"{message}; see --help")
 
 def validate(cfg):
     """The one place settings are checked: each field against its rule or choices, then together."""
@@ -228,10 +237,15 @@ def load_file(path, fix, keys=(), device="cpu"):
             obj = torch.load(path, map_location=device, weights_only=True)
         missing = [k for k in keys if k not in obj]
     except Exception as e:  # empty, truncated, someone else's pickle, not a dict at all
-        raise DtrError(f"cannot read {path} ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else 'empty'}); {fix}") from None
+        raise DtrError(f"cannot read {path} ({type(e).__name__}: {first_words(e) or 'empty'}); {fix}") from None
     if missing:
         raise DtrError(f"{path} is not what this project writes there (no {', '.join(missing)}); {fix}")
     return obj
+
+def first_words(e, n=100):
+    """An exception's message, cut to its first sentence and at most n characters at a word break."""
+    text = str(e).splitlines()[0].split(". ")[0] if str(e) else ""
+    return text if len(text) <= n else text[:n].rsplit(" ", 1)[0] + " ..."
 
 class PlainUnpickler(pickle.Unpickler):
     """Dicts, lists, strings and numbers only: a pickle that names any class or function is refused."""
@@ -247,6 +261,15 @@ def check_resumable(saved, want, path):
                     f"was written with {key}={saved.get(key)} but this run has {key}={value}")
             raise DtrError(f"{path} {said}; rerun with the settings it was written with, "
                            f"another --out_dir, or delete it to redo that phase")
+
+def weights_sha256(model):
+    """A fingerprint of a model's weights: a retrained teacher with the same weights keeps its students
+    (the file's own hash would not: it also records how long training took)."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 def sha256(path):
     with open(path, "rb") as f:
@@ -661,7 +684,7 @@ def load_model(path, device, fix, prepare=None):
             prepare(model, ckpt)
         model.load_state_dict(ckpt["state_dict"])
     except (TypeError, KeyError, RuntimeError) as e:  # another architecture's weights
-        raise DtrError(f"{path} does not fit the model it describes ({type(e).__name__}: {str(e)[:120]}); {fix}") from None
+        raise DtrError(f"{path} does not fit the model it describes ({type(e).__name__}: {first_words(e)}); {fix}") from None
     return model.to(device).eval(), ckpt
 
 # ---- a teacher you already have (--init_from): a nanoGPT checkpoint, or GPT-2 ----
@@ -695,7 +718,7 @@ def transformers_load(kind, init_from):
     try:
         return getattr(transformers, kind).from_pretrained(init_from)
     except Exception as e:  # offline and not cached, or a folder that holds no GPT-2
-        raise DtrError(f"transformers could not load {init_from} ({type(e).__name__}: {str(e).splitlines()[0][:100]}); "
+        raise DtrError(f"transformers could not load {init_from} ({type(e).__name__}: {first_words(e)}); "
                        f"download it once while online (it is cached in ~/.cache/huggingface), or pass a folder "
                        f"saved by save_pretrained") from None
 
@@ -767,7 +790,7 @@ def import_model(init_from):
     try:  # a missing or misshapen weight fails; unused buffers (GPT-2's attention masks) are dropped
         model.load_state_dict({k: v for k, v in sd.items() if k in model.state_dict()})
     except RuntimeError as e:
-        raise DtrError(f"{init_from}'s weights do not fit the model it describes ({str(e)[:120]}); {INIT_FIX}") from None
+        raise DtrError(f"{init_from}'s weights do not fit the model it describes ({first_words(e)}); {INIT_FIX}") from None
     return model.eval(), info
 
 def import_teacher(cfg, val_data, meta, device, bf16, path):

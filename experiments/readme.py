@@ -2,7 +2,7 @@
 Regenerate the results from finished runs: the full tables in RESULTS.md, the headline table in
 README.md, and the pictures in assets/, never typed by hand.
 
-    python experiments/readme.py out/shakespeare_char-cpu/gla out/shakespeare_char-cpu/hedgehog ...
+    python experiments/readme.py out/shakespeare_char-cpu/gla,out/shakespeare_char-cpu/hedgehog,...
 
 Each run folder holds report.json (python dtr.py) and, where the experiments ran on it,
 baselines.json, finetune.json and decode_bench.json. Pictures are named after the run they show.
@@ -27,6 +27,8 @@ class ReadmeConfig:
 
 def load_runs(run_dirs):
     """One dict per run: its report, plus baselines / finetune / decode_bench where present."""
+    if not run_dirs:
+        raise DtrError("give at least one finished run folder, e.g. out/shakespeare_char-cpu/gla")
     runs = []
     for d in run_dirs:
         r = load_file(os.path.join(d, "report.json"), f"run python dtr.py for {d} first", ("config", "trajectory"))
