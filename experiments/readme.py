@@ -54,7 +54,7 @@ def conversion_share(r):
 
 # ---- markdown ----
 
-def headline(runs):
+def headline(runs, pictures=()):
     """README's table: one line per run, on the held-out test batches (chosen on the search batches)."""
     out = ["| run | command | teacher | all-linear | M_opt (tolerance) | M_best | conversion cost |", "|---" * 7 + "|"]
     for r in runs:
@@ -68,7 +68,8 @@ def headline(runs):
                       f"the search batches, and their relative change against the teacher differs between the two "
                       f"sets by at most {max(gaps):.2f} percentage points over all k ({', '.join(f'{g:.2f}' for g in gaps)} "
                       f"per run). Measured on {'; '.join(sorted({r['machine'] for r in runs}))}, "
-                      f"{', '.join(sorted({r['date'] for r in runs}))}. Full tables: [RESULTS.md](RESULTS.md)."]
+                      f"{', '.join(sorted({r['date'] for r in runs}))}. Full tables: [RESULTS.md](RESULTS.md).", ""] + \
+        [f"![{os.path.splitext(os.path.basename(p))[0]}]({p})" for p in pictures]
 
 def gap(r):
     """The largest difference, in percentage points, between the search and the test batches'
@@ -339,7 +340,7 @@ def run(args):
         results += run_markdown(r)
     results += [f"![{os.path.splitext(os.path.basename(p))[0]}]({p})" for p in pictures]
     fill(os.path.join(ROOT, "RESULTS.md"), "results", results)
-    fill(os.path.join(ROOT, "README.md"), "headline", headline(runs))
+    fill(os.path.join(ROOT, "README.md"), "headline", headline(runs, pictures))
     print(f"rewrote RESULTS.md and README.md's headline from {len(runs)} run(s); pictures: {', '.join(pictures)}")
 
 def main(argv=None):
