@@ -659,6 +659,7 @@ STOP_AT_SAVE = """
 import os, signal, sys
 import dtr, train_teacher
 target, n, sig = sys.argv[1], int(sys.argv[2]), getattr(signal, sys.argv[3])
+signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as in a terminal, even when started in the background
 save, seen = train_teacher.atomic_save, []
 def save_and_stop(obj, path):
     seen.extend([path] if path.endswith(target) else [])
