@@ -218,12 +218,15 @@ def save_figure(plt, fig, path):
     return path
 
 def overlaps(curves):
-    """'b = a' notes for curves drawn on top of each other, so none hides silently."""
+    """Notes for curves drawn on top of each other, so that none hides silently: 'b = a at k = ...'."""
     names, notes = list(curves), []
+    same = lambda x, y: abs(x - y) <= 1e-6 * abs(y)
     for j, b in enumerate(names):
-        same = next((a for a in names[:j] if all(abs(x - y) <= 1e-6 * abs(y) for x, y in zip(curves[a], curves[b]))), None)
-        if same:
-            notes.append(f"{b} = {same} at every k (drawn on top of each other)")
+        for a in names[:j]:
+            ks = [k + 1 for k, (x, y) in enumerate(zip(curves[a], curves[b])) if same(x, y)]
+            if len(ks) > len(curves[b]) // 2:  # mostly hidden
+                notes.append(f"{b} = {a}" + (" at every k" if len(ks) == len(curves[b]) else f" at k = {', '.join(map(str, ks))}"))
+                break
     return notes
 
 def draw(runs, folder):
@@ -237,7 +240,7 @@ def draw(runs, folder):
     for r in runs:
         title, ks, L = label(r).replace("`", ""), range(1, r["n_layer"] + 1), r["n_layer"]
         if "baselines" in r:
-            fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
+            fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
             notes = []
             for ax, (split, b) in zip(axes, r["baselines"].items()):
                 for name, style in (("uniform", ":"), ("importance", "--"), ("greedy", "-")):
@@ -280,7 +283,8 @@ def draw_tasks(plt, r, title, path):
         ax1.plot(range(L + 1), curve, marker="o", label=name)
     ax1.plot([0, L], [100 * tol * dtr.METRICS[m]] * 2, color="gray", ls="--", label=f"tolerance {tol:.0%}")
     ax1.set(xlabel="layers replaced, in each task's greedy order (k)", ylabel=f"test {m} vs the task's teacher (%)",
-            title=f"Per-task greedy search: {title}")
+            title="each task's own greedy search")
+    fig.suptitle(f"Task-specific hybrids, paper §4: {title}", fontsize=11)
     if max(abs(x) for curve in rel.values() for x in curve) > 50:
         ax1.set_yscale("symlog", linthresh=5)  # a task whose loss explodes would flatten the others
     ax1.legend(fontsize=8)
