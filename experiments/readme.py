@@ -320,6 +320,10 @@ def draw_decode(plt, r, title, path):
         ax.legend(fontsize=7)
     axes[-1].set(xscale="log", yscale="log", xlabel="context (tokens)", ylabel="cache MiB", title="cache memory")
     axes[-1].legend(fontsize=7)
+    contexts = sorted({w["context"] for w in bench["rows"]})
+    for ax in axes:  # the measured contexts as plain numbers
+        ax.set_xticks(contexts, [str(c) for c in contexts])
+        ax.set_xticks([], minor=True)
     fig.suptitle(f"Decoding, paper Fig. 2: {title} ({bench['machine']})", fontsize=10)
     return save_figure(plt, fig, path)
 
