@@ -602,12 +602,16 @@ def load_hybrid(path, device):
                                           make_students(model, ckpt.get("student", "gla")))
     return load_model(path, device, fix, prepare)
 
+def run_config(report):
+    """The Config a report was written with (fields this version does not know are dropped)."""
+    known = {f.name for f in dataclasses.fields(Config)}
+    return Config(**{k: v for k, v in report["config"].items() if k in known})
+
 def load_run(run_dir, device):
     """A finished run, for the experiments: (cfg, report, teacher, students, (train, val, meta))."""
     report = load_file(os.path.join(run_dir, "report.json"), f"run python dtr.py first; it writes {run_dir}/report.json",
                        ("config", "trajectory", "m_opt"))
-    known = {f.name for f in dataclasses.fields(Config)}
-    cfg = Config(**{k: v for k, v in report["config"].items() if k in known})
+    cfg = run_config(report)
     model, _ = load_model(os.path.join(os.path.dirname(run_dir.rstrip("/")), "teacher.pt"), device,
                           "delete the run folder and run python dtr.py again")
     students = [s.to(device) for s in make_students(model, cfg.student)]

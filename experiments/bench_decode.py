@@ -119,7 +119,7 @@ def compiled_decoder(model, batch, device, context=70):
 def run(args):
     device, _ = choose_device(args.device)
     report = load_file(os.path.join(args.run_dir, "report.json"), "run python dtr.py first", ("config", "m_opt"))
-    cfg = dtr.Config(**{k: v for k, v in report["config"].items() if k in dtr.Config.__dataclass_fields__})
+    cfg = dtr.run_config(report)  # the model's size; its weights are not needed
     patterns = {"teacher": [], "m_opt": report["m_opt"]["linear_layers"], "all_linear": list(range(cfg.n_layer))}
     contexts = [int(c) for c in args.contexts.split(",")]
     result = bench_decode(cfg, device, patterns, contexts, args.new_tokens, args.repeats, args.batch)
