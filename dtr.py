@@ -147,8 +147,10 @@ class GatedDeltaNet(LinearAttention):
     Each write corrects what S already returns for k_t instead of adding to it, so a key written
     with beta = 1 reads back exactly its value: the in-context recall an additive state blurs.
     Where distillation starts (the choices, measured, are in the README):
-    - q, k: the Hedgehog map, then L2-normalised (the delta rule needs ||k|| = 1 to stay stable);
-      features >= 0 keep q.z, the normaliser below, positive.
+    - q, k: the Hedgehog map (features >= 0 keep q.z, the normaliser below, positive); k then
+      L2-normalised (the delta rule needs ||k|| = 1 to stay stable); q's scale cancels in the ratio.
+      Half the width (softmax(x W) alone, D = hs) was tried: a distillation step took 1.2x gla's
+      instead of 1.4x, at the same lm loss, but the copy task then kept 4 full layers, not 3.
     - o: a column of ones rides along with v, and dividing by its read q.z makes each output a
       weighted average of values, on the teacher's scale, while keeping exact recall.
     - beta_t = sigmoid(x W + b), W = 0, b = -2 (beta ~ 0.12): on nearly uniform features at init,
@@ -161,21 +163,24 @@ class GatedDeltaNet(LinearAttention):
         nn.init.zeros_(self.beta.weight)
         nn.init.constant_(self.beta.bias, -2.0)
 
+    chunk_size = 32  # measured 7% faster per distillation step than 64 at T = 128 on a CPU
+
     def forward(self, x, cache=None):
         B, T, C = x.size()
         q, k, v, log_g = self.features(x)
-        q, k = F.normalize(q, dim=-1).float(), F.normalize(k, dim=-1)  # fp32 q: an fp32 ratio below
+        q, k = q.float(), F.normalize(k, dim=-1)  # fp32 q: an fp32 ratio below
         v = F.pad(v, (0, 1), value=1.0)  # (B, nh, T, hs + 1): the ones column whose read is q.z
         beta = torch.sigmoid(self.beta(x).float()).transpose(1, 2)  # (B, nh, T)
         # the cache is LinearAttention's: the fp32 state (B, nh, 2 hs, hs + 1), z its last column
         if cache is None:
-            y = gated_delta_rule(q, k, v, beta, log_g)  # (B, nh, T, hs + 1)
+            y = gated_delta_rule(q, k, v, beta, log_g, chunk_size=self.chunk_size)  # (B, nh, T, hs + 1)
         elif T == 1:  # decoding: the rank-one step, constant work per token
             y, cache["state"] = gated_delta_rule_step(q[:, :, 0], k[:, :, 0], v[:, :, 0], beta[..., 0],
                                                       log_g[..., 0], cache["state"])
             y = y[:, :, None]
         else:  # prefill: the chunked form, starting from and handing back the state
-            y, cache["state"] = gated_delta_rule(q, k, v, beta, log_g, cache["state"], output_final_state=True)
+            y, cache["state"] = gated_delta_rule(q, k, v, beta, log_g, cache["state"], output_final_state=True,
+                                                 chunk_size=self.chunk_size)
         # subtle: with features >= 0, q.z is positive in practice (>= 0.007 seen, the smallest at
         # t = 0 where it is beta q.k and the ratio is exactly v_0); the clamp only guards the division
         y = y[..., :-1] / y[..., -1:].clamp_min(EPS)  # (B, nh, T, hs)

@@ -39,8 +39,8 @@ Gated delta rule (Gated DeltaNet, arXiv 2412.06464; the caller L2-normalises q a
 
 i.e. S_t = g_t S_{t-1} + k_t u_t^T with new values u_t = beta_t (v_t - g_t S_{t-1}^T k_t). In a chunk
 the u's solve (I + A) u = beta v - beta exp(b) K S_0, A_ts = beta_t exp(b_t - b_s) k_t.k_s for s < t:
-one triangular solve gives u = U' - W S_0 (the WY/UT form), and the hand-off is linear in S_0:
-S_C = (exp(b_C) I - K_C^T W) S_0 + K_C^T U', where K_C's rows are exp(b_C - b_s) k_s.
+one inverse X = (I + A)^-1 gives u = U' - W S_0 with U' = X beta v, W = X beta exp(b) K (the WY/UT
+form), and the hand-off is S_C = exp(b_C) S_0 + K_C^T u, where K_C's rows are exp(b_C - b_s) k_s.
 
 File map: naive quadratic reference -> PyTorch chunked form -> recurrent one-token step
 -> Triton kernels -> autograd wrapper -> one dispatch function `linear_attention` -> gated delta
@@ -363,9 +363,27 @@ def naive_gated_delta_rule(q, k, v, beta, log_g=None, initial_state=None):
         o.append((q[:, :, t, None, :] @ S).squeeze(-2))  # o_t = S_t^T q_t, (B, H, Dv)
     return torch.stack(o, dim=2), S
 
+class UnitLowerInverse(torch.autograd.Function):
+    """X = (I + A)^-1 for the strictly lower part of A (..., C, C); its diagonal and upper part are
+    ignored. One triangular solve forward; backward is two matmuls, dA = -(X^T dX X^T) strictly
+    lower, where autograd through solve_triangular would solve again."""
+
+    @staticmethod
+    def forward(ctx, A):
+        eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device).expand_as(A)
+        X = torch.linalg.solve_triangular(A, eye, upper=False, unitriangular=True)
+        ctx.save_for_backward(X)
+        return X
+
+    @staticmethod
+    def backward(ctx, dX):
+        X, = ctx.saved_tensors
+        return -(X.mT @ dX @ X.mT).tril(-1)
+
 def chunked_gated_delta_rule(q, k, v, beta, log_g=None, initial_state=None, chunk_size=64):
-    """Chunk-parallel form (top of the file): one triangular solve for all chunks at once, then a
-    D x D state hand-off per chunk. Plain PyTorch, so autograd gives the backward. Returns fp32 (o, S)."""
+    """Chunk-parallel form (top of the file): one inverse (I + A)^-1 for all chunks at once, then
+    the state hand-off chunk by chunk. Plain PyTorch, so autograd gives the rest of the backward.
+    Returns fp32 (o, S)."""
     (B, H, T, D), Dv, C = q.shape, v.shape[-1], chunk_size
     N, pad = -(-T // C), -T % C  # chunks, and the steps that pad the last one
     q, k, v, beta = _acc(q), _acc(k), _acc(v), _acc(beta)
@@ -377,22 +395,19 @@ def chunked_gated_delta_rule(q, k, v, beta, log_g=None, initial_state=None, chun
     b = log_g.reshape(B, H, N, C).cumsum(-1)  # (B, H, N, C) decay from chunk start, inclusive
     causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
     decay = torch.exp((b[..., :, None] - b[..., None, :]).masked_fill(~causal, -math.inf))  # (.., C, C)
-    # A_ts = beta_t exp(b_t - b_s) k_t.k_s, s < t. One solve of (I + A) X = [beta v | beta exp(b) k]
-    # gives U' and W together; subtle: unitriangular=True reads the diagonal as 1, so A stays strict.
-    A = (beta * (k @ k.mT) * decay).tril(-1)
-    rhs = torch.cat([beta * v, beta * torch.exp(b)[..., None] * k], dim=-1)  # (B, H, N, C, Dv + D)
-    u, w = torch.linalg.solve_triangular(A, rhs, upper=False, unitriangular=True).split([Dv, D], -1)
-    # State hand-off S_{n+1} = M_n S_n + dS_n: M and dS batched, one D x D matmul a chunk in the loop.
-    k_out = k * torch.exp(b[..., -1:] - b)[..., None]  # k_s decayed to the chunk end
-    M = torch.exp(b[..., -1])[..., None, None] * torch.eye(D, device=q.device) - k_out.mT @ w  # (.., D, D)
-    dS = k_out.mT @ u  # (B, H, N, D, Dv)
+    # A_ts = beta_t exp(b_t - b_s) k_t.k_s, s < t (UnitLowerInverse reads only the strict lower part)
+    X = UnitLowerInverse.apply(beta * (k @ k.mT) * decay)  # (B, H, N, C, C)
+    u = X @ (beta * v)  # U': the new values if the chunk started from S = 0
+    w = X @ (beta * torch.exp(b)[..., None] * k)  # W: how they change with the chunk's start state
+    k_out = (k * torch.exp(b[..., -1:] - b)[..., None]).mT  # (B, H, N, D, C) k_s decayed to the chunk end
+    g_out = torch.exp(b[..., -1])[..., None, None]  # (B, H, N, 1, 1) the whole chunk's decay
     S = q.new_zeros(B, H, D, Dv) if initial_state is None else _acc(initial_state)
-    S_in = []  # the state entering each chunk
-    for n in range(N):
+    S_in, u_true = [], []  # per chunk: the state entering it, and its true new values
+    for u_n, w_n, k_n, g_n in zip(u.unbind(2), w.unbind(2), k_out.unbind(2), g_out.unbind(2)):
         S_in.append(S)
-        S = M[:, :, n] @ S + dS[:, :, n]
-    S_in = torch.stack(S_in, dim=2)  # (B, H, N, D, Dv)
-    u = u - w @ S_in  # the true new values u_t = beta_t (v_t - g_t S_{t-1}^T k_t)
+        u_true.append(u_n - w_n @ S)  # u_t = beta_t (v_t - g_t S_{t-1}^T k_t), (B, H, C, Dv)
+        S = g_n * S + k_n @ u_true[-1]
+    S_in, u = torch.stack(S_in, dim=2), torch.stack(u_true, dim=2)  # (B, H, N, D, Dv), (B, H, N, C, Dv)
     o = ((q @ k.mT) * decay) @ u + (q * torch.exp(b)[..., None]) @ S_in  # intra + inter, (B, H, N, C, Dv)
     return o.reshape(B, H, N * C, Dv)[:, :, :T], S
 

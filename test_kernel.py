@@ -160,13 +160,25 @@ GDN_CASES = [  # T, gated, with_state, chunk_size
 @pytest.mark.parametrize("T,gated,with_state,C", GDN_CASES)
 def test_gated_delta_rule_chunked_matches_naive(T, gated, with_state, C):
     """fp32 chunked vs fp64 token loop: o, state, dq, dk, dv, dbeta, [dlog_g], [dS0]. Same 1e-5 as
-    above: the triangular solve of a unit lower-triangular C x C system keeps ~1e-7 in fp32."""
+    above: inverting a unit lower-triangular C x C matrix keeps ~1e-7 in fp32."""
     inputs = make_gdn_inputs(T=T, gated=gated, with_state=with_state)
     ref = gdn_forward_backward("naive", inputs, torch.float64, C)
     got = gdn_forward_backward("torch", inputs, torch.float32, C)
     assert len(got) == len(ref) == 6 + gated + with_state
     errs = [rel_err(a, b) for a, b in zip(got, ref)]
     assert max(errs) <= TOL, errs
+
+def test_unit_lower_inverse_and_its_gradient():
+    """(I + A)^-1 from the strict lower part of A, and the hand-written backward, against
+    torch.linalg.inv and autograd through it (fp64; A's diagonal and upper part must not matter)."""
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(3, 2, 9, 9, generator=g, dtype=torch.float64).requires_grad_()
+    L = torch.eye(9, dtype=torch.float64) + A.tril(-1)
+    W = torch.randn(3, 2, 9, 9, generator=g, dtype=torch.float64)  # a random loss direction
+    X = kernel.UnitLowerInverse.apply(A)
+    (dA,) = torch.autograd.grad((X * W).sum(), A)
+    (dA_ref,) = torch.autograd.grad((torch.linalg.inv(L) * W).sum(), A)
+    assert rel_err(X, torch.linalg.inv(L)) < 1e-12 and rel_err(dA, dA_ref) < 1e-12
 
 def test_gated_delta_rule_split_and_resume():
     """Run the first 37 steps, hand the final state to the other 63: same as one pass."""
