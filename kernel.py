@@ -33,7 +33,8 @@ exp(B_t - B_s) (query t, key s) or exp(B_T - B_s) (final state). Moving B_t by e
 the terms where t is the query up and those where t is the key down, so
 dL/dB_t = q_t . dq_t - k_t . dk_t (+ <S_T, dS_T> at t = T), and dlog_g_t = sum_{t'>=t} dL/dB_t'.
 
-Gated delta rule (Gated DeltaNet, arXiv 2412.06464; the caller L2-normalises q and k):
+Gated delta rule (Gated DeltaNet, arXiv 2412.06464; the caller L2-normalises k, which keeps the
+state stable; the scale of q only scales o):
 
     S_t = g_t (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T,   o_t = S_t^T q_t,   beta_t in (0, 1)
 
@@ -424,7 +425,7 @@ def gated_delta_rule_step(q, k, v, beta, log_g=None, state=None):
 
 def gated_delta_rule(q, k, v, beta, log_g=None, initial_state=None, output_final_state=False,
                      chunk_size=64, impl=None):
-    """The entry point: q, k (B, H, T, D) (L2-normalised by the caller), v (B, H, T, Dv), beta,
+    """The entry point: q, k (B, H, T, D) (k L2-normalised by the caller), v (B, H, T, Dv), beta,
     log_g (B, H, T). impl: None or "torch" (chunked) or "naive". Returns o (B, H, T, Dv) in q's
     dtype, and the fp32 state (B, H, D, Dv) when output_final_state."""
     if q.dim() != 4 or k.shape != q.shape or v.shape[:3] != q.shape[:3] or any(
