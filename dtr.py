@@ -150,7 +150,8 @@ class GatedDeltaNet(LinearAttention):
     - q, k: the Hedgehog map (features >= 0 keep q.z, the normaliser below, positive); k then
       L2-normalised (the delta rule needs ||k|| = 1 to stay stable); q's scale cancels in the ratio.
       Half the width (softmax(x W) alone, D = hs) was tried: a distillation step took 1.2x gla's
-      instead of 1.4x, at the same lm loss, but the copy task then kept 4 full layers, not 3.
+      instead of 1.4x at the same lm loss, still not enough for the 25% conversion budget (README),
+      and its copy search kept one more full layer.
     - o: a column of ones rides along with v, and dividing by its read q.z makes each output a
       weighted average of values, on the teacher's scale, while keeping exact recall.
     - beta_t = sigmoid(x W + b), W = 0, b = -2 (beta ~ 0.12): on nearly uniform features at init,
