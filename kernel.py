@@ -2,7 +2,7 @@
 Linear attention, optionally gated and normalised, and the gated delta rule, in one self-contained file.
 
 Layout everywhere: q, k (B, H, T, D), v (B, H, T, Dv), log_g (B, H, T), state (B, H, D, Dv).
-q and k arrive already feature-mapped. The recurrence all forms implement:
+q and k arrive already feature-mapped. The recurrence every linear-attention form implements:
 
     S_t = g_t * S_{t-1} + k_t v_t^T          (state, D x Dv, kept in fp32)
     o_t = q_t^T S_t                          (B, H, T, Dv)
@@ -81,23 +81,26 @@ def naive_linear_attention(q, k, v, log_g=None, initial_state=None):
 
 # ---- PyTorch chunked form ----
 
+def _chunks(C, log_g, *xs):
+    """Cut the time axis into chunks of C: each x (B, H, T, d) -> (B, H, N, C, d), the ragged tail
+    zero-padded (padded steps have g = 1 and k = 0: the state passes through; their outputs are
+    dropped). Also b (B, H, N, C), the decay since the chunk start, inclusive, and
+    decay (B, H, N, C, C) = exp(b_t - b_s) for s <= t, else 0."""
+    pad = -log_g.shape[-1] % C
+    if pad:  # only when needed: F.pad copies
+        log_g, xs = F.pad(log_g, (0, pad)), [F.pad(x, (0, 0, 0, pad)) for x in xs]
+    b = log_g.unflatten(-1, (-1, C)).cumsum(-1)
+    causal = torch.ones(C, C, dtype=torch.bool, device=b.device).tril()
+    decay = torch.exp((b[..., :, None] - b[..., None, :]).masked_fill(~causal, -math.inf))
+    return [x.unflatten(2, (-1, C)) for x in xs], b, decay
+
 def chunked_linear_attention(q, k, v, log_g=None, initial_state=None, chunk_size=64):
     """Chunk-parallel form: dense C x C work inside a chunk, one state hand-off between chunks.
     Plain PyTorch ops, so autograd gives the backward. Returns (o, final_state) in fp32."""
-    B, H, T, D = q.shape
-    Dv = v.shape[-1]
-    C = chunk_size
-    N = -(-T // C)  # number of chunks; the ragged tail is zero-padded, padded rows are dropped
-    pad = N * C - T
+    (B, H, T, D), Dv = q.shape, v.shape[-1]
     q, k, v = _acc(q), _acc(k), _acc(v)
     log_g = q.new_zeros(B, H, T) if log_g is None else _acc(log_g)
-    if pad:  # padded steps: g = 1 and k = 0, so the state passes through (pad only when needed: it copies)
-        q, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
-        log_g = F.pad(log_g, (0, pad))
-    q, k, v = (x.reshape(B, H, N, C, -1) for x in (q, k, v))  # (B, H, N, C, D), copies only if strided
-    b = log_g.reshape(B, H, N, C).cumsum(-1)  # (B, H, N, C) decay from chunk start, inclusive
-    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
-    decay = torch.exp((b[..., :, None] - b[..., None, :]).masked_fill(~causal, -math.inf))
+    (q, k, v), b, decay = _chunks(chunk_size, log_g, q, k, v)  # (B, H, N, C, D)
     o = ((q @ k.transpose(-1, -2)) * decay) @ v  # intra-chunk part, all chunks at once
     # State passing. The per-chunk increments k_out^T v are one batched matmul; only the cheap
     # D x Dv update S_{n+1} = g_n S_n + dS_n is a Python loop (one matmul per chunk is slow on CPU).
@@ -106,12 +109,12 @@ def chunked_linear_attention(q, k, v, log_g=None, initial_state=None, chunk_size
     g_chunk = torch.exp(b[..., -1])[..., None, None]  # (B, H, N, 1, 1) decay over a whole chunk
     S = q.new_zeros(B, H, D, Dv) if initial_state is None else _acc(initial_state)
     S_in = []  # the state entering each chunk
-    for n in range(N):
+    for dS_n, g_n in zip(dS.unbind(2), g_chunk.unbind(2)):
         S_in.append(S)
-        S = g_chunk[:, :, n] * S + dS[:, :, n]
+        S = g_n * S + dS_n
     q_in = q * torch.exp(b)[..., None]  # q_t scaled by the decay since the chunk start
     o = o + q_in @ torch.stack(S_in, dim=2)  # inter-chunk part, (B, H, N, C, Dv)
-    return o.view(B, H, N * C, Dv)[:, :, :T], S
+    return o.flatten(2, 3)[:, :, :T], S
 
 # ---- recurrent one-token step ----
 
@@ -320,16 +323,19 @@ class TritonLinearAttention(torch.autograd.Function):
 
 # ---- dispatch ----
 
+def _check_shapes(fn, q, k, v, **per_step):
+    """q, k (B, H, T, D), v (B, H, T, Dv), and each of per_step (B, H, T) or None; else ValueError."""
+    if q.dim() != 4 or k.shape != q.shape or v.shape[:3] != q.shape[:3] or any(
+            x is not None and x.shape != q.shape[:3] for x in per_step.values()):
+        got = ", ".join(f"{n} {None if x is None else tuple(x.shape)}" for n, x in dict(q=q, k=k, v=v, **per_step).items())
+        raise ValueError(f"{fn} wants q, k (B, H, T, D), v (B, H, T, Dv), {' and '.join(per_step)} (B, H, T); got {got}")
+
 def linear_attention(q, k, v, log_g=None, normalize=True, initial_state=None,
                      output_final_state=False, chunk_size=64, impl=None):
     """The one entry point. impl: None (auto: triton on CUDA for D <= 128 when installed, else torch),
     "torch", "triton" or "naive"; the DTR_LINEAR_ATTENTION_IMPL environment variable overrides
     auto. Returns o (B, H, T, Dv) in q's dtype, and the fp32 state when output_final_state."""
-    if q.dim() != 4 or k.shape != q.shape or v.shape[:3] != q.shape[:3]:
-        raise ValueError(f"linear_attention wants q, k (B, H, T, D) and v (B, H, T, Dv); "
-                         f"got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
-    if log_g is not None and log_g.shape != q.shape[:3]:
-        raise ValueError(f"log_g must be (B, H, T) = {tuple(q.shape[:3])}, got {tuple(log_g.shape)}")
+    _check_shapes("linear_attention", q, k, v, log_g=log_g)
     triton_fits = q.is_cuda and HAS_TRITON and q.shape[-1] <= 128  # wider features: the torch form
     impl = impl or os.environ.get("DTR_LINEAR_ATTENTION_IMPL") or ("triton" if triton_fits else "torch")
     if normalize:  # carry the key-sum z as an extra value column (see the top of the file)
@@ -385,17 +391,11 @@ def chunked_gated_delta_rule(q, k, v, beta, log_g=None, initial_state=None, chun
     """Chunk-parallel form (top of the file): one inverse (I + A)^-1 for all chunks at once, then
     the state hand-off chunk by chunk. Plain PyTorch, so autograd gives the rest of the backward.
     Returns fp32 (o, S)."""
-    (B, H, T, D), Dv, C = q.shape, v.shape[-1], chunk_size
-    N, pad = -(-T // C), -T % C  # chunks, and the steps that pad the last one
+    (B, H, T, D), Dv = q.shape, v.shape[-1]
     q, k, v, beta = _acc(q), _acc(k), _acc(v), _acc(beta)
     log_g = beta.new_zeros(B, H, T) if log_g is None else _acc(log_g)
-    if pad:  # padded steps: k = 0, beta = 0, g = 1, so they write nothing and forget nothing
-        q, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
-        beta, log_g = F.pad(beta, (0, pad)), F.pad(log_g, (0, pad))
-    q, k, v, beta = (x.reshape(B, H, N, C, -1) for x in (q, k, v, beta[..., None]))  # (B, H, N, C, D)
-    b = log_g.reshape(B, H, N, C).cumsum(-1)  # (B, H, N, C) decay from chunk start, inclusive
-    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
-    decay = torch.exp((b[..., :, None] - b[..., None, :]).masked_fill(~causal, -math.inf))  # (.., C, C)
+    # padded steps also have beta = 0: they write nothing and forget nothing
+    (q, k, v, beta), b, decay = _chunks(chunk_size, log_g, q, k, v, beta[..., None])  # (B, H, N, C, D)
     # A_ts = beta_t exp(b_t - b_s) k_t.k_s, s < t (UnitLowerInverse reads only the strict lower part)
     X = UnitLowerInverse.apply(beta * (k @ k.mT) * decay)  # (B, H, N, C, C)
     u = X @ (beta * v)  # U': the new values if the chunk started from S = 0
@@ -410,7 +410,7 @@ def chunked_gated_delta_rule(q, k, v, beta, log_g=None, initial_state=None, chun
         S = g_n * S + k_n @ u_true[-1]
     S_in, u = torch.stack(S_in, dim=2), torch.stack(u_true, dim=2)  # (B, H, N, D, Dv), (B, H, N, C, Dv)
     o = ((q @ k.mT) * decay) @ u + (q * torch.exp(b)[..., None]) @ S_in  # intra + inter, (B, H, N, C, Dv)
-    return o.reshape(B, H, N * C, Dv)[:, :, :T], S
+    return o.flatten(2, 3)[:, :, :T], S
 
 def gated_delta_rule_step(q, k, v, beta, log_g=None, state=None):
     """One decoding step: q, k (B, H, D), v (B, H, Dv), beta, log_g (B, H). Rank-one form, no D x D
@@ -428,11 +428,7 @@ def gated_delta_rule(q, k, v, beta, log_g=None, initial_state=None, output_final
     """The entry point: q, k (B, H, T, D) (k L2-normalised by the caller), v (B, H, T, Dv), beta,
     log_g (B, H, T). impl: None or "torch" (chunked) or "naive". Returns o (B, H, T, Dv) in q's
     dtype, and the fp32 state (B, H, D, Dv) when output_final_state."""
-    if q.dim() != 4 or k.shape != q.shape or v.shape[:3] != q.shape[:3] or any(
-            x is not None and x.shape != q.shape[:3] for x in (beta, log_g)):
-        shapes = [None if x is None else tuple(x.shape) for x in (q, k, v, beta, log_g)]
-        raise ValueError(f"gated_delta_rule wants q, k (B, H, T, D), v (B, H, T, Dv), beta and log_g "
-                         f"(B, H, T); got q, k, v, beta, log_g shapes {shapes}")
+    _check_shapes("gated_delta_rule", q, k, v, beta=beta, log_g=log_g)
     if impl in (None, "torch"):
         o, state = chunked_gated_delta_rule(q, k, v, beta, log_g, initial_state, chunk_size)
     elif impl == "naive":
@@ -453,7 +449,7 @@ def self_check(device):
     B, H, T, D = 2, 2, 100, 48  # T not a multiple of the chunk, D and Dv + 1 not powers of two
     x = [torch.rand(B, H, T, D), torch.rand(B, H, T, D), torch.randn(B, H, T, D),
          -torch.rand(B, H, T), torch.randn(B, H, D, D + 1)]  # q, k, v, log_g, S_0
-    # gated delta rule: unit q, k rows (the caller's job), beta in (0, 1), S_0 (D, Dv)
+    # gated delta rule: unit k rows (the caller's job; q's too, harmlessly), beta in (0, 1), S_0 (D, Dv)
     y = [F.normalize(x[0] - 0.5, dim=-1), F.normalize(x[1] - 0.5, dim=-1), x[2],
          torch.sigmoid(torch.randn(B, H, T)), x[3], x[4][..., :D]]  # q, k, v, beta, log_g, S_0
 
@@ -478,7 +474,8 @@ def self_check(device):
         print("check    triton skipped: " + ("not installed" if not HAS_TRITON else
               "no CUDA device (run with TRITON_INTERPRET=1 to check it on CPU, slowly)"))
 
-def _time_ms(fn, reps, sync):
+def _time_ms(fn, reps, device):
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     fn()  # warm-up: allocator, Triton compilation
     times = []
     for _ in range(reps):
@@ -494,7 +491,6 @@ def benchmark(device, max_T, reps, with_fla):
     cuda = device.type == "cuda"
     dtype = torch.bfloat16 if cuda else torch.float32
     impl = "triton" if cuda and HAS_TRITON else "torch"
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
     B, H, D = 1, 4, 64
     naive_max = 8192 if cuda else 4096  # it materialises several (B, H, T, T) fp32 tensors
     forms = {"chunked": lambda q, k, v, g: linear_attention(q, k, v, g, impl=impl),
@@ -524,9 +520,9 @@ def benchmark(device, max_T, reps, with_fla):
                 continue
             try:
                 with torch.no_grad():
-                    fwd[name] = _time_ms(lambda: f(q, k, v, g), reps, sync)
+                    fwd[name] = _time_ms(lambda: f(q, k, v, g), reps, device)
                 ins = [t.detach().requires_grad_() for t in (q, k, v, g)]
-                fwd_bwd[name] = _time_ms(lambda: f(*ins).float().sum().backward(), reps, sync)
+                fwd_bwd[name] = _time_ms(lambda: f(*ins).float().sum().backward(), reps, device)
             except RuntimeError as e:  # e.g. a third-party kernel refusing this Triton version
                 broken.add(name)
                 print(f"bench    {name} dropped: {str(e).splitlines()[0][:160]}")
@@ -556,9 +552,8 @@ def benchmark_gated_delta_rule(device, reps, T=2048):
 
     forms = {"chunked": lambda: gated_delta_rule(q, k, v, beta, log_g), "step loop": step_loop,
              "naive": lambda: gated_delta_rule(q, k, v, beta, log_g, impl="naive")}
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     with torch.no_grad():
-        ms = {name: _time_ms(f, reps, sync) for name, f in forms.items()}
+        ms = {name: _time_ms(f, reps, device) for name, f in forms.items()}
     print(f"bench    gated delta rule fwd fp32, B={B} H={H} T={T} D={D}, median of {reps}: "
           + ", ".join(f"{n} {t:.1f} ms ({t / ms['chunked']:.1f}x)" for n, t in ms.items()))
 

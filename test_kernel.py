@@ -1,9 +1,12 @@
 """
 Tests of kernel.py: python -m pytest -q test_kernel.py   (CPU only; Triton runs in its interpreter)
 
-Every form (chunked PyTorch, recurrent step, Triton) is compared with the naive reference computed
-in fp64, by relative error ||a - b|| / ||b||: outputs, final state and every gradient, at awkward
-lengths (T = 1, one short of a chunk, one past it, several ragged chunks).
+By relative error ||a - b|| / ||b||. Linear attention: the chunked PyTorch form and Triton against
+the naive reference in fp64 (outputs, final state, every gradient) at awkward lengths (T = 1, one
+short of a chunk, one past it, several ragged chunks); split-and-resume; strided inputs; the
+recurrent step against the chunked form; bf16 at T = 16K stays finite. Gated delta rule: chunked
+against the fp64 naive loop the same way; the (I + A)^-1 and its backward against torch.linalg.inv;
+split-and-resume; the step against the chunked form; a second write overwrites a key.
 """
 import pytest
 import torch
@@ -30,11 +33,11 @@ def make_inputs(B=2, H=2, T=65, D=16, Dv=16, gated=True, with_state=True, normal
             -torch.rand(B, H, T, generator=g) if gated else None,
             torch.rand(B, H, D, Dz, generator=g) if with_state else None]
 
-def forward_backward(impl, inputs, dtype, normalize, chunk_size, final_state=True):
-    """Output, final state and the gradients of a random projection of both w.r.t. every input."""
+def forward_backward(fn, impl, inputs, dtype, final_state=True, **kw):
+    """fn (linear_attention or gated_delta_rule) on inputs (..., S_0): output, final state and the
+    gradients of a random projection of both w.r.t. every input."""
     ins = [x.to(dtype, copy=True).requires_grad_() if x is not None else None for x in inputs]
-    q, k, v, log_g, S0 = ins
-    out = kernel.linear_attention(q, k, v, log_g, normalize, S0, final_state, chunk_size, impl)
+    out = fn(*ins[:-1], initial_state=ins[-1], output_final_state=final_state, impl=impl, **kw)
     o, S = out if final_state else (out, None)
     g = torch.Generator().manual_seed(1)  # same projection for every impl
     loss = (o * torch.randn(o.shape, generator=g).to(dtype)).sum()
@@ -60,8 +63,9 @@ CASES = [  # T, D, Dv, gated, with_state, normalize, chunk_size, final_state
 @pytest.mark.parametrize("T,D,Dv,gated,with_state,normalize,C,final_state", CASES)
 def test_matches_naive(impl, T, D, Dv, gated, with_state, normalize, C, final_state):
     inputs = make_inputs(T=T, D=D, Dv=Dv, gated=gated, with_state=with_state, normalize=normalize)
-    ref = forward_backward("naive", inputs, torch.float64, normalize, C, final_state)
-    got = forward_backward(impl, inputs, torch.float32, normalize, C, final_state)
+    run = lambda impl, dtype: forward_backward(kernel.linear_attention, impl, inputs, dtype, final_state,
+                                               normalize=normalize, chunk_size=C)
+    ref, got = run("naive", torch.float64), run(impl, torch.float32)
     assert len(got) == len(ref)  # o, [S], dq, dk, dv, [dlog_g], [dS0]
     errs = [rel_err(a, b) for a, b in zip(got, ref)]
     assert max(errs) <= TOL, errs
@@ -71,10 +75,9 @@ def test_split_and_resume(impl):
     """Run the first half, hand its final state to the second half: same as one pass."""
     q, k, v, log_g, _ = make_inputs(T=100, with_state=False)
     o, S = kernel.linear_attention(q, k, v, log_g, output_final_state=True, chunk_size=32, impl=impl)
-    o1, S1 = kernel.linear_attention(q[:, :, :37], k[:, :, :37], v[:, :, :37], log_g[:, :, :37],
-                                     output_final_state=True, chunk_size=32, impl=impl)
-    o2, S2 = kernel.linear_attention(q[:, :, 37:], k[:, :, 37:], v[:, :, 37:], log_g[:, :, 37:],
-                                     initial_state=S1, output_final_state=True, chunk_size=32, impl=impl)
+    first, second = ([x[:, :, s] for x in (q, k, v, log_g)] for s in (slice(0, 37), slice(37, None)))
+    o1, S1 = kernel.linear_attention(*first, output_final_state=True, chunk_size=32, impl=impl)
+    o2, S2 = kernel.linear_attention(*second, initial_state=S1, output_final_state=True, chunk_size=32, impl=impl)
     assert rel_err(torch.cat([o1, o2], dim=2), o) <= TOL and rel_err(S2, S) <= TOL
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -84,7 +87,8 @@ def test_strided_inputs(impl):
     strided = [x.transpose(1, 2).contiguous().transpose(1, 2) for x in inputs[:4]]
     strided.append(inputs[4].transpose(-1, -2).contiguous().transpose(-1, -2))
     assert not any(x.is_contiguous() for x in strided)
-    for a, b in zip(forward_backward(impl, strided, torch.float32, True, 16), forward_backward("naive", inputs, torch.float64, True, 16)):
+    for a, b in zip(forward_backward(kernel.linear_attention, impl, strided, torch.float32, chunk_size=16),
+                    forward_backward(kernel.linear_attention, "naive", inputs, torch.float64, chunk_size=16)):
         assert rel_err(a, b) <= TOL
 
 def test_step_matches_chunked():
@@ -100,7 +104,7 @@ def test_step_matches_chunked():
 @pytest.mark.parametrize("log_g_value", [None, -5.0])  # no decay / g = exp(-5) ~ 0.007 per step
 def test_bf16_long_sequence_is_finite(log_g_value):
     """bf16 at T = 16K through the torch path: no overflow in the decay, fp32 state, no NaN.
-    (The Triton interpreter cannot run bf16 dots; on GPU the same check applies to impl='triton'.)"""
+    (impl='torch' only: the Triton interpreter cannot run bf16 dots.)"""
     T = 16384
     q, k, v, _, _ = make_inputs(B=1, H=2, T=T, D=16, with_state=False)
     log_g = None if log_g_value is None else torch.full((1, 2, T), log_g_value)
@@ -126,7 +130,7 @@ def test_triton_rejects_bad_sizes():
 # ---- gated delta rule: naive vs chunked vs recurrent ----
 
 def make_gdn_inputs(B=2, H=2, T=65, D=16, Dv=24, gated=True, with_state=True, seed=0):
-    """q, k unit rows along D (the caller's job), beta = sigmoid(randn) in (0, 1), log_g < 0 but
+    """q, k unit rows along D (k's is the caller's job; q's is harmless), beta = sigmoid(randn) in (0, 1), log_g < 0 but
     mostly near 0, so the state survives a chunk and the hand-off between chunks is exercised."""
     g = torch.Generator().manual_seed(seed)
     nn_f = torch.nn.functional
@@ -134,16 +138,6 @@ def make_gdn_inputs(B=2, H=2, T=65, D=16, Dv=24, gated=True, with_state=True, se
     return [q, k, torch.randn(B, H, T, Dv, generator=g), torch.sigmoid(torch.randn(B, H, T, generator=g)),
             nn_f.logsigmoid(3 + torch.randn(B, H, T, generator=g)) if gated else None,
             torch.randn(B, H, D, Dv, generator=g) if with_state else None]
-
-def gdn_forward_backward(impl, inputs, dtype, chunk_size):
-    """o, final state, and the gradients of a random projection of both w.r.t. every input."""
-    ins = [x.to(dtype, copy=True).requires_grad_() if x is not None else None for x in inputs]
-    o, S = kernel.gated_delta_rule(*ins[:5], initial_state=ins[5], output_final_state=True,
-                                   chunk_size=chunk_size, impl=impl)
-    g = torch.Generator().manual_seed(1)  # same projection for both impls
-    loss = (o * torch.randn(o.shape, generator=g).to(dtype)).sum()
-    (loss + (S * torch.randn(S.shape, generator=g).to(S.dtype)).sum()).backward()
-    return [o, S] + [x.grad for x in ins if x is not None]
 
 # D = 16 != Dv = 24 catches a transposed state; T = 1, 63, 64, 65, 200 as for linear attention.
 GDN_CASES = [  # T, gated, with_state, chunk_size
@@ -162,8 +156,8 @@ def test_gated_delta_rule_chunked_matches_naive(T, gated, with_state, C):
     """fp32 chunked vs fp64 token loop: o, state, dq, dk, dv, dbeta, [dlog_g], [dS0]. Same 1e-5 as
     above: inverting a unit lower-triangular C x C matrix keeps ~1e-7 in fp32."""
     inputs = make_gdn_inputs(T=T, gated=gated, with_state=with_state)
-    ref = gdn_forward_backward("naive", inputs, torch.float64, C)
-    got = gdn_forward_backward("torch", inputs, torch.float32, C)
+    ref = forward_backward(kernel.gated_delta_rule, "naive", inputs, torch.float64, chunk_size=C)
+    got = forward_backward(kernel.gated_delta_rule, "torch", inputs, torch.float32, chunk_size=C)
     assert len(got) == len(ref) == 6 + gated + with_state
     errs = [rel_err(a, b) for a, b in zip(got, ref)]
     assert max(errs) <= TOL, errs
