@@ -33,7 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kernel import EPS, gated_delta_rule, gated_delta_rule_step, linear_attention, linear_attention_step
-from train_teacher import (PRESETS as TEACHER_PRESETS, GPT, GPTConfig, Block, CausalSelfAttention, DtrError,  # noqa: F401
+from train_teacher import (PRESETS as TEACHER_PRESETS, GPT, GPTConfig, DtrError,  # noqa: F401
                            Pace, Partial, TeacherConfig, all_gather, atomic_save, autocast, check_resumable, choose_device, cli,
                            cosine_lr, decode, encode, fixed_batches, get_batch, first_words, load_data, load_file, load_model,
                            load_or_train, machine, opt, parse_config, rank, weights_sha256, world)
@@ -433,10 +433,14 @@ def text_batches(path, meta, cfg, device, test=False):
                        f"({cfg.block_size}) + 2; use a longer text")
     return fixed_batches(torch.tensor(ids), cfg.block_size, cfg.batch_size, cfg.val_batches, device, test=test)
 
+def lm_batches(cfg, val, device, test=False):
+    """Next-token prediction on the validation split: the search batches, or with test=True the test ones."""
+    return fixed_batches(val, cfg.block_size, cfg.batch_size, cfg.val_batches, device, test=test)
+
 def task_batches(cfg, val, meta, device):
     """{task name: (search batches, test batches)} for --task and --task_text, built (and checked)
     before training. lm is next-token prediction on the validation split."""
-    make = {"lm": lambda test: fixed_batches(val, cfg.block_size, cfg.batch_size, cfg.val_batches, device, test=test),
+    make = {"lm": lambda test: lm_batches(cfg, val, device, test),
             "copy": lambda test: copy_batches(val, cfg.block_size, cfg.batch_size, cfg.val_batches, device, test)}
     if cfg.task_text:
         make[os.path.basename(cfg.task_text)] = lambda test: text_batches(cfg.task_text, meta, cfg, device, test)
@@ -621,7 +625,7 @@ def load_run(run_dir, device):
     model, _ = load_model(os.path.join(os.path.dirname(run_dir.rstrip("/")), "teacher.pt"), device,
                           "delete the run folder and run python dtr.py again")
     students = [s.to(device) for s in make_students(model, cfg.student)]
-    load_students(os.path.join(run_dir, "students.pt"), students, device)
+    load_students(os.path.join(run_dir, "students.pt"), students, device, {"teacher_sha256": weights_sha256(model)})
     return cfg, report, model.requires_grad_(False), students, load_data(cfg)
 
 def start_ids(meta):

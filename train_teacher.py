@@ -198,7 +198,7 @@ def cli(job, parse, argv=None):
 
 def atomic_save(obj, path):
     """Write to a temp file, then rename: a killed run never leaves a half-written file. Only rank 0
-    writes; a temp file left by SIGKILL is overwritten by the rerun's same save (or by discard)."""
+    writes; a temp file left by SIGKILL is overwritten by the rerun's same save (or by Partial.done)."""
     if rank() > 0:
         return
     tmp = path + ".tmp"
@@ -216,12 +216,6 @@ def atomic_save(obj, path):
         if isinstance(e, OSError):
             raise DtrError(f"cannot write {path} ({e.strerror or e}); free some disk space, or pick another --out_dir") from None
         raise
-
-def discard(path):
-    """A finished phase's resumable checkpoint goes, with any temp file a killed write of it left."""
-    for p in (path, path + ".tmp"):
-        if rank() == 0 and os.path.exists(p):
-            os.remove(p)
 
 def load_file(path, fix, keys=(), device="cpu"):
     """The one place a file is read back: a checkpoint (.pt, tensors and plain data only), JSON, or
@@ -272,10 +266,6 @@ def weights_sha256(model):
         h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
-def sha256(path):
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
-
 class Partial:
     """A phase's resumable checkpoint, <name>.partial.pt|json: saved with the settings it depends on
     (`key`) and the seconds the phase has run so far, refused by a rerun with other settings,
@@ -300,7 +290,9 @@ class Partial:
         atomic_save({"key": self.key, "train_s": self.elapsed(), **state}, self.path)
 
     def done(self):
-        discard(self.path)
+        for p in (self.path, self.path + ".tmp"):  # with any temp file a killed write left
+            if rank() == 0 and os.path.exists(p):
+                os.remove(p)
 
 def machine():
     """What produced the numbers, for the reports and the README."""
@@ -312,9 +304,6 @@ def machine():
             names = [l.split(":", 1)[1].strip() for l in f if l.startswith("model name")]
         cpu = names[0] if names else cpu
     return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-
-def fmt_time(seconds):
-    return f"{int(seconds) // 60}:{int(seconds) % 60:02d}"
 
 class Pace:
     """ms/step over the steps since the last report, and the ETA from it: a validation pass
@@ -328,7 +317,7 @@ class Pace:
 
     def __call__(self, step):
         per_step = (time.time() - self.t) / max(1, step - self.step)
-        eta = "-" if self.first and step - self.step == 1 else fmt_time(per_step * (self.total - step))
+        eta = "-" if self.first and step - self.step == 1 else "%d:%02d" % divmod(int(per_step * (self.total - step)), 60)
         self.step, self.t, self.first = step, time.time(), False
         return f"{1000 * per_step:.0f} ms/step | eta {eta}"
 
@@ -391,12 +380,10 @@ BUILTIN = {"shakespeare": "gpt2", "shakespeare_char": "char"}  # dataset -> toke
 def data_name(cfg):
     """shakespeare, shakespeare_char, <your file's name>-<tokenizer>, or with --init_from <text>-from-<teacher>:
     names the data cache and the run folder."""
+    text = cfg.dataset if cfg.dataset in BUILTIN else os.path.splitext(os.path.basename(cfg.dataset))[0]
     if cfg.init_from:  # the teacher's own tokenizer: <text>-from-<teacher>
-        return (cfg.dataset if cfg.dataset in BUILTIN else os.path.splitext(os.path.basename(cfg.dataset))[0]) + \
-            "-from-" + init_name(cfg.init_from)
-    if cfg.dataset in BUILTIN:
-        return cfg.dataset
-    return os.path.splitext(os.path.basename(cfg.dataset))[0] + "-" + cfg.tokenizer
+        return f"{text}-from-{init_name(cfg.init_from)}"
+    return text if cfg.dataset in BUILTIN else f"{text}-{cfg.tokenizer}"
 
 def gpt2_encoding():
     import tiktoken  # only needed for BPE datasets
@@ -451,10 +438,8 @@ def load_data(cfg):
     except (DtrError, OSError):
         pass  # no cache, or a broken one: encode again
     n = int(0.9 * len(text))
-    if tokenizer == "char":
-        pieces = [list(text[:n]), list(text[n:])]
-    else:  # each split encoded on its own
-        pieces = [gpt2_encoding().encode_ordinary(part) for part in (text[:n], text[n:])]
+    pieces = [list(part) if tokenizer == "char" else gpt2_encoding().encode_ordinary(part)  # each split on its own
+              for part in (text[:n], text[n:])]
     if vocab is None:  # only the ids that occur: 11,706 rows for Shakespeare in GPT-2's BPE
         vocab = sorted(set(pieces[0]) | set(pieces[1]))
     elif missing := sorted((set(pieces[0]) | set(pieces[1])) - set(vocab)):  # (GPT-2's BPE lacks nothing)
@@ -483,9 +468,10 @@ def download(url, path):
     except OSError as e:
         raise DtrError(f"could not download tiny Shakespeare ({e}); put the file from {url} "
                        f"at {path} by hand and rerun") from None
-    with open(path + ".tmp", "wb") as f:
+    tmp = f"{path}.{os.getpid()}.tmp"  # under torchrun every process downloads: none renames another's file
+    with open(tmp, "wb") as f:
         f.write(data)
-    os.replace(path + ".tmp", path)
+    os.replace(tmp, path)
 
 def windows(data, starts, block_size, device):
     """x = the windows of block_size tokens at `starts`, y = the next token at each place, both (B, T)."""
@@ -742,7 +728,7 @@ def read_source(init_from, weights=True):
         raise DtrError(f"--init_from {init_from} is neither a file nor a folder; {INIT_FIX}")
     ckpt = load_file(init_from, INIT_FIX)
     args = ckpt.get("model_args") if isinstance(ckpt, dict) else None
-    if not isinstance(ckpt.get("model"), dict) or not isinstance(args, dict) or any(k not in args for k in NANOGPT_ARGS):
+    if not isinstance(args, dict) or not isinstance(ckpt.get("model"), dict) or any(k not in args for k in NANOGPT_ARGS):
         raise DtrError(f"{init_from} is not a nanoGPT checkpoint (a dict with model, and model_args holding "
                        f"{', '.join(NANOGPT_ARGS)}); {INIT_FIX}")
     config = GPTConfig(**{k: args[k] for k in NANOGPT_ARGS}, bias=args.get("bias", True), dropout=args.get("dropout", 0.0))
@@ -765,8 +751,9 @@ def import_settings(cfg):
             looked.append(os.path.normpath(os.path.join(here, "..", "data", info["dataset"], "meta.pkl")))
         cfg.meta = next((p for p in looked if os.path.isfile(p)), "")
     cfg.tokenizer = "char" if cfg.meta else "gpt2"
-    if cfg.meta and len(teacher_vocab(cfg)) != config.vocab_size:
-        raise DtrError(f"{cfg.init_from} has a vocabulary of {config.vocab_size} but {cfg.meta} of {len(teacher_vocab(cfg))} "
+    n = len(teacher_vocab(cfg)) if cfg.meta else config.vocab_size
+    if n != config.vocab_size:
+        raise DtrError(f"{cfg.init_from} has a vocabulary of {config.vocab_size} but {cfg.meta} of {n} "
                        f"characters; pass --meta with the meta.pkl of the data it was trained on")
     if not cfg.meta and config.vocab_size < GPT2_VOCAB:
         raise DtrError(f"{cfg.init_from} has a vocabulary of {config.vocab_size}, fewer than GPT-2's {GPT2_VOCAB:,}, and no "
@@ -809,7 +796,14 @@ def import_teacher(cfg, val_data, meta, device, bf16, path):
     return model
 
 def init_sha256(cfg):
-    return sha256(cfg.init_from) if os.path.isfile(cfg.init_from) else None
+    """The --init_from file's fingerprint, read 1 MiB at a time (None for GPT-2 by name or a folder)."""
+    if not os.path.isfile(cfg.init_from):
+        return None
+    h = hashlib.sha256()
+    with open(cfg.init_from, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 # ---- training ----
 
@@ -836,7 +830,7 @@ def val_loss(model, batches, device="cpu", bf16=False):
         return sum(model(x, y)[1].item() for x, y in batches) / len(batches)
 
 def train(cfg, train_data, val_data, meta, device, bf16, ckpt_path):
-    """Train from scratch, or resume, and write the checkpoint atomically. Returns the trained model.
+    """Train from scratch, or resume, and write the checkpoint atomically. Returns (model, training seconds).
     Under torchrun each process takes its own slice of every step's batch (DistributedDataParallel
     averages the gradients), so a step sees the same batch_size sequences at any process count."""
     micro = cfg.batch_size // (cfg.grad_accum * world())  # sequences per forward pass
@@ -882,7 +876,7 @@ def train(cfg, train_data, val_data, meta, device, bf16, ckpt_path):
         if not math.isfinite(loss.item()):
             raise DtrError(f"teacher training diverged (loss {loss.item()}) at step {it + 1}; lower --lr (now {cfg.lr})")
         if (it + 1) % cfg.save_interval == 0 and it + 1 < cfg.max_iters:
-            partial.save(model_args=model_args(cfg, meta), state_dict=model.state_dict(), optimizer=optimizer.state_dict(),
+            partial.save(state_dict=model.state_dict(), optimizer=optimizer.state_dict(),
                          step=it + 1, gen=gen.get_state(), rng=torch.get_rng_state())
         last = it == cfg.max_iters - 1
         if it % (cfg.eval_interval // 5 or 1) == 0 or last:
@@ -893,13 +887,14 @@ def train(cfg, train_data, val_data, meta, device, bf16, ckpt_path):
             print(f"teacher  step {it + 1}/{cfg.max_iters} | train {loss.item():.4f} | " +
                   (f"val {vl:.4f} | " if evaluate else "") + pace(it + 1))
     model.eval()
+    train_s = partial.elapsed()  # the runs before a resume included
     atomic_save({"model_args": model_args(cfg, meta), "state_dict": model.state_dict(),
                  "config": dataclasses.asdict(cfg), "meta": meta, "val_loss": vl, "iter_num": cfg.max_iters,
-                 "train_s": partial.elapsed()}, ckpt_path)  # the runs before a resume included
+                 "train_s": train_s}, ckpt_path)
     partial.done()
     barrier()  # the other processes read teacher.pt next
     print(f"teacher  val loss {vl:.4f}, saved {ckpt_path}")
-    return model
+    return model, train_s
 
 def load_or_train(cfg, train_data, val_data, meta, device, bf16):
     """The teacher of this out_dir: teacher.pt if it exists (refused if made with other settings), else
@@ -909,8 +904,8 @@ def load_or_train(cfg, train_data, val_data, meta, device, bf16):
     if not os.path.exists(path):
         if cfg.init_from:
             return import_teacher(cfg, val_data, meta, device, bf16, path), None, time.time() - t0
-        model = train(cfg, train_data, val_data, meta, device, bf16, path)
-        return model, load_file(path, "")["train_s"], time.time() - t0
+        model, train_s = train(cfg, train_data, val_data, meta, device, bf16, path)
+        return model, train_s, time.time() - t0
     model, ckpt = load_model(path, device, "delete it to retrain the teacher")
     check_resumable(teacher_key(types.SimpleNamespace(**ckpt["config"]), ckpt["meta"]), teacher_key(cfg, meta), path)
     if ckpt.get("init_sha256") != init_sha256(cfg):

@@ -53,10 +53,10 @@ def greedy_verdict(b):
 
 def run(args):
     device, bf16 = choose_device(args.device)
-    cfg, report, model, students, (_, val, meta) = dtr.load_run(args.run_dir, device)
+    cfg, report, model, students, (_, val, _) = dtr.load_run(args.run_dir, device)
     if report["metric"] != "loss":
         raise DtrError(f"{args.run_dir} was searched by {report['metric']}; the baselines compare losses, run one with --metric loss")
-    search, test = dtr.task_batches(cfg, val, meta, device)["lm"]
+    search, test = dtr.lm_batches(cfg, val, device), dtr.lm_batches(cfg, val, device, test=True)
     trajectory = report["trajectory"]
     result = {split: placement_baselines(model, students, batches, trajectory, greedy, args.n_random, cfg.seed, device, bf16)
               for split, batches, greedy in (("search", search, [t["val_loss"] for t in trajectory]),

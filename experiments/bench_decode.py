@@ -50,12 +50,12 @@ def copy_cache(cache, B):
     return out
 
 @torch.inference_mode()
-def bench_decode(cfg, device, patterns, contexts, new_tokens=32, repeats=5, batch=8):
+def bench_decode(cfg, model_args, device, patterns, contexts, new_tokens=32, repeats=5, batch=8):
     """Per pattern ({name: linear layers}) and context: prefill seconds, cache bytes, and decoding
-    tokens/s (1 sequence and `batch`, eager and compiled), median of `repeats`."""
+    tokens/s (1 sequence and `batch`, eager and compiled), median of `repeats`. model_args: the
+    teacher's GPTConfig fields (its size and vocabulary)."""
     torch.manual_seed(cfg.seed)
-    model = GPT(GPTConfig(block_size=max(contexts) + new_tokens, vocab_size=65, n_layer=cfg.n_layer,
-                          n_head=cfg.n_head, n_embd=cfg.n_embd)).to(device).eval()
+    model = GPT(GPTConfig(**{**model_args, "block_size": max(contexts) + new_tokens, "dropout": 0.0})).to(device).eval()
     students = [s.to(device) for s in dtr.make_students(model, cfg.student)]
     models = {}
     for name, layers in patterns.items():  # one model per pattern, so each compiles on its own
@@ -67,7 +67,7 @@ def bench_decode(cfg, device, patterns, contexts, new_tokens=32, repeats=5, batc
     median = lambda xs: sorted(xs)[len(xs) // 2]
     rows = []
     for N in contexts:
-        idx = torch.randint(65, (batch, N + new_tokens), device=device)
+        idx = torch.randint(model.config.vocab_size, (batch, N + new_tokens), device=device)
         prefill, held = {name: [] for name in patterns}, {}
         decode = {(name, B, mode): [] for name in patterns for B in (1, batch) for mode in modes}
         for _ in range(repeats):
@@ -101,7 +101,7 @@ def compiled_decoder(model, batch, device, context=70):
     sequences (shapes dynamic, so every context reuses the graphs) and checked against the
     eager model's logits. None, with the reason printed, where compiling does not work."""
     step = torch.compile(model, dynamic=True)
-    idx = torch.randint(65, (batch, context + 3), device=device)
+    idx = torch.randint(model.config.vocab_size, (batch, context + 3), device=device)
     try:
         for B in (1, batch):
             eager, comp = Cache(model, B, context + 3), Cache(model, B, context + 3)
@@ -119,10 +119,12 @@ def compiled_decoder(model, batch, device, context=70):
 def run(args):
     device, _ = choose_device(args.device)
     report = load_file(os.path.join(args.run_dir, "report.json"), "run python dtr.py first", ("config", "m_opt"))
-    cfg = dtr.run_config(report)  # the model's size; its weights are not needed
+    cfg = dtr.run_config(report)
+    model_args = load_file(os.path.join(os.path.dirname(args.run_dir.rstrip("/")), "teacher.pt"),
+                           "run python dtr.py first", ("model_args",))["model_args"]  # its size; not its weights
     patterns = {"teacher": [], "m_opt": report["m_opt"]["linear_layers"], "all_linear": list(range(cfg.n_layer))}
     contexts = [int(c) for c in args.contexts.split(",")]
-    result = bench_decode(cfg, device, patterns, contexts, args.new_tokens, args.repeats, args.batch)
+    result = bench_decode(cfg, model_args, device, patterns, contexts, args.new_tokens, args.repeats, args.batch)
     atomic_save(result, os.path.join(args.run_dir, "decode_bench.json"))
     print(f"wrote {os.path.join(args.run_dir, 'decode_bench.json')}")
     return result

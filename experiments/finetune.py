@@ -27,14 +27,15 @@ def finetune(model, layers, students, train, val_b, cfg, iters, device="cpu", bf
     """Train a copy of the model with `layers` linear, end to end, at the teacher's final learning
     rate (min_lr), on batch_size sequences a step; {"before", "after"}: its loss on val_b."""
     with dtr.hybrid(model.transformer.h, layers, students):
-        tuned = copy.deepcopy(model).train().requires_grad_(True)
+        tuned = copy.deepcopy(model).requires_grad_(True)
     before = val_loss(tuned.eval(), val_b, device, bf16)
+    tuned.train()
     optimizer = torch.optim.AdamW(tuned.parameters(), lr=cfg.min_lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(cfg.seed + 2)  # the same batches for teacher and hybrid
     for _ in range(iters):
         x, y = get_batch(train, cfg.block_size, cfg.batch_size, device, gen)
         with autocast(device, bf16):
-            _, loss = tuned.train()(x, y)
+            _, loss = tuned(x, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(tuned.parameters(), cfg.grad_clip)
@@ -43,8 +44,8 @@ def finetune(model, layers, students, train, val_b, cfg, iters, device="cpu", bf
 
 def run(args):
     device, bf16 = choose_device(args.device)
-    cfg, report, model, students, (train, val, meta) = dtr.load_run(args.run_dir, device)
-    val_b = dtr.task_batches(cfg, val, meta, device)["lm"][1]  # the held-out test batches
+    cfg, report, model, students, (train, val, _) = dtr.load_run(args.run_dir, device)
+    val_b = dtr.lm_batches(cfg, val, device, test=True)  # the held-out test batches
     result = {"iters": args.iters, **{name: finetune(model, layers, students, train, val_b, cfg, args.iters, device, bf16)
                                       for name, layers in (("teacher", []), ("m_opt", report["m_opt"]["linear_layers"]))}}
     print(f"finetune {args.iters} steps | " + " | ".join(

@@ -118,7 +118,7 @@ def run_markdown(r):
     return out
 
 def tasks_markdown(report, tolerance, n_layer, metric="loss"):
-    """The per-task tables in markdown, on the test batches: printed by the run, and written into the results."""
+    """RESULTS.md's per-task tables, on the test batches."""
     tasks, cross = report["tasks"], report["tasks_cross_eval"]
     row = lambda *cells: "| " + " | ".join(cells) + " |"
     rule = row(*["---"] * (len(tasks) + 1))
@@ -156,11 +156,12 @@ def students_markdown(runs):
                 "|---" * 8 + "|"]
         for r in rs:
             order, test = [s["layer"] for s in r["trajectory"]], r["test"]
-            m_opt = lambda tol: len(dtr.select_models(r["teacher"]["val_loss"], r["trajectory"], tol)[1]["linear_layers"])
+            m = r["metric"]
+            ks = [len(dtr.select_models(r["teacher"]["val_" + m], r["trajectory"], tol, m)[1]["linear_layers"]) for tol in (0.01, 0.02)]
             share = conversion_share(r)
             out.append(f"| `{r['student']}` | {' '.join(f'{x:.3f}' for x in r['distill']['rel_mse'])} | "
                        f"{' '.join(f'L{i}' for i in order)} | {test[-1]['loss']:.4f} ({pct(test[-1]['loss'], test[0]['loss'])}) | "
-                       + " | ".join(f"{m_opt(t)}/{L} linear, {pct(test[m_opt(t)]['loss'], test[0]['loss'])}" for t in (0.01, 0.02))
+                       + " | ".join(f"{k}/{L} linear, {pct(test[k]['loss'], test[0]['loss'])}" for k in ks)
                        + f" | {1000 * r['distill']['train_s'] / r['config']['distill_iters']:.0f} | "
                        + (f"{100 * share:.0f}% |" if share else "|"))
         rank = lambda r: [[s["layer"] for s in r["trajectory"]].index(i) for i in range(L)]  # the round each layer went
@@ -241,7 +242,6 @@ def draw(runs, folder):
         title, ks, L = label(r).replace("`", ""), range(1, r["n_layer"] + 1), r["n_layer"]
         if "baselines" in r:
             fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
-            notes = []
             for ax, (split, b) in zip(axes, r["baselines"].items()):
                 for name, style in (("uniform", ":"), ("importance", "--"), ("greedy", "-")):
                     ax.plot(ks, b[name], marker="o", ls=style, lw=2.5 if name == "greedy" else 1.5, label=name, zorder=3)

@@ -1,0 +1,186 @@
+"""
+Tests of the teacher and the plumbing it holds (train_teacher.py): python -m pytest -q test_train_teacher.py
+
+What is where: the copying rows it can train on -> data (the splits, the cache, BPE) -> a teacher
+you already have (--init_from a nanoGPT checkpoint or GPT-2) -> torchrun training one step like
+one process. CPU only; the helpers that run the real command line live in test_dtr.py.
+"""
+import importlib.util
+import os
+import pickle
+import sys
+
+import pytest
+import torch
+
+import dtr
+import train_teacher
+from test_dtr import HERE, launch, refused, torchrun, weights
+from test_kernel import rel_err
+
+SHARED = os.path.join(HERE, "..", "shared")  # the offline copy of tiny Shakespeare, where there is one
+
+def test_teacher_copy_rows_are_a_sequence_shown_twice():
+    # training rows with their first half repeated must still be (input, next token) pairs of one
+    # sequence, a b c d e a b c d e: y is x shifted by one, continuing with the window's next token
+    x = torch.arange(22).view(2, 11)
+    x2, y2 = train_teacher.repeat_first_half(x, x + 1, 1)
+    assert x2[0].tolist() == [0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 5] and torch.equal(y2[0, :-1], x2[0, 1:])
+    assert y2[0, -1] == 6 and torch.equal(x2[1], x[1]) and torch.equal(y2[1], x[1] + 1)
+
+# ---- data ----
+
+def test_char_data_facts(data_dir):
+    train, val, meta = train_teacher.load_data(dtr.Config(dataset="shakespeare_char", data_dir=data_dir))
+    assert (len(meta["vocab"]), len(train), len(val)) == (65, 1_003_854, 111_540)
+    assert train_teacher.decode(val[:200].tolist(), meta) == open(os.path.join(data_dir, "shakespeare", "input.txt")).read()[1_003_854:1_004_054]
+
+def test_bpe_data_facts(data_dir):
+    cfg = dtr.Config(dataset="shakespeare", data_dir=data_dir)
+    train, val, meta = train_teacher.load_data(cfg)
+    assert (len(meta["vocab"]), len(train), len(val)) == (11_706, 301_966, 36_059)
+    text = open(os.path.join(data_dir, "shakespeare", "input.txt")).read()
+    assert train_teacher.decode(train.tolist(), meta) == text[:1_003_854]
+    assert torch.equal(train_teacher.load_data(cfg)[0], train)  # the cached splits give the same tokens
+    with open(os.path.join(data_dir, "shakespeare", "train.bin"), "r+b") as f:
+        f.truncate(1000)  # a cut-off cache is encoded again, not read short
+    assert torch.equal(train_teacher.load_data(cfg)[0], train)
+
+def test_bpe_split_inside_a_word(tmp_path):
+    # the 90% cut falls inside a word: each split is encoded on its own, and the vocabulary is
+    # what occurs in them, so every id has a row and the splits decode back to the text
+    text = "A" * 20 + open(os.path.join(SHARED, "data", "shakespeare", "input.txt")).read()[:20_000] \
+        if os.path.isdir(SHARED) else "A" * 20 + "the quick brown fox jumps over the lazy dog " * 500
+    (tmp_path / "mine.txt").write_text(text)
+    cfg = dtr.Config(dataset=str(tmp_path / "mine.txt"), tokenizer="gpt2", data_dir=str(tmp_path / "data"))
+    train, val, meta = train_teacher.load_data(cfg)
+    n = int(0.9 * len(text))
+    assert train_teacher.decode(train.tolist(), meta) == text[:n] and train_teacher.decode(val.tolist(), meta) == text[n:]
+    assert max(train.max(), val.max()) < len(meta["vocab"])
+
+# ---- a teacher you already have: --init_from a nanoGPT checkpoint or GPT-2 ----
+
+VOCAB = "hgfedcba \n"  # not in sorted order: the ids must be meta.pkl's, not remapped
+
+def write_nanogpt_checkpoint(root):
+    """What nanoGPT's train.py leaves: <root>/out/ckpt.pt, saved from a torch.compile'd model (every key
+    under _orig_mod.) with bias=False and an AdamW state, and <root>/data/<dataset>/meta.pkl.
+    Returns the model whose weights it holds."""
+    torch.manual_seed(0)
+    args = dict(n_layer=2, n_head=2, n_embd=16, block_size=32, bias=False, vocab_size=len(VOCAB), dropout=0.0)
+    model = dtr.GPT(dtr.GPTConfig(**args))
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.zeros(1, 8, dtype=torch.long), torch.zeros(1, 8, dtype=torch.long))[1].backward()
+    opt.step()
+    os.makedirs(root / "out")
+    torch.save({"model": {"_orig_mod." + k: v for k, v in model.state_dict().items()}, "optimizer": opt.state_dict(),
+                "model_args": args, "iter_num": 500, "best_val_loss": torch.tensor(2.25),
+                "config": {"dataset": "mine", "batch_size": 12, "compile": True, "learning_rate": 1e-3}}, root / "out" / "ckpt.pt")
+    os.makedirs(root / "data" / "mine")
+    with open(root / "data" / "mine" / "meta.pkl", "wb") as f:
+        pickle.dump({"vocab_size": len(VOCAB), "itos": dict(enumerate(VOCAB)), "stoi": {c: i for i, c in enumerate(VOCAB)}}, f)
+    return model.eval()
+
+def test_nanogpt_checkpoint_is_the_same_model(tmp_path):
+    want = write_nanogpt_checkpoint(tmp_path)
+    got, info = train_teacher.import_model(str(tmp_path / "out" / "ckpt.pt"))
+    assert not any(k.endswith(".bias") for k in got.state_dict()) and info == {"iter_num": 500, "best_val_loss": 2.25, "dataset": "mine"}
+    idx = torch.randint(len(VOCAB), (2, 32))
+    assert rel_err(got(idx)[0], want(idx)[0]) < 1e-6  # the same ops on the same weights
+    # its size, context and tokenizer are found from the checkpoint and meta.pkl where nanoGPT keeps them
+    (tmp_path / "mine.txt").write_text("x")
+    cfg = dtr.parse_args(["--init_from", str(tmp_path / "out" / "ckpt.pt"), "--dataset", str(tmp_path / "mine.txt")])
+    assert (cfg.n_layer, cfg.n_embd, cfg.block_size, cfg.tokenizer) == (2, 16, 32, "char")
+    assert cfg.meta == str(tmp_path / "data" / "mine" / "meta.pkl") and cfg.out_dir == os.path.join("out", "mine-from-out-cpu")
+
+def test_nanogpt_checkpoint_converts_end_to_end(tmp_path):
+    want = write_nanogpt_checkpoint(tmp_path)
+    g = torch.Generator().manual_seed(0)
+    text = "".join(VOCAB[i] for i in torch.randint(len(VOCAB), (6000,), generator=g))
+    (tmp_path / "mine.txt").write_text(text)
+    ckpt = str(tmp_path / "out" / "ckpt.pt")
+    args = ["--init_from", ckpt, "--dataset", str(tmp_path / "mine.txt"), "--preset", "tiny", "--distill_iters", "5",
+            "--sample_tokens", "20", "--data_dir", str(tmp_path / "data"), "--out_dir", str(tmp_path / "o")]
+    report = dtr.run(dtr.parse_args(args))
+    # the teacher's val loss is nanoGPT's model on the text in meta.pkl's ids
+    val = torch.tensor([VOCAB.index(c) for c in text[int(0.9 * len(text)):]])
+    assert report["teacher"]["init_from"] == ckpt
+    assert report["teacher"]["val_loss"] == pytest.approx(train_teacher.val_loss(want, dtr.fixed_batches(val, 32, 8, 2, "cpu")), rel=1e-5)
+    assert len(report["trajectory"]) == 2
+    sampled = launch([sys.executable, "dtr.py", "--sample", str(tmp_path / "o" / "gla" / "m_opt.pt"), "--sample_tokens", "50"])
+    assert set(sampled.splitlines()[-1]) <= set(VOCAB)  # the same tokenizer comes back with M_opt
+    # a rerun reuses the imported teacher.pt, unless the checkpoint has changed since (trained on)
+    saved = torch.load(ckpt, weights_only=True)
+    saved["iter_num"] = 600
+    torch.save(saved, ckpt)
+    with pytest.raises(dtr.DtrError, match="was imported from another"):
+        dtr.run(dtr.parse_args(args))
+
+def test_gpt2_from_a_save_pretrained_folder(tmp_path):
+    transformers = pytest.importorskip("transformers", reason="--init_from gpt2 needs Hugging Face transformers (pip install transformers)")
+    torch.manual_seed(0)
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=50257)).eval()
+    for block in hf.transformer.h:  # MLP inputs of order 1, where GPT-2's tanh GELU and the exact one differ (by 2e-4 here)
+        block.mlp.c_fc.weight.data.mul_(15)
+        block.mlp.c_proj.weight.data.mul_(10)
+    hf.save_pretrained(tmp_path / "gpt2-tiny")
+    model, _ = train_teacher.import_model(str(tmp_path / "gpt2-tiny"))
+    idx = torch.randint(50257, (2, 64))
+    with torch.no_grad():  # GPT-2's Conv1D weights transposed, its tanh GELU: transformers' own logits
+        assert rel_err(model(idx)[0], hf(idx).logits) < 1e-5
+    (tmp_path / "mine.txt").write_text("the quick brown fox jumps over the lazy dog. " * 200)
+    args = ["--init_from", str(tmp_path / "gpt2-tiny"), "--dataset", str(tmp_path / "mine.txt"), "--preset", "tiny", "--block_size", "32",
+            "--distill_iters", "3", "--sample_tokens", "10", "--data_dir", str(tmp_path / "data"), "--out_dir", str(tmp_path / "o")]
+    cfg = dtr.parse_args(args)
+    train, _, meta = train_teacher.load_data(cfg)
+    assert meta["tokenizer"] == "gpt2" and train[:4].tolist() == train_teacher.gpt2_encoding().encode("the quick brown fox")  # GPT-2's ids as they are
+    assert dtr.run(cfg)["teacher"]["init_from"] == str(tmp_path / "gpt2-tiny")
+
+def test_bad_teachers_are_refused(tmp_path):
+    write_nanogpt_checkpoint(tmp_path)
+    ckpt, text = str(tmp_path / "out" / "ckpt.pt"), tmp_path / "mine.txt"
+    text.write_text("abc " * 100)
+    base = ["--dataset", str(text), "--preset", "tiny", "--data_dir", str(tmp_path / "d"), "--out_dir", str(tmp_path / "o")]
+    assert "cannot read" in refused(base + ["--init_from", os.path.join(HERE, "README.md")])
+    for i, other in enumerate([{"state_dict": {}}, torch.zeros(2)]):  # a dict without nanoGPT's keys, not a dict
+        torch.save(other, tmp_path / f"other{i}.pt")
+        assert "is not a nanoGPT checkpoint" in refused(base + ["--init_from", str(tmp_path / f"other{i}.pt")])
+    assert "neither a file nor a folder" in refused(base + ["--init_from", "gpt3"])
+    with open(tmp_path / "short.pkl", "wb") as f:
+        pickle.dump({"vocab_size": 9, "itos": dict(enumerate(VOCAB[:9]))}, f)
+    assert "has a vocabulary of 10 but" in refused(base + ["--init_from", ckpt, "--meta", str(tmp_path / "short.pkl")])
+    os.remove(tmp_path / "data" / "mine" / "meta.pkl")  # no meta.pkl, and too few rows for GPT-2's BPE
+    assert "pass --meta path/to/meta.pkl" in refused(base + ["--init_from", ckpt])
+    # without transformers, and offline: what to do
+    (tmp_path / "fake" / "transformers").mkdir(parents=True)
+    (tmp_path / "fake" / "transformers" / "__init__.py").write_text("raise ImportError('not installed')")
+    assert "pip install transformers" in refused(base + ["--init_from", "gpt2"], env={"PYTHONPATH": str(tmp_path / "fake")})
+    if importlib.util.find_spec("transformers"):
+        assert "download it once while online" in refused(base + ["--init_from", "gpt2"], env={"HF_HUB_OFFLINE": "1"})
+
+def test_text_the_teacher_cannot_read_is_refused(tmp_path):
+    write_nanogpt_checkpoint(tmp_path)
+    (tmp_path / "mine.txt").write_text("abc zebra " * 100)
+    cfg = dtr.parse_args(["--init_from", str(tmp_path / "out" / "ckpt.pt"), "--dataset", str(tmp_path / "mine.txt"),
+                          "--data_dir", str(tmp_path / "d")])
+    with pytest.raises(dtr.DtrError, match="contains 'r' and 1 more, which the vocabulary of"):
+        train_teacher.load_data(cfg)
+
+# ---- torchrun ----
+
+def test_torchrun_teacher_step_matches_one_process(data_dir, tmp_path):
+    # each of 2 processes takes 4 of the step's 8 sequences and DDP averages the gradients; one
+    # process takes all 8, in 1 or in 2 micro-batches. Same global batch, so after 3 steps the
+    # weights agree up to float summation order (observed ~1e-7 relative); a process training on
+    # the wrong slice, or on the whole batch, moves them by ~1e-3.
+    args = ["--preset", "tiny", "--data_dir", data_dir, "--max_iters", "3"]
+    torchrun("train_teacher.py", args + ["--out_dir", str(tmp_path / "two")])
+    train_teacher.main(args + ["--out_dir", str(tmp_path / "one")])
+    train_teacher.main(args + ["--out_dir", str(tmp_path / "accum"), "--grad_accum", "2"])
+    one = weights(tmp_path / "one" / "teacher.pt")
+    cfg = dtr.parse_args(["--preset", "tiny", "--data_dir", data_dir])
+    torch.manual_seed(cfg.seed)
+    init = dtr.GPT(dtr.GPTConfig(**train_teacher.model_args(cfg, train_teacher.load_data(cfg)[2]))).state_dict()
+    assert rel_err(one, torch.cat([v.double().flatten() for v in init.values()])) > 1e-3  # the steps did move the weights
+    for other in ("two", "accum"):
+        assert rel_err(weights(tmp_path / other / "teacher.pt"), one) < 1e-5
