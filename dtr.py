@@ -455,7 +455,7 @@ def run_tasks(model, students, tasks, cfg, device="cpu", bf16=False, done=None):
         return {}
     results = {}
     for name, (batches, test_batches) in tasks.items():
-        print(f"\n---- task {name} ----")
+        print(f"\n---- task {name} ----" + (" (its search is the one above)" if name in (done or {}) else ""))
         results[name] = (done or {}).get(name) or algorithm_1(model, students, batches, test_batches, cfg, device, bf16)
     if "copy" in tasks:  # the same passages and targets without the repeat: what the first copy is worth
         half = tasks["copy"][1][0][0].size(1) // 2

@@ -94,7 +94,7 @@ class TeacherConfig:
             raise DtrError("--meta is the tokenizer of an --init_from checkpoint; give both, or neither")
         if self.n_embd % self.n_head:
             raise DtrError(f"--n_head {self.n_head} does not divide --n_embd {self.n_embd}; "
-                           f"pick a head count that does, e.g. --n_head {math.gcd(self.n_embd, self.n_head) or 1}")
+                           f"pick a head count that does, e.g. --n_head {max(d for d in range(1, self.n_head + 1) if self.n_embd % d == 0)}")
         split = self.grad_accum * world(before_init=True)
         if self.batch_size % split:
             raise DtrError(f"--batch_size {self.batch_size} does not split into --grad_accum {self.grad_accum} "
