@@ -680,7 +680,7 @@ def load_model(path, device, fix, prepare=None):
 
 GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-NANOGPT_ARGS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size")
+NANOGPT_ARGS = MODEL_FIELDS + ("vocab_size",)
 GPT2_VOCAB = 50257
 INIT_FIX = "pass the ckpt.pt nanoGPT's train.py writes, gpt2 (-medium, -large, -xl), or a folder saved by save_pretrained"
 
