@@ -1,8 +1,12 @@
-"""pytest's set-up for every test file, before any of them imports the project."""
+"""pytest's set-up for every test file, before any of them imports the project, and the helpers the
+test files share (no test file imports another): error ratios, tiny models, the real command line."""
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
+import torch
 
 os.environ["TRITON_INTERPRET"] = "1"  # kernel.py's Triton kernels run on the CPU; read when triton is imported
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -24,3 +28,41 @@ def data_dir(tmp_path_factory):
     os.makedirs(d / "shakespeare")
     shutil.copy(src, d / "shakespeare" / "input.txt")
     return str(d)
+
+# ---- helpers the test files share ----
+
+def rel_err(a, b):
+    """||a - b|| / ||b|| in fp64: the one way the tests compare floats."""
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+def tiny_gpt(n_layer=3, seed=0):
+    """A random GPT small enough for any test: 20 tokens, 2 heads, 16 wide, context 32."""
+    from train_teacher import GPT, GPTConfig  # here, not above: the environment is set first
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(block_size=32, vocab_size=20, n_layer=n_layer, n_head=2, n_embd=16)).eval()
+
+# child processes use this process's thread count, so their floats match the in-process runs
+ENV = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+
+def launch(cmd, returncode=0):
+    """Run a command in the checkout; assert its exit code; return stdout + stderr."""
+    r = subprocess.run(cmd, cwd=HERE, env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == returncode, r.stdout[-3000:] + r.stderr[-3000:]
+    return r.stdout + r.stderr
+
+def refused(args, script="dtr.py", env=None):
+    """Run the real command line (a subprocess: `python dtr.py` runs the file as __main__) and
+    return its one error line: exit code 2, no traceback."""
+    r = subprocess.run([sys.executable, script] + args, cwd=HERE, env={**ENV, **(env or {})}, capture_output=True, text=True, timeout=300)
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and "Traceback" not in r.stderr and err and err[-1].startswith("error: "), r.stdout[-2000:] + r.stderr[-2000:]
+    return err[-1]
+
+def torchrun(script, args, nproc=2):
+    return launch([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", script] + args)
+
+def weights(path, key="state_dict"):
+    """Every tensor of a checkpoint (the teacher, or all students) as one flat fp64 vector."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    sds = ckpt[key] if isinstance(ckpt[key], list) else [ckpt[key]]
+    return torch.cat([v.double().flatten() for sd in sds for v in sd.values()])

@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 
 import pytest
@@ -25,16 +24,11 @@ import torch
 
 import dtr
 import train_teacher
-from test_kernel import rel_err
+from conftest import HERE, launch, refused, rel_err, tiny_gpt, torchrun, weights
 from train_teacher import Cache, val_loss
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 
 # ---- the students ----
-
-def tiny_gpt(n_layer=3, seed=0):
-    torch.manual_seed(seed)
-    return dtr.GPT(dtr.GPTConfig(block_size=32, vocab_size=20, n_layer=n_layer, n_head=2, n_embd=16)).eval()
 
 @pytest.mark.parametrize("kind", dtr.STUDENTS)
 def test_student_block_is_causal(kind):
@@ -343,21 +337,6 @@ def test_nan_distillation_is_refused():
 
 # ---- the command line: one error line, exit code 2, nothing finished lost ----
 
-# child processes use this process's thread count, so their floats match the in-process tiny_run
-ENV = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
-
-def launch(cmd, returncode=0):
-    r = subprocess.run(cmd, cwd=HERE, env=ENV, capture_output=True, text=True, timeout=300)
-    assert r.returncode == returncode, r.stdout[-3000:] + r.stderr[-3000:]
-    return r.stdout + r.stderr
-
-def refused(args, script="dtr.py", env=None):
-    """Run the real command line (a subprocess: `python dtr.py` runs the file as __main__) and
-    return its one error line: exit code 2, no traceback."""
-    r = subprocess.run([sys.executable, script] + args, cwd=HERE, env={**ENV, **(env or {})}, capture_output=True, text=True, timeout=300)
-    err = r.stderr.strip().splitlines()
-    assert r.returncode == 2 and "Traceback" not in r.stderr and err and err[-1].startswith("error: "), r.stdout[-2000:] + r.stderr[-2000:]
-    return err[-1]
 
 def fingerprint(folder):
     """{path: bytes} of every file under folder: to show that nothing finished changed."""
@@ -447,15 +426,6 @@ def test_a_broken_file_is_named_and_nothing_finished_is_lost(tiny_run, tmp_path,
         assert ("distill  reusing" if broken == "teacher.pt" else "teacher  reusing") in log
 
 # ---- torchrun, and runs that survive being killed ----
-
-def torchrun(script, args, nproc=2):
-    return launch([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", script] + args)
-
-def weights(path, key="state_dict"):
-    """Every tensor of a checkpoint (the teacher, or all students) as one flat fp64 vector."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    sds = ckpt[key] if isinstance(ckpt[key], list) else [ckpt[key]]
-    return torch.cat([v.double().flatten() for sd in sds for v in sd.values()])
 
 def with_out_dir(args, out):
     return args[:args.index("--out_dir")] + ["--out_dir", str(out)] + args[args.index("--out_dir") + 2:]

@@ -26,7 +26,6 @@ messages name are off by 1e-2 or more.
 import argparse
 import copy
 import importlib.util
-import math
 import os
 import subprocess
 import sys

@@ -12,9 +12,7 @@ import pytest
 import torch
 
 import kernel  # conftest.py has set TRITON_INTERPRET=1 before this import
-
-def rel_err(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+from conftest import rel_err
 
 # ---- linear attention: naive vs chunked vs recurrent vs Triton ----
 

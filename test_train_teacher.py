@@ -15,10 +15,8 @@ import torch
 
 import dtr
 import train_teacher
-from test_dtr import HERE, launch, refused, torchrun, weights
-from test_kernel import rel_err
+from conftest import HERE, SHARED, launch, refused, rel_err, torchrun, weights
 
-SHARED = os.path.join(HERE, "..", "shared")  # the offline copy of tiny Shakespeare, where there is one
 
 def test_teacher_copy_rows_are_a_sequence_shown_twice():
     # training rows with their first half repeated must still be (input, next token) pairs of one
