@@ -33,10 +33,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kernel import EPS, gated_delta_rule, gated_delta_rule_step, linear_attention, linear_attention_step
-from train_teacher import (PRESETS as TEACHER_PRESETS, GPT, GPTConfig, DtrError,  # noqa: F401
-                           Pace, Partial, TeacherConfig, all_gather, atomic_save, autocast, check_resumable, choose_device, cli,
-                           cosine_lr, decode, encode, fixed_batches, get_batch, first_words, load_data, load_file, load_model,
-                           load_or_train, machine, opt, parse_config, rank, weights_sha256, world)
+from plumbing import (DtrError, Pace, Partial, atomic_save, autocast, check_resumable, choose_device, cli,
+                      first_words, gather_dict, load_file, machine, my_share, opt, weights_sha256, world)
+from train_teacher import (PRESETS as TEACHER_PRESETS, TeacherConfig, configure, cosine_lr, decode, encode, fixed_batches,
+                           get_batch, load_data, load_model, load_or_train)
 
 # ---- settings: the teacher's (train_teacher.py), and the method's ----
 
@@ -77,6 +77,42 @@ PRESETS = {name: {**TEACHER_PRESETS[name], **method} for name, method in {
     "gpu": dict(distill_iters=1000, distill_batch_size=64, distill_lr=1e-3),
     "gpt2-cpu": dict(distill_iters=150, distill_batch_size=4, sample_tokens=100),
 }.items()}
+
+# ---- torchrun and resume for the two phases: each in one place, one line in the method ----
+# torchrun: distillation splits the blocks over the processes, greedy each round's candidates;
+# every process runs the whole frozen teacher on the same batches, and the results are shared.
+# resume: distillation saves its students every save_interval steps, greedy its trajectory
+# after every round, into *.partial.* files that a rerun with the same settings continues from.
+
+def share_students(students, mine):
+    """Every process gets every student, each from the process that trained it."""
+    for i, sd in gather_dict({i: students[i].state_dict() for i in mine}).items():
+        students[i].load_state_dict(sd)
+
+def restore_distill(resume, students, optimizers, gen, device):
+    saved = resume.load(device) if resume else None
+    if saved is None:
+        return 0
+    for i in optimizers:
+        students[i].load_state_dict(saved["students"][i])
+        optimizers[i].load_state_dict(saved["optimizers"][i])
+    gen.set_state(saved["gen"])
+    print(f"distill  resuming {resume.path} at step {saved['step']}/{saved['key']['distill_iters']}")
+    return saved["step"]
+
+def save_distill(resume, step, cfg, students, optimizers, gen):
+    if not resume or step % cfg.save_interval or step == cfg.distill_iters:
+        return
+    state = gather_dict({i: (students[i].state_dict(), o.state_dict()) for i, o in optimizers.items()})
+    resume.save(step=step, gen=gen.get_state(), students=[s for s, _ in state.values()],
+                optimizers=[o for _, o in state.values()])
+
+def restore_greedy(resume, n_layer):
+    saved = resume.load() if resume else None
+    if saved is None:
+        return []
+    print(f"greedy   resuming {resume.path} after round {len(saved['trajectory'])}/{n_layer}")
+    return saved["trajectory"]
 
 # ---- 1. the linear-attention students ----
 
@@ -287,16 +323,7 @@ def block_mse(model, students, batches, device="cpu", bf16=False):
 
 # ---- 3. greedy replacement (Algorithm 1) ----
 
-@torch.no_grad()
-def evaluate(model, batches, device="cpu", bf16=False):
-    """The task metrics P of a model on fixed batches (§4): {"loss": mean next-token loss over the
-    batches, "accuracy": the share of scored targets (not -1) its argmax predicts exactly}."""
-    rows = []
-    with autocast(device, bf16):
-        for x, y in batches:
-            logits, loss = model(x, y)
-            rows.append(batch_scores(logits, loss, y))
-    return {metric: reduce(rows, metric) for metric in METRICS}
+METRICS = {"loss": 1, "accuracy": -1}  # the sign that makes lower better
 
 def batch_scores(logits, loss, y):
     scored = y != -1
@@ -308,7 +335,16 @@ def reduce(rows, metric):
         return sum(r[0] for r in rows) / len(rows)
     return sum(r[1] for r in rows) / max(1, sum(r[2] for r in rows))
 
-METRICS = {"loss": 1, "accuracy": -1}  # the sign that makes lower better
+@torch.no_grad()
+def evaluate(model, batches, device="cpu", bf16=False):
+    """The task metrics P of a model on fixed batches (§4): {"loss": mean next-token loss over the
+    batches, "accuracy": the share of scored targets (not -1) its argmax predicts exactly}."""
+    rows = []
+    with autocast(device, bf16):
+        for x, y in batches:
+            logits, loss = model(x, y)
+            rows.append(batch_scores(logits, loss, y))
+    return {metric: reduce(rows, metric) for metric in METRICS}
 
 @torch.no_grad()
 def greedy_round(model, students, batches, linear, device="cpu", bf16=False, metric="loss"):
@@ -388,6 +424,18 @@ def test_scores(model, students, trajectory, batches, device="cpu", bf16=False):
         with hybrid(model.transformer.h, order[:k], students):
             out.append(evaluate(model, batches, device, bf16))
     return out
+
+def print_trajectory(result, cfg):
+    """Algorithm 1's outcome for one task: the metric on the search and on the test batches."""
+    metric, test = cfg.metric, result["test"]
+    print(f"\n  k | replaced | search {metric:8s} | vs teacher | test {metric:8s} | vs teacher\n"
+          f"  0 |        - | {result['teacher_' + metric]:15.4f} |            | {test[0][metric]:13.4f} |")
+    for t in result["trajectory"]:
+        print(f"{t['k']:3d} |       L{t['layer']} | {t['val_' + metric]:15.4f} | {100 * t['rel_change']:+9.2f}% | "
+              f"{test[t['k']][metric]:13.4f} | {100 * (test[t['k']][metric] / test[0][metric] - 1):+9.2f}%")
+    for name, m in (("M_best", result["m_best"]), (f"M_opt (tolerance {cfg.tolerance:.0%})", result["m_opt"])):
+        print(f"{name}: linear layers {m['linear_layers']}, search {metric} {m['val_' + metric]:.4f}, "
+              f"test loss {m['test_loss']:.4f}, test accuracy {m['test_accuracy']:.4f}")
 
 def algorithm_1(model, students, batches, test_batches, cfg, device="cpu", bf16=False, resume=None):
     """Algorithm 1 for one task: search on `batches`, select M_best and M_opt, score on `test_batches`.
@@ -471,50 +519,31 @@ def run_tasks(model, students, tasks, cfg, device="cpu", bf16=False, done=None):
               + " | ".join(f"{p:.4f}" for p in row))
     return {"tasks": results, "tasks_cross_eval": {"rows": names, "cols": names, cfg.metric: cross}}
 
-# ---- torchrun and resume for the two phases: each in one place, one line in the method ----
-# torchrun: distillation splits the blocks over the processes, greedy each round's candidates;
-# every process runs the whole frozen teacher on the same batches, and the results are shared.
-# resume: distillation saves its students every save_interval steps, greedy its trajectory
-# after every round, into *.partial.* files that a rerun with the same settings continues from.
-
-def my_share(items):
-    return list(items)[rank()::world()]
-
-def gather_dict(d):
-    """Every process's {index: value}, merged and sorted: the same on every process."""
-    return dict(sorted(kv for part in all_gather(d) for kv in part.items()))
-
-def share_students(students, mine):
-    """Every process gets every student, each from the process that trained it."""
-    for i, sd in gather_dict({i: students[i].state_dict() for i in mine}).items():
-        students[i].load_state_dict(sd)
-
-def restore_distill(resume, students, optimizers, gen, device):
-    saved = resume.load(device) if resume else None
-    if saved is None:
-        return 0
-    for i in optimizers:
-        students[i].load_state_dict(saved["students"][i])
-        optimizers[i].load_state_dict(saved["optimizers"][i])
-    gen.set_state(saved["gen"])
-    print(f"distill  resuming {resume.path} at step {saved['step']}/{saved['key']['distill_iters']}")
-    return saved["step"]
-
-def save_distill(resume, step, cfg, students, optimizers, gen):
-    if not resume or step % cfg.save_interval or step == cfg.distill_iters:
-        return
-    state = gather_dict({i: (students[i].state_dict(), o.state_dict()) for i, o in optimizers.items()})
-    resume.save(step=step, gen=gen.get_state(), students=[s for s, _ in state.values()],
-                optimizers=[o for _, o in state.values()])
-
-def restore_greedy(resume, n_layer):
-    saved = resume.load() if resume else None
-    if saved is None:
-        return []
-    print(f"greedy   resuming {resume.path} after round {len(saved['trajectory'])}/{n_layer}")
-    return saved["trajectory"]
-
 # ---- 6. the pipeline ----
+
+def start_ids(meta):
+    """Where samples start: a newline where the vocabulary has one, else its first token."""
+    try:
+        return encode("\n", meta)
+    except DtrError:
+        return [0]
+
+def sample_text(model, meta, n_tokens, device, seed):
+    gen = torch.Generator(device=device).manual_seed(seed)
+    start = torch.tensor([start_ids(meta)], device=device)
+    return decode(model.generate(start, n_tokens, generator=gen)[0].tolist(), meta)
+
+def load_students(path, students, device, key=None):
+    """Load distilled students (refused if `key` differs); returns the seconds their training took."""
+    saved = load_file(path, "delete it to distill again", ("key", "students"), device)
+    if key:
+        check_resumable(saved["key"], key, path)
+    try:
+        for s, sd in zip(students, saved["students"], strict=True):
+            s.load_state_dict(sd)
+    except (ValueError, RuntimeError) as e:
+        raise DtrError(f"{path} does not fit this run's students ({first_words(e)}); delete it to distill again") from None
+    return saved.get("train_s")
 
 def run(cfg):
     """Teacher -> students -> distillation -> greedy replacement -> M_best, M_opt -> tasks -> report."""
@@ -593,18 +622,6 @@ def run(cfg):
           f"(another sample: python dtr.py --sample {run_dir}/m_opt.pt --seed {cfg.seed + 1})")
     return report
 
-def load_students(path, students, device, key=None):
-    """Load distilled students (refused if `key` differs); returns the seconds their training took."""
-    saved = load_file(path, "delete it to distill again", ("key", "students"), device)
-    if key:
-        check_resumable(saved["key"], key, path)
-    try:
-        for s, sd in zip(students, saved["students"], strict=True):
-            s.load_state_dict(sd)
-    except (ValueError, RuntimeError) as e:
-        raise DtrError(f"{path} does not fit this run's students ({first_words(e)}); delete it to distill again") from None
-    return saved.get("train_s")
-
 def load_hybrid(path, device):
     """The teacher, or a hybrid with students where its checkpoint says (m_best.pt, m_opt.pt)."""
     fix = "pass a checkpoint a run of this project wrote: teacher.pt, m_best.pt or m_opt.pt"
@@ -628,30 +645,6 @@ def load_run(run_dir, device):
     load_students(os.path.join(run_dir, "students.pt"), students, device, {"teacher_sha256": weights_sha256(model)})
     return cfg, report, model.requires_grad_(False), students, load_data(cfg)
 
-def start_ids(meta):
-    """Where samples start: a newline where the vocabulary has one, else its first token."""
-    try:
-        return encode("\n", meta)
-    except DtrError:
-        return [0]
-
-def sample_text(model, meta, n_tokens, device, seed):
-    gen = torch.Generator(device=device).manual_seed(seed)
-    start = torch.tensor([start_ids(meta)], device=device)
-    return decode(model.generate(start, n_tokens, generator=gen)[0].tolist(), meta)
-
-def print_trajectory(result, cfg):
-    """Algorithm 1's outcome for one task: the metric on the search and on the test batches."""
-    metric, test = cfg.metric, result["test"]
-    print(f"\n  k | replaced | search {metric:8s} | vs teacher | test {metric:8s} | vs teacher\n"
-          f"  0 |        - | {result['teacher_' + metric]:15.4f} |            | {test[0][metric]:13.4f} |")
-    for t in result["trajectory"]:
-        print(f"{t['k']:3d} |       L{t['layer']} | {t['val_' + metric]:15.4f} | {100 * t['rel_change']:+9.2f}% | "
-              f"{test[t['k']][metric]:13.4f} | {100 * (test[t['k']][metric] / test[0][metric] - 1):+9.2f}%")
-    for name, m in (("M_best", result["m_best"]), (f"M_opt (tolerance {cfg.tolerance:.0%})", result["m_opt"])):
-        print(f"{name}: linear layers {m['linear_layers']}, search {metric} {m['val_' + metric]:.4f}, "
-              f"test loss {m['test_loss']:.4f}, test accuracy {m['test_accuracy']:.4f}")
-
 # ---- 7. command line ----
 
 def sample(cfg):
@@ -663,7 +656,7 @@ def sample(cfg):
     print(sample_text(model, ckpt["meta"], cfg.sample_tokens, device, cfg.seed))
 
 def parse_args(argv=None):
-    return parse_config(Config, argv, __doc__, PRESETS)
+    return configure(Config, argv, __doc__, PRESETS)
 
 def main(argv=None):
     cli(lambda cfg: sample(cfg) if cfg.sample else run(cfg), parse_args, argv)

@@ -13,6 +13,7 @@ the single-process result.
 Floats are compared by relative error ||a - b|| / ||b||; 1e-5 unless said otherwise.
 """
 import copy
+import dataclasses
 import json
 import os
 import shutil
@@ -25,8 +26,8 @@ import torch
 import dtr
 import train_teacher
 from conftest import HERE, launch, refused, rel_err, tiny_gpt, torchrun, weights
+from plumbing import DtrError
 from train_teacher import Cache, val_loss
-
 
 # ---- the students ----
 
@@ -83,7 +84,7 @@ def test_cached_generation_equals_plain_forward(kind, linear):
     # prefill 70 tokens (past the 64-token chunk boundary), 5 more at once, then one token at a time:
     # every position's logits must equal those of one uncached forward over the whole sequence
     torch.manual_seed(0)
-    model = dtr.GPT(dtr.GPTConfig(block_size=100, vocab_size=20, n_layer=3, n_head=2, n_embd=16)).eval()
+    model = train_teacher.GPT(train_teacher.GPTConfig(block_size=100, vocab_size=20, n_layer=3, n_head=2, n_embd=16)).eval()
     students = dtr.make_students(model, kind)
     for s in students:  # a gate that really decays (and for gdn a beta that varies), so the state hand-off is exercised
         for gate in (s.gate, getattr(s, "beta", s.gate)):
@@ -114,7 +115,7 @@ def reference_generate(model, idx, n, generator):
 def test_generate_equals_uncached_sampling(kind, linear):
     # 50 tokens through a 16-token window: several refreshes, each token sampled from the same logits
     torch.manual_seed(0)
-    model = dtr.GPT(dtr.GPTConfig(block_size=16, vocab_size=20, n_layer=3, n_head=2, n_embd=16)).eval()
+    model = train_teacher.GPT(train_teacher.GPTConfig(block_size=16, vocab_size=20, n_layer=3, n_head=2, n_embd=16)).eval()
     dtr.swap_in(model.transformer.h, linear, dtr.make_students(model, kind))
     start = torch.zeros(1, 1, dtype=torch.long)
     got = model.generate(start, 50, generator=torch.Generator().manual_seed(3))
@@ -130,7 +131,7 @@ def periodic_gpt(n_layer):
     data = torch.randint(20, (7,), generator=g).repeat(300)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(100):
-        _, loss = model(*dtr.get_batch(data, 32, 8, "cpu", g))
+        _, loss = model(*train_teacher.get_batch(data, 32, 8, "cpu", g))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -142,7 +143,7 @@ def test_greedy_follows_algorithm_1():
     students = [copy.deepcopy(block.attn) for block in model.transformer.h]
     for s, e in zip(students, [0.5, 0.0, 2.0, 1.0]):
         s.c_proj.weight.mul_(1 + e)
-    batches = dtr.fixed_batches(data, 32, 8, 3, "cpu")
+    batches = train_teacher.fixed_batches(data, 32, 8, 3, "cpu")
     teacher_attn = [b.attn for b in model.transformer.h]
     teacher_loss, traj = dtr.greedy_replace(model, students, batches)
     assert [b.attn for b in model.transformer.h] == teacher_attn  # greedy hands the teacher back
@@ -181,8 +182,8 @@ def test_select_models():
 def test_search_and_test_batches_share_no_window():
     # greedy chooses on the search batches (today's validation batches, unchanged), reports on the test batches
     data = torch.arange(111_540)
-    search = torch.cat([x for x, _ in dtr.fixed_batches(data, 128, 16, 8, "cpu")])
-    test = torch.cat([x for x, _ in dtr.fixed_batches(data, 128, 16, 8, "cpu", test=True)])
+    search = torch.cat([x for x, _ in train_teacher.fixed_batches(data, 128, 16, 8, "cpu")])
+    test = torch.cat([x for x, _ in train_teacher.fixed_batches(data, 128, 16, 8, "cpu", test=True)])
     starts = torch.linspace(0, len(data) - 129, 128).long()  # the search windows as they always were
     assert torch.equal(search[:, 0], starts) and len(test) == len(search) - 1
     assert not set(search[:, 0].tolist()) & set(test[:, 0].tolist())
@@ -240,7 +241,7 @@ def test_each_task_keeps_the_layer_it_needs():
     # "early" scores positions < 16 and must keep L1; "copy" scores >= 16 and must keep L0.
     model, data = periodic_gpt(n_layer=2)
     students = [Damaged(model.transformer.h[0].attn, 16, 32), Damaged(model.transformer.h[1].attn, 0, 16)]
-    early = lambda test: [(x, y.masked_fill(torch.arange(32) >= 16, -1)) for x, y in dtr.fixed_batches(data, 32, 8, 2, "cpu", test=test)]
+    early = lambda test: [(x, y.masked_fill(torch.arange(32) >= 16, -1)) for x, y in train_teacher.fixed_batches(data, 32, 8, 2, "cpu", test=test)]
     tasks = {name: (f(False), f(True)) for name, f in
              (("early", early), ("copy", lambda test: dtr.copy_batches(data, 32, 8, 2, "cpu", test)))}
     out = dtr.run_tasks(model, students, tasks, dtr.Config(tolerance=0.02))
@@ -275,7 +276,7 @@ def test_end_to_end_report(tiny_run):
     assert saved["m_opt"]["val_loss"] <= (1 + saved["tolerance"]) * teacher + 1e-9
     assert saved["m_best"]["val_loss"] <= teacher and "tasks" not in saved
     model, val = check_m_opt_reloads(out, "gla", saved, args, dtr.LinearAttention)
-    test = dtr.evaluate(model, dtr.fixed_batches(val, 64, 8, 2, "cpu", test=True))
+    test = dtr.evaluate(model, train_teacher.fixed_batches(val, 64, 8, 2, "cpu", test=True))
     assert test["loss"] == pytest.approx(saved["m_opt"]["test_loss"], rel=1e-5) == pytest.approx(saved["test"][L]["loss"], rel=1e-5)
 
 def check_m_opt_reloads(out, student, report, args, cls):
@@ -284,7 +285,7 @@ def check_m_opt_reloads(out, student, report, args, cls):
     linear = [i for i, b in enumerate(model.transformer.h) if isinstance(b.attn, cls)]
     assert linear == ckpt["linear_layers"] == report["m_opt"]["linear_layers"]
     val = train_teacher.load_data(dtr.parse_args(args))[1]
-    assert val_loss(model, dtr.fixed_batches(val, 64, 8, 2, "cpu")) == pytest.approx(report["m_opt"]["val_loss"], rel=1e-5)
+    assert val_loss(model, train_teacher.fixed_batches(val, 64, 8, 2, "cpu")) == pytest.approx(report["m_opt"]["val_loss"], rel=1e-5)
     return model, val
 
 def test_gdn_run_reloads_with_gdn_students(tiny_run, capsys):
@@ -307,7 +308,7 @@ def test_distillation_lowers_mse(tiny_run):
     cfg = dtr.parse_args(args)
     model, _ = dtr.load_hybrid(os.path.join(out, "teacher.pt"), "cpu")
     train, val, _ = train_teacher.load_data(cfg)
-    batches = dtr.fixed_batches(val, cfg.block_size, cfg.batch_size, 2, "cpu")
+    batches = train_teacher.fixed_batches(val, cfg.block_size, cfg.batch_size, 2, "cpu")
     students = dtr.make_students(model, "gla")
     before, _ = dtr.block_mse(model, students, batches)
     dtr.distill_blocks(model, students, train, cfg)
@@ -332,7 +333,7 @@ def test_nan_distillation_is_refused():
     with torch.no_grad():
         students[1].fmap_q.fill_(float("nan"))
     cfg = dtr.Config(block_size=32, distill_iters=3, distill_batch_size=2)
-    with pytest.raises(dtr.DtrError, match="diverged"):
+    with pytest.raises(DtrError, match="diverged"):
         dtr.distill_blocks(model, students, torch.randint(20, (500,)), cfg)
 
 # ---- the command line: one error line, exit code 2, nothing finished lost ----
@@ -343,7 +344,7 @@ def fingerprint(folder):
     return {os.path.join(d, f): open(os.path.join(d, f), "rb").read() for d, _, fs in os.walk(folder) for f in fs}
 
 def test_every_numeric_setting_has_a_valid_range():
-    for f in train_teacher.dataclasses.fields(dtr.Config):
+    for f in dataclasses.fields(dtr.Config):
         if isinstance(f.default, (int, float)) and not isinstance(f.default, bool):
             assert f.metadata["valid"], f"--{f.name} has no valid range, so a bad value would slip through"
 
@@ -360,7 +361,7 @@ def test_every_numeric_setting_has_a_valid_range():
     (["--preset", "huge"], "unknown --preset 'huge'"),
 ])
 def test_bad_settings_are_refused_before_any_work(flags, says, tmp_path):
-    with pytest.raises(dtr.DtrError) as e:
+    with pytest.raises(DtrError) as e:
         dtr.parse_args(["--preset", "tiny", "--out_dir", str(tmp_path)] + flags)
     assert says in str(e.value) and not os.listdir(tmp_path)
 
@@ -450,10 +451,10 @@ def test_torchrun_distill_and_greedy_match_one_process(tiny_run, tmp_path):
 # Ctrl-C would), or SIGKILL halfway through writing its temp file (as a power cut would)
 STOP_AT_SAVE = """
 import os, signal, sys
-import dtr, train_teacher
+import dtr, plumbing
 target, n, sig = sys.argv[1], int(sys.argv[2]), getattr(signal, sys.argv[3])
 signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as in a terminal, even when started in the background
-save, seen = train_teacher.atomic_save, []
+save, seen = plumbing.atomic_save, []
 def save_and_stop(obj, path):
     seen.extend([path] if path.endswith(target) else [])
     if len(seen) == n and path.endswith(target):
@@ -462,7 +463,7 @@ def save_and_stop(obj, path):
                 f.write(b"the first half of a checkpoint")
         os.kill(os.getpid(), sig)
     save(obj, path)
-train_teacher.atomic_save = dtr.atomic_save = save_and_stop
+plumbing.atomic_save = dtr.atomic_save = save_and_stop
 dtr.main(sys.argv[4:])
 """
 

@@ -16,6 +16,7 @@ import torch
 import dtr
 import train_teacher
 from conftest import HERE, SHARED, launch, refused, rel_err, torchrun, weights
+from plumbing import DtrError
 
 
 def test_teacher_copy_rows_are_a_sequence_shown_twice():
@@ -66,7 +67,7 @@ def write_nanogpt_checkpoint(root):
     Returns the model whose weights it holds."""
     torch.manual_seed(0)
     args = dict(n_layer=2, n_head=2, n_embd=16, block_size=32, bias=False, vocab_size=len(VOCAB), dropout=0.0)
-    model = dtr.GPT(dtr.GPTConfig(**args))
+    model = train_teacher.GPT(train_teacher.GPTConfig(**args))
     opt = torch.optim.AdamW(model.parameters())
     model(torch.zeros(1, 8, dtype=torch.long), torch.zeros(1, 8, dtype=torch.long))[1].backward()
     opt.step()
@@ -103,7 +104,7 @@ def test_nanogpt_checkpoint_converts_end_to_end(tmp_path):
     # the teacher's val loss is nanoGPT's model on the text in meta.pkl's ids
     val = torch.tensor([VOCAB.index(c) for c in text[int(0.9 * len(text)):]])
     assert report["teacher"]["init_from"] == ckpt
-    assert report["teacher"]["val_loss"] == pytest.approx(train_teacher.val_loss(want, dtr.fixed_batches(val, 32, 8, 2, "cpu")), rel=1e-5)
+    assert report["teacher"]["val_loss"] == pytest.approx(train_teacher.val_loss(want, train_teacher.fixed_batches(val, 32, 8, 2, "cpu")), rel=1e-5)
     assert len(report["trajectory"]) == 2
     sampled = launch([sys.executable, "dtr.py", "--sample", str(tmp_path / "o" / "gla" / "m_opt.pt"), "--sample_tokens", "50"])
     assert set(sampled.splitlines()[-1]) <= set(VOCAB)  # the same tokenizer comes back with M_opt
@@ -111,7 +112,7 @@ def test_nanogpt_checkpoint_converts_end_to_end(tmp_path):
     saved = torch.load(ckpt, weights_only=True)
     saved["iter_num"] = 600
     torch.save(saved, ckpt)
-    with pytest.raises(dtr.DtrError, match="was imported from another"):
+    with pytest.raises(DtrError, match="was imported from another"):
         dtr.run(dtr.parse_args(args))
 
 def test_gpt2_from_a_save_pretrained_folder(tmp_path):
@@ -161,7 +162,7 @@ def test_text_the_teacher_cannot_read_is_refused(tmp_path):
     (tmp_path / "mine.txt").write_text("abc zebra " * 100)
     cfg = dtr.parse_args(["--init_from", str(tmp_path / "out" / "ckpt.pt"), "--dataset", str(tmp_path / "mine.txt"),
                           "--data_dir", str(tmp_path / "d")])
-    with pytest.raises(dtr.DtrError, match="contains 'r' and 1 more, which the vocabulary of"):
+    with pytest.raises(DtrError, match="contains 'r' and 1 more, which the vocabulary of"):
         train_teacher.load_data(cfg)
 
 # ---- torchrun ----
@@ -178,7 +179,7 @@ def test_torchrun_teacher_step_matches_one_process(data_dir, tmp_path):
     one = weights(tmp_path / "one" / "teacher.pt")
     cfg = dtr.parse_args(["--preset", "tiny", "--data_dir", data_dir])
     torch.manual_seed(cfg.seed)
-    init = dtr.GPT(dtr.GPTConfig(**train_teacher.model_args(cfg, train_teacher.load_data(cfg)[2]))).state_dict()
+    init = train_teacher.GPT(train_teacher.GPTConfig(**train_teacher.model_args(cfg, train_teacher.load_data(cfg)[2]))).state_dict()
     assert rel_err(one, torch.cat([v.double().flatten() for v in init.values()])) > 1e-3  # the steps did move the weights
     for other in ("two", "accum"):
         assert rel_err(weights(tmp_path / other / "teacher.pt"), one) < 1e-5

@@ -11,20 +11,13 @@ Or bring your own: --init_from takes a nanoGPT checkpoint (ckpt.pt, with its met
 dtr.py calls load_or_train() itself, so a separate run is only needed to train a teacher on its
 own. An interrupted run resumes from teacher.partial.pt, written every save_interval steps.
 
-The plumbing that every script of the project shares sits here too, each piece in one place:
-settings and their checks, the one-line error, files written atomically and read back, the
-device, and torchrun.
+Read in nanoGPT's order: the model, the data, training, a teacher you already have, main. The
+plumbing every script shares (settings, errors, files, device, torchrun) is in plumbing.py.
 """
-import argparse
 import dataclasses
-import glob
 import hashlib
-import json
 import math
 import os
-import pickle
-import platform
-import sys
 import time
 import types
 import urllib.request
@@ -32,480 +25,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-# ---- settings: small dataclasses -> command line, every value checked in one place ----
-
-RULES = {  # the valid values of a numeric setting, and how the error message says it
-    ">0": (lambda v: v > 0, "> 0"),
-    ">=0": (lambda v: v >= 0, ">= 0"),
-    "[0,1)": (lambda v: 0 <= v < 1, "in [0, 1)"),
-}
-
-def opt(default, help, valid=None, positional=False):
-    """A setting: its default, its --help line, its valid values (a RULES key or a tuple of
-    choices), and whether it is given without a --flag (an experiment's run folder)."""
-    return dataclasses.field(default=default, metadata={"help": help, "valid": valid, "positional": positional})
-
-@dataclass
-class TeacherConfig:
-    """the teacher: its data, model and training (train_teacher.py)"""
-    # data
-    dataset: str = opt("shakespeare_char", "shakespeare (GPT-2 BPE), shakespeare_char, or path/to/your.txt")
-    tokenizer: str = opt("char", "how to tokenize your own text file", ("char", "gpt2"))
-    data_dir: str = opt("data", "where datasets are downloaded and their encoded splits cached")
-    out_dir: str = opt("", "default out/<dataset>-<preset>: teacher.pt there, a run per student below it")
-    init_from: str = opt("", "a teacher you already have instead of training one: nanoGPT's ckpt.pt, gpt2 (-medium, "
-                             "-large, -xl) or a folder saved by save_pretrained; its size and tokenizer replace ours")
-    meta: str = opt("", "the meta.pkl of a character-level nanoGPT checkpoint (default: looked for beside it)")
-    preset: str = opt("", "model and schedule sizes (default: gpu on CUDA, else cpu)", ("tiny", "cpu", "cpu12", "gpu", "gpt2-cpu"))
-    device: str = opt("auto", "where to run", ("auto", "cpu", "cuda", "mps"))
-    seed: int = opt(1337, "random seed", ">=0")
-    # the model (nanoGPT's)
-    n_layer: int = opt(6, "transformer blocks", ">0")
-    n_head: int = opt(4, "attention heads per block (must divide n_embd)", ">0")
-    n_embd: int = opt(128, "model width", ">0")
-    block_size: int = opt(128, "context length in tokens", ">0")
-    dropout: float = opt(0.0, "dropout while training the teacher", "[0,1)")
-    # its training
-    batch_size: int = opt(16, "sequences per teacher step (and per validation batch)", ">0")
-    grad_accum: int = opt(1, "micro-batches per step and process (batch_size splits over grad_accum x processes)", ">0")
-    max_iters: int = opt(2000, "teacher training steps", ">0")
-    lr: float = opt(2e-3, "teacher peak learning rate", ">0")
-    min_lr: float = opt(2e-4, "teacher learning rate at the end of the cosine", ">=0")
-    warmup_iters: int = opt(100, "teacher linear warmup steps", ">=0")
-    weight_decay: float = opt(0.1, "AdamW weight decay", ">=0")
-    grad_clip: float = opt(1.0, "clip gradients to this norm", ">0")
-    eval_interval: int = opt(250, "evaluate the teacher every this many steps", ">0")
-    save_interval: int = opt(250, "write a resumable checkpoint every this many teacher or distillation steps", ">0")
-    val_batches: int = opt(8, "fixed validation batches, for the teacher's val loss and every comparison after it", ">0")
-    copy_frac: float = opt(0.0, "fraction of teacher sequences whose second half repeats the first "
-                                "(teaches copying from context, which the copy task measures)", "[0,1)")
-
-    def check(self):
-        """Settings that only fail together, or with the machine."""
-        for flag in ("out_dir", "data_dir"):
-            if os.path.exists(getattr(self, flag)) and not os.path.isdir(getattr(self, flag)):
-                raise DtrError(f"--{flag} {getattr(self, flag)} is a file, not a folder; pick a folder (it is created if missing)")
-        if self.meta and not self.init_from:
-            raise DtrError("--meta is the tokenizer of an --init_from checkpoint; give both, or neither")
-        if self.n_embd % self.n_head:
-            raise DtrError(f"--n_head {self.n_head} does not divide --n_embd {self.n_embd}; "
-                           f"pick a head count that does, e.g. --n_head {max(d for d in range(1, self.n_head + 1) if self.n_embd % d == 0)}")
-        split = self.grad_accum * world(before_init=True)
-        if self.batch_size % split:
-            raise DtrError(f"--batch_size {self.batch_size} does not split into --grad_accum {self.grad_accum} "
-                           f"x {world(before_init=True)} processes; make it a multiple of {split}")
-
-PRESETS = {
-    # the whole pipeline in seconds: for smoke tests and for watching every phase go by
-    "tiny": dict(n_layer=4, n_head=2, n_embd=48, block_size=64, batch_size=8, max_iters=200, eval_interval=50,
-                 save_interval=10, warmup_iters=10, val_batches=2),
-    # a few minutes on a laptop CPU
-    "cpu": dict(),
-    # twice as deep, where greedy and one-shot importance placement part (paper Fig. 4); fewer
-    # teacher steps keep the whole run near 12 minutes on a 2-core CPU
-    "cpu12": dict(n_layer=12, max_iters=1200),
-    # nanoGPT's baby GPT
-    "gpu": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2, batch_size=64,
-                max_iters=5000, lr=1e-3, min_lr=1e-4, eval_interval=500, save_interval=500, val_batches=16),
-    # for --init_from gpt2: a shorter context and fewer, smaller batches (README: its cost on a CPU)
-    "gpt2-cpu": dict(block_size=256, batch_size=4, val_batches=4, save_interval=25),
-}
-# On a CPU the GPT-2 vocabulary (11,706 rows after remapping) costs more per step than the
-# whole 6-layer trunk, so BPE runs take fewer, smaller steps to stay within minutes.
-BPE_OVERRIDES = {"cpu": dict(batch_size=8, max_iters=1200)}
-
-def parse_config(cls, argv, description, presets=None):
-    """Settings from the command line: the dataclass's defaults <- the preset <- the flags given.
-    Every value is then checked (validate), so a bad one is one line before any work starts."""
-    parser = Parser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sections = {}  # --help shows each dataclass's settings under its docstring: the teacher's, then the method's
-    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
-        section = parser.add_argument_group(klass.__doc__.strip().splitlines()[0])
-        for f in dataclasses.fields(klass):
-            sections.setdefault(f.name, section)
-    for f in dataclasses.fields(cls):
-        if f.metadata["positional"]:
-            parser.add_argument(f.name, help=f.metadata["help"])
-            continue
-        valid = f.metadata["valid"]
-        shown = ([f"one of {', '.join(valid)}"] if isinstance(valid, tuple) else []) + \
-                ([f"default {f.default!r}"] if f.default != "" else []) + \
-                [f"{p} {v[f.name]!r}" for p, v in (presets or {}).items() if f.name in v]
-        kind = dict(action=argparse.BooleanOptionalAction) if isinstance(f.default, bool) else dict(type=type(f.default))
-        sections[f.name].add_argument(f"--{f.name}", default=None, **kind, help=f.metadata["help"] + (f" ({', '.join(shown)})" if shown else ""))
-    args = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
-    if presets is None:  # an experiment's settings
-        return validate(cls(**args))
-    preset = args.get("preset") or ("gpu" if args.get("device", "auto") in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
-    if preset not in presets:
-        raise DtrError(f"unknown --preset {preset!r}; use one of {', '.join(presets)}")
-    bpe = BUILTIN.get(args.get("dataset"), args.get("tokenizer")) == "gpt2"
-    cfg = cls(**{**presets[preset], **(BPE_OVERRIDES.get(preset, {}) if bpe else {}), **args, "preset": preset})
-    if cfg.init_from:
-        import_settings(cfg)
-    cfg.out_dir = cfg.out_dir or os.path.join("out", f"{data_name(cfg)}-{preset}")
-    return validate(cfg)
-
-class Parser(argparse.ArgumentParser):
-    """argparse, with its complaints (an unknown flag, a value of the wrong type) as one DtrError line."""
-
-    def error(self, message):
-        raise DtrError(f"{message}; see --help")
-
-def validate(cfg):
-    """The one place settings are checked: each field against its rule or choices, then together."""
-    for f in dataclasses.fields(cfg):
-        value, valid = getattr(cfg, f.name), f.metadata.get("valid")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise DtrError(f"--{f.name} {value} is not a finite number")
-        if isinstance(valid, tuple) and value not in valid:
-            raise DtrError(f"unknown --{f.name} {value!r}; use one of {', '.join(valid)}")
-        if isinstance(valid, str) and not RULES[valid][0](value):
-            raise DtrError(f"--{f.name} {value} is not {RULES[valid][1]}")
-    if hasattr(cfg, "check"):
-        cfg.check()
-    return cfg
-
-# ---- errors and files: one-line errors, atomic writes, every file read back in one place ----
-
-class DtrError(Exception):
-    """A problem with the user's input: printed as one line, exit code 2, no traceback."""
-
-def cli(job, parse, argv=None):
-    """Run job(parse(argv)) as a command: a DtrError becomes one 'error:' line and exit code 2;
-    Ctrl-C says how to resume. Every script of the project goes through here."""
-    cfg = None
-    try:
-        cfg = parse(argv)
-        return job(cfg)
-    except DtrError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:  # *.partial.* are the unfinished phases' checkpoints (the logs above say which step)
-        out = getattr(cfg, "out_dir", None) or "."
-        found = [f for f in sorted(glob.glob(os.path.join(out, "**", "*.partial.*"), recursive=True)) if not f.endswith(".tmp")]
-        print(f"\ninterrupted; rerun the same command to resume{' from ' + ', '.join(found) if found else ''} "
-              f"(finished phases are reused)", file=sys.stderr)
-        sys.exit(130)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-def atomic_save(obj, path):
-    """Write to a temp file, then rename: a killed run never leaves a half-written file. Only rank 0
-    writes; a temp file left by SIGKILL is overwritten by the rerun's same save (or by Partial.done)."""
-    if rank() > 0:
-        return
-    tmp = path + ".tmp"
-    try:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        if path.endswith(".json"):
-            with open(tmp, "w") as f:
-                json.dump(obj, f, indent=2)
-        else:
-            torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException as e:  # Ctrl-C or a full disk mid-write: leave neither a temp nor a half file
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        if isinstance(e, OSError):
-            raise DtrError(f"cannot write {path} ({e.strerror or e}); free some disk space, or pick another --out_dir") from None
-        raise
-
-def load_file(path, fix, keys=(), device="cpu"):
-    """The one place a file is read back: a checkpoint (.pt, tensors and plain data only), JSON, or
-    nanoGPT's meta.pkl (plain data only). One that does not load, or lacks `keys`, is one DtrError
-    naming it and saying what to do (`fix`)."""
-    try:
-        if path.endswith(".json"):
-            with open(path) as f:
-                obj = json.load(f)
-        elif path.endswith(".pkl"):
-            with open(path, "rb") as f:
-                obj = PlainUnpickler(f).load()
-        else:
-            obj = torch.load(path, map_location=device, weights_only=True)
-        missing = [k for k in keys if k not in obj]
-    except Exception as e:  # empty, truncated, someone else's pickle, not a dict at all
-        raise DtrError(f"cannot read {path} ({type(e).__name__}: {first_words(e) or 'empty'}); {fix}") from None
-    if missing:
-        raise DtrError(f"{path} is not what this project writes there (no {', '.join(missing)}); {fix}")
-    return obj
-
-def first_words(e, n=100):
-    """An exception's message, cut to its first sentence and at most n characters at a word break."""
-    text = str(e).splitlines()[0].split(". ")[0] if str(e) else ""
-    return text if len(text) <= n else text[:n].rsplit(" ", 1)[0] + " ..."
-
-class PlainUnpickler(pickle.Unpickler):
-    """Dicts, lists, strings and numbers only: a pickle that names any class or function is refused."""
-
-    def find_class(self, module, name):
-        raise pickle.UnpicklingError(f"it names {module}.{name}, not plain data")
-
-def check_resumable(saved, want, path):
-    """Refuse to continue from a file written with other settings, naming the first that differs."""
-    for key, value in want.items():
-        if saved.get(key) != value:
-            said = (f"was made from another {key[:-7]}" if key.endswith("_sha256") else
-                    f"was written with {key}={saved.get(key)} but this run has {key}={value}")
-            raise DtrError(f"{path} {said}; rerun with the settings it was written with, "
-                           f"another --out_dir, or delete it to redo that phase")
-
-def weights_sha256(model):
-    """A fingerprint of a model's weights: a retrained teacher with the same weights keeps its students
-    (the file's own hash would not: it also records how long training took)."""
-    h = hashlib.sha256()
-    for name, t in model.state_dict().items():
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-class Partial:
-    """A phase's resumable checkpoint, <name>.partial.pt|json: saved with the settings it depends on
-    (`key`) and the seconds the phase has run so far, refused by a rerun with other settings,
-    discarded when the phase is done."""
-
-    def __init__(self, path, key):
-        self.path, self.key, self.t0, self.spent = path, key, time.time(), 0.0
-
-    def load(self, device="cpu"):
-        if not os.path.exists(self.path):
-            return None
-        saved = load_file(self.path, "delete it to redo that phase from its start", ("key",), device)
-        check_resumable(saved["key"], self.key, self.path)
-        self.spent = saved.get("train_s", 0.0)
-        return saved
-
-    def elapsed(self):
-        """Seconds spent on the phase, the runs before an interruption included."""
-        return self.spent + time.time() - self.t0
-
-    def save(self, **state):
-        atomic_save({"key": self.key, "train_s": self.elapsed(), **state}, self.path)
-
-    def done(self):
-        for p in (self.path, self.path + ".tmp"):  # with any temp file a killed write left
-            if rank() == 0 and os.path.exists(p):
-                os.remove(p)
-
-def machine():
-    """What produced the numbers, for the reports and the README."""
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
-    cpu = platform.processor() or platform.machine()
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            names = [l.split(":", 1)[1].strip() for l in f if l.startswith("model name")]
-        cpu = names[0] if names else cpu
-    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-
-class Pace:
-    """ms/step over the steps since the last report, and the ETA from it: a validation pass
-    (paused) or a resume do not skew it, and the first step, slow with warm-up, gets no ETA."""
-
-    def __init__(self, step, total):
-        self.step, self.total, self.t, self.first = step, total, time.time(), True
-
-    def paused(self, seconds):
-        self.t += seconds
-
-    def __call__(self, step):
-        per_step = (time.time() - self.t) / max(1, step - self.step)
-        eta = "-" if self.first and step - self.step == 1 else "%d:%02d" % divmod(int(per_step * (self.total - step)), 60)
-        self.step, self.t, self.first = step, time.time(), False
-        return f"{1000 * per_step:.0f} ms/step | eta {eta}"
-
-# ---- device, and torchrun (one process per device; in a single process these are no-ops) ----
-
-def choose_device(name):
-    """The one place device and dtype are chosen: cuda -> mps -> cpu, bf16 autocast on CUDA."""
-    reason = "asked for"
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-        reason = "auto-detected"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise DtrError("--device cuda, but PyTorch sees no CUDA GPU; use --device cpu (or auto)")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise DtrError("--device mps, but MPS is not available; use --device cpu (or auto)")
-    bf16 = name == "cuda" and torch.cuda.is_bf16_supported()
-    dist_init(name)
-    print(f"device {name} ({reason}){', bf16 autocast' if bf16 else ', fp32'}"
-          f"{f', {world()} processes (torchrun)' if world() > 1 else ''}")
-    return name, bf16
-
-def autocast(device, bf16):
-    return torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16)
-
-def dist_init(device):
-    """Join the process group when launched by torchrun (it sets RANK, LOCAL_RANK, WORLD_SIZE)."""
-    if "RANK" not in os.environ or dist.is_initialized():
-        return
-    dist.init_process_group("nccl" if device == "cuda" else "gloo")
-    if device == "cuda":
-        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))  # "cuda" now means this process's GPU
-    if rank() > 0:
-        sys.stdout = open(os.devnull, "w")  # one log, written by rank 0; errors still reach stderr
-
-def rank():
-    return dist.get_rank() if dist.is_initialized() else 0
-
-def world(before_init=False):
-    if before_init:  # settings are checked before the process group exists
-        return int(os.environ.get("WORLD_SIZE", 1))
-    return dist.get_world_size() if dist.is_initialized() else 1
-
-def all_gather(obj):
-    """Every process's obj (any picklable), in rank order; [obj] in a single process."""
-    if world() == 1:
-        return [obj]
-    out = [None] * world()
-    dist.all_gather_object(out, obj)
-    return out
-
-def barrier():
-    if world() > 1:
-        dist.barrier()
-
-# ---- data ----
-
-SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
-BUILTIN = {"shakespeare": "gpt2", "shakespeare_char": "char"}  # dataset -> tokenizer; both read one copy of the text
-
-def data_name(cfg):
-    """shakespeare, shakespeare_char, <your file's name>-<tokenizer>, or with --init_from <text>-from-<teacher>:
-    names the data cache and the run folder."""
-    text = cfg.dataset if cfg.dataset in BUILTIN else os.path.splitext(os.path.basename(cfg.dataset))[0]
-    if cfg.init_from:  # the teacher's own tokenizer: <text>-from-<teacher>
-        return f"{text}-from-{init_name(cfg.init_from)}"
-    return text if cfg.dataset in BUILTIN else f"{text}-{cfg.tokenizer}"
-
-def gpt2_encoding():
-    import tiktoken  # only needed for BPE datasets
-    try:
-        return tiktoken.get_encoding("r50k_base")  # the same 50,257-token vocabulary as "gpt2"
-    except Exception as e:
-        raise DtrError(f"could not load GPT-2's BPE through tiktoken ({type(e).__name__}); connect to the internet "
-                       f"once, or set TIKTOKEN_CACHE_DIR to a folder that holds its cache") from None
-
-def encode(text, meta, what="the text"):
-    """Text -> ids in our compact vocabulary; a character (or GPT-2 token) it lacks is a DtrError."""
-    pieces = list(text) if meta["tokenizer"] == "char" else gpt2_encoding().encode_ordinary(text)
-    ids = {t: i for i, t in enumerate(meta["vocab"])}  # character or GPT-2 id -> compact id
-    missing = next((p for p in pieces if p not in ids), None)
-    if missing is not None:
-        shown = repr(missing if meta["tokenizer"] == "char" else gpt2_encoding().decode([missing]))
-        raise DtrError(f"{what} contains {shown}, which is not in the teacher's {meta['tokenizer']} vocabulary "
-                       f"({meta['dataset']}); remove it, or train a teacher on data that has it")
-    return [ids[p] for p in pieces]
-
-def decode(ids, meta):
-    tokens = [meta["vocab"][i] for i in ids if i < len(meta["vocab"])]  # nanoGPT pads GPT-2's 50,257 ids to 50,304 rows
-    return "".join(tokens) if meta["tokenizer"] == "char" else gpt2_encoding().decode(tokens)
-
-def load_data(cfg):
-    """Returns (train, val, meta): int64 token tensors and the tokenizer's meta. The split is
-    nanoGPT's: first 90% of the characters train, last 10% validate. Encoded splits are cached.
-    The vocabulary is what occurs in the text, or with --init_from the imported teacher's."""
-    if cfg.dataset in BUILTIN:
-        src, tokenizer = os.path.join(cfg.data_dir, "shakespeare", "input.txt"), BUILTIN[cfg.dataset]
-        if not os.path.exists(src):
-            download(SHAKESPEARE_URL, src)
-    elif os.path.isfile(cfg.dataset):
-        src, tokenizer = cfg.dataset, cfg.tokenizer
-    else:
-        raise DtrError(f"--dataset {cfg.dataset!r} is neither a built-in dataset "
-                       f"({', '.join(BUILTIN)}) nor a readable text file")
-    try:
-        with open(src, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as e:
-        raise DtrError(f"cannot read {src} as UTF-8 text ({e}); pass a readable UTF-8 file") from None
-    tokenizer, vocab = (cfg.tokenizer, teacher_vocab(cfg)) if cfg.init_from else (tokenizer, None)
-    folder = os.path.join(cfg.data_dir, data_name(cfg))
-    sha, meta_path = hashlib.sha256(text.encode()).hexdigest(), os.path.join(folder, "meta.json")
-    try:  # the cache: meta.json names the text it was made from and the length of each split
-        meta = load_file(meta_path, "", ("source_sha256", "tokenizer", "n_train", "n_val"))
-        splits = [np.fromfile(os.path.join(folder, s + ".bin"), dtype=np.uint16) for s in ("train", "val")]
-        if meta["source_sha256"] == sha and meta["tokenizer"] == tokenizer and vocab in (None, meta.get("vocab")) and \
-                [len(s) for s in splits] == [meta["n_train"], meta["n_val"]]:
-            return (*(torch.from_numpy(s.astype(np.int64)) for s in splits), meta)
-    except (DtrError, OSError):
-        pass  # no cache, or a broken one: encode again
-    n = int(0.9 * len(text))
-    pieces = [list(part) if tokenizer == "char" else gpt2_encoding().encode_ordinary(part)  # each split on its own
-              for part in (text[:n], text[n:])]
-    if vocab is None:  # only the ids that occur: 11,706 rows for Shakespeare in GPT-2's BPE
-        vocab = sorted(set(pieces[0]) | set(pieces[1]))
-    elif missing := sorted((set(pieces[0]) | set(pieces[1])) - set(vocab)):  # (GPT-2's BPE lacks nothing)
-        raise DtrError(f"{src} contains {missing[0]!r}{f' and {len(missing) - 1} more' if len(missing) > 1 else ''}, "
-                       f"which the vocabulary of {cfg.init_from} ({cfg.meta}) lacks; remove it, or use text like "
-                       f"the text that model was trained on")
-    if len(vocab) > 65535:
-        raise DtrError(f"{src} has {len(vocab)} distinct tokens, more than the 65,535 we store; use --tokenizer gpt2")
-    ids = {t: i for i, t in enumerate(vocab)}
-    train, val = (np.array([ids[p] for p in part], dtype=np.uint16) for part in pieces)
-    meta = {"dataset": data_name(cfg), "tokenizer": tokenizer, "vocab": vocab, "source_sha256": sha,
-            "n_train": len(train), "n_val": len(val)}
-    os.makedirs(folder, exist_ok=True)
-    for split, arr in (("train", train), ("val", val)):
-        if rank() == 0:  # the other processes encoded the same tokens; they must not write over them
-            arr.tofile(os.path.join(folder, split + ".bin"))
-    atomic_save(meta, meta_path)  # written last: it marks the cache complete
-    return torch.from_numpy(train.astype(np.int64)), torch.from_numpy(val.astype(np.int64)), meta
-
-def download(url, path):
-    print(f"downloading {url} -> {path}")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    try:
-        with urllib.request.urlopen(url, timeout=30) as r:
-            data = r.read()
-    except OSError as e:
-        raise DtrError(f"could not download tiny Shakespeare ({e}); put the file from {url} "
-                       f"at {path} by hand and rerun") from None
-    tmp = f"{path}.{os.getpid()}.tmp"  # under torchrun every process downloads: none renames another's file
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-def windows(data, starts, block_size, device):
-    """x = the windows of block_size tokens at `starts`, y = the next token at each place, both (B, T)."""
-    x = torch.stack([data[i:i + block_size] for i in starts])
-    y = torch.stack([data[i + 1:i + 1 + block_size] for i in starts])
-    return x.to(device), y.to(device)
-
-def get_batch(data, block_size, batch_size, device, generator=None):
-    """Random windows for training."""
-    return windows(data, torch.randint(len(data) - block_size - 1, (batch_size,), generator=generator), block_size, device)
-
-def fixed_batches(data, block_size, batch_size, n_batches, device, split="validation", test=False):
-    """Deterministic windows spread evenly over the split: every candidate in the greedy
-    search sees exactly the same tokens, so loss differences are real, not sampling noise.
-    test=True: the windows halfway between those, one fewer: held-out test batches that share
-    no window with the search batches (apart from each other by >= block_size tokens when the
-    split has room)."""
-    if len(data) < block_size + 2:
-        raise DtrError(f"the {split} split has {len(data)} tokens, fewer than the context "
-                       f"({block_size}) + 2; use a longer text or a smaller --block_size")
-    starts = torch.linspace(0, len(data) - block_size - 1, n_batches * batch_size)
-    if test:
-        starts = (starts[:-1] + starts[1:]) / 2
-    return [windows(data, s, block_size, device) for s in starts.long().split(batch_size)]
-
-def repeat_first_half(x, y, n):
-    """The first n rows of a training batch (x, y: (B, T)) become their first half shown twice,
-    with the targets of that sequence: the copy task's pattern, for a teacher to learn from."""
-    T, half = x.size(1), x.size(1) // 2
-    x2, y2 = x.clone(), y.clone()
-    x2[:n, half:] = x[:n, :T - half]
-    y2[:n, half - 1] = x[:n, 0]  # the last token of the first copy is followed by the first of the second
-    y2[:n, half:] = y[:n, :T - half]
-    return x2, y2
+from plumbing import (DtrError, Pace, Partial, atomic_save, autocast, barrier, check_resumable, choose_device, cli,
+                      first_words, load_file, opt, parse_flags, rank, validate, world)
 
 # ---- the model (nanoGPT's, module names kept) ----
 
@@ -656,10 +181,10 @@ class GPT(nn.Module):
             logits = self(idx_next, cache=cache)[0] if cache.pos + 1 < window else None
         return idx
 
+MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "block_size")
+
 def model_args(cfg, meta):
     return dict(vocab_size=len(meta["vocab"]), dropout=cfg.dropout, **{f: getattr(cfg, f) for f in MODEL_FIELDS})
-
-MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "block_size")
 
 def load_model(path, device, fix, prepare=None):
     """The one loader of models: rebuild the GPT in a checkpoint (prepare(model, ckpt) may swap
@@ -674,90 +199,35 @@ def load_model(path, device, fix, prepare=None):
         raise DtrError(f"{path} does not fit the model it describes ({type(e).__name__}: {first_words(e)}); {fix}") from None
     return model.to(device).eval(), ckpt
 
-# ---- a teacher you already have (--init_from): a nanoGPT checkpoint, or GPT-2 ----
-# Our GPT keeps nanoGPT's module names, so a nanoGPT checkpoint's weights are our state_dict as they
-# are, and GPT-2's are too once the four matrices its Conv1D layers store as (in, out) are transposed.
+# ---- data ----
 
-GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
-CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-NANOGPT_ARGS = MODEL_FIELDS + ("vocab_size",)
-GPT2_VOCAB = 50257
-INIT_FIX = "pass the ckpt.pt nanoGPT's train.py writes, gpt2 (-medium, -large, -xl), or a folder saved by save_pretrained"
+SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 
-def from_transformers(init_from):
-    return init_from in GPT2_NAMES or os.path.isdir(init_from)
-
+BUILTIN = {"shakespeare": "gpt2", "shakespeare_char": "char"}  # dataset -> tokenizer; both read one copy of the text
 def init_name(init_from):
-    """Names the data cache and the run folder: gpt2, the folder's or the file's name (for nanoGPT's
-    fixed ckpt.pt, its out_dir's)."""
-    path = init_from if init_from in GPT2_NAMES else os.path.abspath(init_from)
+    """--init_from's name, for the data cache and the run folder: a hub name's last part (gpt2), or the
+    folder's or the file's name (for nanoGPT's fixed ckpt.pt, its out_dir's)."""
+    path = os.path.abspath(init_from) if os.path.exists(init_from) else init_from
     stem = os.path.splitext(os.path.basename(path))[0]
     return os.path.basename(os.path.dirname(path)) if stem == "ckpt" else stem
 
-def transformers_load(kind, init_from):
-    """GPT2Config or GPT2LMHeadModel from Hugging Face transformers, an optional dependency."""
-    try:
-        import transformers
-    except ImportError:
-        raise DtrError(f"--init_from {init_from} loads GPT-2 through Hugging Face transformers, which is not "
-                       f"installed; pip install transformers") from None
-    transformers.logging.disable_progress_bar()
-    try:
-        return getattr(transformers, kind).from_pretrained(init_from)
-    except Exception as e:  # offline and not cached, or a folder that holds no GPT-2
-        raise DtrError(f"transformers could not load {init_from} ({type(e).__name__}: {first_words(e)}); "
-                       f"download it once while online (it is cached in ~/.cache/huggingface), or pass a folder "
-                       f"saved by save_pretrained") from None
+def data_name(cfg):
+    """shakespeare, shakespeare_char, <your file's name>-<tokenizer>, or with --init_from <text>-from-<teacher>:
+    names the data cache and the run folder."""
+    text = cfg.dataset if cfg.dataset in BUILTIN else os.path.splitext(os.path.basename(cfg.dataset))[0]
+    if cfg.init_from:  # the teacher's own tokenizer: <text>-from-<teacher>
+        return f"{text}-from-{init_name(cfg.init_from)}"
+    return text if cfg.dataset in BUILTIN else f"{text}-{cfg.tokenizer}"
 
-def read_source(init_from, weights=True):
-    """--init_from as (GPTConfig, its weights as our state_dict or None, what nanoGPT recorded: the
-    dataset it trained on, iter_num, best_val_loss)."""
-    if from_transformers(init_from):  # GPT-2, as nanoGPT's GPT.from_pretrained takes it
-        c = transformers_load("GPT2Config", init_from)
-        if getattr(c, "model_type", "") != "gpt2" or c.n_inner not in (None, 4 * c.n_embd) or \
-                c.scale_attn_by_inverse_layer_idx or c.activation_function not in ("gelu_new", "gelu_pytorch_tanh", "gelu"):
-            raise DtrError(f"{init_from} is not a plain GPT-2 (model_type {getattr(c, 'model_type', '?')}, "
-                           f"activation {getattr(c, 'activation_function', '?')}); {INIT_FIX}")
-        config = GPTConfig(n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, block_size=c.n_positions,
-                           vocab_size=c.vocab_size, gelu="none" if c.activation_function == "gelu" else "tanh")
-        if not weights:
-            return config, None, {}
-        sd = transformers_load("GPT2LMHeadModel", init_from).state_dict()
-        return config, {k: v.t() if k.endswith(CONV1D) else v for k, v in sd.items()}, {}
-    if not os.path.isfile(init_from):
-        raise DtrError(f"--init_from {init_from} is neither a file nor a folder; {INIT_FIX}")
-    ckpt = load_file(init_from, INIT_FIX)
-    args = ckpt.get("model_args") if isinstance(ckpt, dict) else None
-    if not isinstance(args, dict) or not isinstance(ckpt.get("model"), dict) or any(k not in args for k in NANOGPT_ARGS):
-        raise DtrError(f"{init_from} is not a nanoGPT checkpoint (a dict with model, and model_args holding "
-                       f"{', '.join(NANOGPT_ARGS)}); {INIT_FIX}")
-    config = GPTConfig(**{k: args[k] for k in NANOGPT_ARGS}, bias=args.get("bias", True), dropout=args.get("dropout", 0.0))
-    info = {k: float(ckpt[k]) for k in ("iter_num", "best_val_loss") if k in ckpt}
-    info["dataset"] = (ckpt.get("config") or {}).get("dataset", "")
-    # subtle: torch.compile'd models save their weights under _orig_mod.
-    return config, {k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()}, info
+def gpt2_encoding():
+    import tiktoken  # only needed for BPE datasets
+    try:
+        return tiktoken.get_encoding("r50k_base")  # the same 50,257-token vocabulary as "gpt2"
+    except Exception as e:
+        raise DtrError(f"could not load GPT-2's BPE through tiktoken ({type(e).__name__}); connect to the internet "
+                       f"once, or set TIKTOKEN_CACHE_DIR to a folder that holds its cache") from None
 
-def import_settings(cfg):
-    """--init_from decides the model and the tokenizer, checked before any work: its size replaces
-    ours, the context is at most its own, and its vocabulary is a character model's meta.pkl (given,
-    or found where nanoGPT keeps it) or else GPT-2's BPE."""
-    config, _, info = read_source(cfg.init_from, weights=False)
-    cfg.n_layer, cfg.n_head, cfg.n_embd = config.n_layer, config.n_head, config.n_embd
-    cfg.block_size = min(cfg.block_size, config.block_size)
-    here, looked = os.path.dirname(os.path.abspath(cfg.init_from)), []
-    if not cfg.meta and not from_transformers(cfg.init_from):  # nanoGPT: out-dir/ckpt.pt, data/<dataset>/meta.pkl
-        looked = [os.path.join(here, "meta.pkl")]
-        if info["dataset"]:
-            looked.append(os.path.normpath(os.path.join(here, "..", "data", info["dataset"], "meta.pkl")))
-        cfg.meta = next((p for p in looked if os.path.isfile(p)), "")
-    cfg.tokenizer = "char" if cfg.meta else "gpt2"
-    n = len(teacher_vocab(cfg)) if cfg.meta else config.vocab_size
-    if n != config.vocab_size:
-        raise DtrError(f"{cfg.init_from} has a vocabulary of {config.vocab_size} but {cfg.meta} of {n} "
-                       f"characters; pass --meta with the meta.pkl of the data it was trained on")
-    if not cfg.meta and config.vocab_size < GPT2_VOCAB:
-        raise DtrError(f"{cfg.init_from} has a vocabulary of {config.vocab_size}, fewer than GPT-2's {GPT2_VOCAB:,}, and no "
-                       f"meta.pkl {'at ' + ' or '.join(looked) if looked else 'was given'}; pass --meta path/to/meta.pkl")
+GPT2_VOCAB = 50257
 
 def teacher_vocab(cfg):
     """The imported teacher's tokens in id order: its meta.pkl's characters, or all of GPT-2's ids as they are."""
@@ -770,40 +240,119 @@ def teacher_vocab(cfg):
         raise DtrError(f"{cfg.meta}'s itos does not map every id below its vocab_size to a character; pass --meta "
                        f"the meta.pkl nanoGPT's prepare.py wrote") from None
 
-def import_model(init_from):
-    """--init_from's weights in our GPT, in eval mode on the CPU; and what nanoGPT recorded with them."""
-    config, sd, info = read_source(init_from)
-    model = GPT(config)
-    sd.setdefault("lm_head.weight", sd.get("transformer.wte.weight"))  # tied to wte; some save it once
-    try:  # a missing or misshapen weight fails; unused buffers (GPT-2's attention masks) are dropped
-        model.load_state_dict({k: v for k, v in sd.items() if k in model.state_dict()})
-    except RuntimeError as e:
-        raise DtrError(f"{init_from}'s weights do not fit the model it describes ({first_words(e)}); {INIT_FIX}") from None
-    return model.eval(), info
+def encode(text, meta, what="the text"):
+    """Text -> ids in our compact vocabulary; a character (or GPT-2 token) it lacks is a DtrError."""
+    pieces = list(text) if meta["tokenizer"] == "char" else gpt2_encoding().encode_ordinary(text)
+    ids = {t: i for i, t in enumerate(meta["vocab"])}  # character or GPT-2 id -> compact id
+    missing = next((p for p in pieces if p not in ids), None)
+    if missing is not None:
+        shown = repr(missing if meta["tokenizer"] == "char" else gpt2_encoding().decode([missing]))
+        raise DtrError(f"{what} contains {shown}, which is not in the teacher's {meta['tokenizer']} vocabulary "
+                       f"({meta['dataset']}); remove it, or train a teacher on data that has it")
+    return [ids[p] for p in pieces]
 
-def import_teacher(cfg, val_data, meta, device, bf16, path):
-    """--init_from written as this run's teacher.pt, so the rest of the pipeline (and a rerun's reuse
-    check) takes it like a teacher trained here."""
-    model, info = import_model(cfg.init_from)
-    model.to(device)
-    vl = val_loss(model, fixed_batches(val_data, cfg.block_size, cfg.batch_size, cfg.val_batches, device), device, bf16)
-    atomic_save({"model_args": dataclasses.asdict(model.config), "state_dict": model.state_dict(), "meta": meta,
-                 "config": dataclasses.asdict(cfg), "val_loss": vl, "init_sha256": init_sha256(cfg), **info}, path)
-    barrier()  # the other processes read teacher.pt next
-    said = f" (nanoGPT's best_val_loss {info['best_val_loss']:.4f} at iter {info['iter_num']:.0f})" if "best_val_loss" in info else ""
-    print(f"teacher  imported {cfg.init_from}: {cfg.n_layer} layers, {cfg.n_head} heads, {cfg.n_embd} wide, "
-          f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, val loss {vl:.4f}{said}, saved {path}")
-    return model
+def decode(ids, meta):
+    tokens = [meta["vocab"][i] for i in ids if i < len(meta["vocab"])]  # nanoGPT pads GPT-2's 50,257 ids to 50,304 rows
+    return "".join(tokens) if meta["tokenizer"] == "char" else gpt2_encoding().decode(tokens)
 
-def init_sha256(cfg):
-    """The --init_from file's fingerprint, read 1 MiB at a time (None for GPT-2 by name or a folder)."""
-    if not os.path.isfile(cfg.init_from):
-        return None
-    h = hashlib.sha256()
-    with open(cfg.init_from, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def download(url, path):
+    print(f"downloading {url} -> {path}")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r:
+            data = r.read()
+    except OSError as e:
+        raise DtrError(f"could not download tiny Shakespeare ({e}); put the file from {url} "
+                       f"at {path} by hand and rerun") from None
+    tmp = f"{path}.{os.getpid()}.tmp"  # under torchrun every process downloads: none renames another's file
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+def load_data(cfg):
+    """Returns (train, val, meta): int64 token tensors and the tokenizer's meta. The split is
+    nanoGPT's: first 90% of the characters train, last 10% validate. Encoded splits are cached.
+    The vocabulary is what occurs in the text, or with --init_from the imported teacher's."""
+    if cfg.dataset in BUILTIN:
+        src, tokenizer = os.path.join(cfg.data_dir, "shakespeare", "input.txt"), BUILTIN[cfg.dataset]
+        if not os.path.exists(src):
+            download(SHAKESPEARE_URL, src)
+    elif os.path.isfile(cfg.dataset):
+        src, tokenizer = cfg.dataset, cfg.tokenizer
+    else:
+        raise DtrError(f"--dataset {cfg.dataset!r} is neither a built-in dataset "
+                       f"({', '.join(BUILTIN)}) nor a readable text file")
+    try:
+        with open(src, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DtrError(f"cannot read {src} as UTF-8 text ({e}); pass a readable UTF-8 file") from None
+    tokenizer, vocab = (cfg.tokenizer, teacher_vocab(cfg)) if cfg.init_from else (tokenizer, None)
+    folder = os.path.join(cfg.data_dir, data_name(cfg))
+    sha, meta_path = hashlib.sha256(text.encode()).hexdigest(), os.path.join(folder, "meta.json")
+    try:  # the cache: meta.json names the text it was made from and the length of each split
+        meta = load_file(meta_path, "", ("source_sha256", "tokenizer", "n_train", "n_val"))
+        splits = [np.fromfile(os.path.join(folder, s + ".bin"), dtype=np.uint16) for s in ("train", "val")]
+        if meta["source_sha256"] == sha and meta["tokenizer"] == tokenizer and vocab in (None, meta.get("vocab")) and \
+                [len(s) for s in splits] == [meta["n_train"], meta["n_val"]]:
+            return (*(torch.from_numpy(s.astype(np.int64)) for s in splits), meta)
+    except (DtrError, OSError):
+        pass  # no cache, or a broken one: encode again
+    n = int(0.9 * len(text))
+    pieces = [list(part) if tokenizer == "char" else gpt2_encoding().encode_ordinary(part)  # each split on its own
+              for part in (text[:n], text[n:])]
+    if vocab is None:  # only the ids that occur: 11,706 rows for Shakespeare in GPT-2's BPE
+        vocab = sorted(set(pieces[0]) | set(pieces[1]))
+    elif missing := sorted((set(pieces[0]) | set(pieces[1])) - set(vocab)):  # (GPT-2's BPE lacks nothing)
+        raise DtrError(f"{src} contains {missing[0]!r}{f' and {len(missing) - 1} more' if len(missing) > 1 else ''}, "
+                       f"which the vocabulary of {cfg.init_from} ({cfg.meta}) lacks; remove it, or use text like "
+                       f"the text that model was trained on")
+    if len(vocab) > 65535:
+        raise DtrError(f"{src} has {len(vocab)} distinct tokens, more than the 65,535 we store; use --tokenizer gpt2")
+    ids = {t: i for i, t in enumerate(vocab)}
+    train, val = (np.array([ids[p] for p in part], dtype=np.uint16) for part in pieces)
+    meta = {"dataset": data_name(cfg), "tokenizer": tokenizer, "vocab": vocab, "source_sha256": sha,
+            "n_train": len(train), "n_val": len(val)}
+    os.makedirs(folder, exist_ok=True)
+    for split, arr in (("train", train), ("val", val)):
+        if rank() == 0:  # the other processes encoded the same tokens; they must not write over them
+            arr.tofile(os.path.join(folder, split + ".bin"))
+    atomic_save(meta, meta_path)  # written last: it marks the cache complete
+    return torch.from_numpy(train.astype(np.int64)), torch.from_numpy(val.astype(np.int64)), meta
+
+def windows(data, starts, block_size, device):
+    """x = the windows of block_size tokens at `starts`, y = the next token at each place, both (B, T)."""
+    x = torch.stack([data[i:i + block_size] for i in starts])
+    y = torch.stack([data[i + 1:i + 1 + block_size] for i in starts])
+    return x.to(device), y.to(device)
+
+def get_batch(data, block_size, batch_size, device, generator=None):
+    """Random windows for training."""
+    return windows(data, torch.randint(len(data) - block_size - 1, (batch_size,), generator=generator), block_size, device)
+
+def fixed_batches(data, block_size, batch_size, n_batches, device, split="validation", test=False):
+    """Deterministic windows spread evenly over the split: every candidate in the greedy
+    search sees exactly the same tokens, so loss differences are real, not sampling noise.
+    test=True: the windows halfway between those, one fewer: held-out test batches that share
+    no window with the search batches (apart from each other by >= block_size tokens when the
+    split has room)."""
+    if len(data) < block_size + 2:
+        raise DtrError(f"the {split} split has {len(data)} tokens, fewer than the context "
+                       f"({block_size}) + 2; use a longer text or a smaller --block_size")
+    starts = torch.linspace(0, len(data) - block_size - 1, n_batches * batch_size)
+    if test:
+        starts = (starts[:-1] + starts[1:]) / 2
+    return [windows(data, s, block_size, device) for s in starts.long().split(batch_size)]
+
+def repeat_first_half(x, y, n):
+    """The first n rows of a training batch (x, y: (B, T)) become their first half shown twice,
+    with the targets of that sequence: the copy task's pattern, for a teacher to learn from."""
+    T, half = x.size(1), x.size(1) // 2
+    x2, y2 = x.clone(), y.clone()
+    x2[:n, half:] = x[:n, :T - half]
+    y2[:n, half - 1] = x[:n, 0]  # the last token of the first copy is followed by the first of the second
+    y2[:n, half:] = y[:n, :T - half]
+    return x2, y2
 
 # ---- training ----
 
@@ -896,6 +445,207 @@ def train(cfg, train_data, val_data, meta, device, bf16, ckpt_path):
     print(f"teacher  val loss {vl:.4f}, saved {ckpt_path}")
     return model, train_s
 
+# ---- a teacher you already have (--init_from): a nanoGPT checkpoint, or GPT-2 ----
+# Our GPT keeps nanoGPT's module names, so a nanoGPT checkpoint's weights are our state_dict as they
+# are, and GPT-2's are too once the four matrices its Conv1D layers store as (in, out) are transposed.
+
+GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+
+CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+NANOGPT_ARGS = MODEL_FIELDS + ("vocab_size",)
+
+INIT_FIX = "pass the ckpt.pt nanoGPT's train.py writes, gpt2 (-medium, -large, -xl), or a folder saved by save_pretrained"
+
+def from_transformers(init_from):
+    return init_from in GPT2_NAMES or os.path.isdir(init_from)
+
+def transformers_load(kind, init_from):
+    """GPT2Config or GPT2LMHeadModel from Hugging Face transformers, an optional dependency."""
+    try:
+        import transformers
+    except ImportError:
+        raise DtrError(f"--init_from {init_from} loads GPT-2 through Hugging Face transformers, which is not "
+                       f"installed; pip install transformers") from None
+    transformers.logging.disable_progress_bar()
+    try:
+        return getattr(transformers, kind).from_pretrained(init_from)
+    except Exception as e:  # offline and not cached, or a folder that holds no GPT-2
+        raise DtrError(f"transformers could not load {init_from} ({type(e).__name__}: {first_words(e)}); "
+                       f"download it once while online (it is cached in ~/.cache/huggingface), or pass a folder "
+                       f"saved by save_pretrained") from None
+
+def read_source(init_from, weights=True):
+    """--init_from as (GPTConfig, its weights as our state_dict or None, what nanoGPT recorded: the
+    dataset it trained on, iter_num, best_val_loss)."""
+    if from_transformers(init_from):  # GPT-2, as nanoGPT's GPT.from_pretrained takes it
+        c = transformers_load("GPT2Config", init_from)
+        if getattr(c, "model_type", "") != "gpt2" or c.n_inner not in (None, 4 * c.n_embd) or \
+                c.scale_attn_by_inverse_layer_idx or c.activation_function not in ("gelu_new", "gelu_pytorch_tanh", "gelu"):
+            raise DtrError(f"{init_from} is not a plain GPT-2 (model_type {getattr(c, 'model_type', '?')}, "
+                           f"activation {getattr(c, 'activation_function', '?')}); {INIT_FIX}")
+        config = GPTConfig(n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, block_size=c.n_positions,
+                           vocab_size=c.vocab_size, gelu="none" if c.activation_function == "gelu" else "tanh")
+        if not weights:
+            return config, None, {}
+        sd = transformers_load("GPT2LMHeadModel", init_from).state_dict()
+        return config, {k: v.t() if k.endswith(CONV1D) else v for k, v in sd.items()}, {}
+    if not os.path.isfile(init_from):
+        raise DtrError(f"--init_from {init_from} is neither a file nor a folder; {INIT_FIX}")
+    ckpt = load_file(init_from, INIT_FIX)
+    args = ckpt.get("model_args") if isinstance(ckpt, dict) else None
+    if not isinstance(args, dict) or not isinstance(ckpt.get("model"), dict) or any(k not in args for k in NANOGPT_ARGS):
+        raise DtrError(f"{init_from} is not a nanoGPT checkpoint (a dict with model, and model_args holding "
+                       f"{', '.join(NANOGPT_ARGS)}); {INIT_FIX}")
+    config = GPTConfig(**{k: args[k] for k in NANOGPT_ARGS}, bias=args.get("bias", True), dropout=args.get("dropout", 0.0))
+    info = {k: float(ckpt[k]) for k in ("iter_num", "best_val_loss") if k in ckpt}
+    info["dataset"] = (ckpt.get("config") or {}).get("dataset", "")
+    # subtle: torch.compile'd models save their weights under _orig_mod.
+    return config, {k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()}, info
+
+def import_settings(cfg):
+    """--init_from decides the model and the tokenizer, checked before any work: its size replaces
+    ours, the context is at most its own, and its vocabulary is a character model's meta.pkl (given,
+    or found where nanoGPT keeps it) or else GPT-2's BPE."""
+    config, _, info = read_source(cfg.init_from, weights=False)
+    cfg.n_layer, cfg.n_head, cfg.n_embd = config.n_layer, config.n_head, config.n_embd
+    cfg.block_size = min(cfg.block_size, config.block_size)
+    here, looked = os.path.dirname(os.path.abspath(cfg.init_from)), []
+    if not cfg.meta and not from_transformers(cfg.init_from):  # nanoGPT: out-dir/ckpt.pt, data/<dataset>/meta.pkl
+        looked = [os.path.join(here, "meta.pkl")]
+        if info["dataset"]:
+            looked.append(os.path.normpath(os.path.join(here, "..", "data", info["dataset"], "meta.pkl")))
+        cfg.meta = next((p for p in looked if os.path.isfile(p)), "")
+    cfg.tokenizer = "char" if cfg.meta else "gpt2"
+    n = len(teacher_vocab(cfg)) if cfg.meta else config.vocab_size
+    if n != config.vocab_size:
+        raise DtrError(f"{cfg.init_from} has a vocabulary of {config.vocab_size} but {cfg.meta} of {n} "
+                       f"characters; pass --meta with the meta.pkl of the data it was trained on")
+    if not cfg.meta and config.vocab_size < GPT2_VOCAB:
+        raise DtrError(f"{cfg.init_from} has a vocabulary of {config.vocab_size}, fewer than GPT-2's {GPT2_VOCAB:,}, and no "
+                       f"meta.pkl {'at ' + ' or '.join(looked) if looked else 'was given'}; pass --meta path/to/meta.pkl")
+
+def import_model(init_from):
+    """--init_from's weights in our GPT, in eval mode on the CPU; and what nanoGPT recorded with them."""
+    config, sd, info = read_source(init_from)
+    model = GPT(config)
+    sd.setdefault("lm_head.weight", sd.get("transformer.wte.weight"))  # tied to wte; some save it once
+    try:  # a missing or misshapen weight fails; unused buffers (GPT-2's attention masks) are dropped
+        model.load_state_dict({k: v for k, v in sd.items() if k in model.state_dict()})
+    except RuntimeError as e:
+        raise DtrError(f"{init_from}'s weights do not fit the model it describes ({first_words(e)}); {INIT_FIX}") from None
+    return model.eval(), info
+
+def init_sha256(cfg):
+    """The --init_from file's fingerprint, read 1 MiB at a time (None for GPT-2 by name or a folder)."""
+    if not os.path.isfile(cfg.init_from):
+        return None
+    h = hashlib.sha256()
+    with open(cfg.init_from, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+def import_teacher(cfg, val_data, meta, device, bf16, path):
+    """--init_from written as this run's teacher.pt, so the rest of the pipeline (and a rerun's reuse
+    check) takes it like a teacher trained here."""
+    model, info = import_model(cfg.init_from)
+    model.to(device)
+    vl = val_loss(model, fixed_batches(val_data, cfg.block_size, cfg.batch_size, cfg.val_batches, device), device, bf16)
+    atomic_save({"model_args": dataclasses.asdict(model.config), "state_dict": model.state_dict(), "meta": meta,
+                 "config": dataclasses.asdict(cfg), "val_loss": vl, "init_sha256": init_sha256(cfg), **info}, path)
+    barrier()  # the other processes read teacher.pt next
+    said = f" (nanoGPT's best_val_loss {info['best_val_loss']:.4f} at iter {info['iter_num']:.0f})" if "best_val_loss" in info else ""
+    print(f"teacher  imported {cfg.init_from}: {cfg.n_layer} layers, {cfg.n_head} heads, {cfg.n_embd} wide, "
+          f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, val loss {vl:.4f}{said}, saved {path}")
+    return model
+
+# ---- main: the teacher's settings, and the teacher of a run folder ----
+
+@dataclass
+class TeacherConfig:
+    """the teacher: its data, model and training (train_teacher.py)"""
+    # data
+    dataset: str = opt("shakespeare_char", "shakespeare (GPT-2 BPE), shakespeare_char, or path/to/your.txt")
+    tokenizer: str = opt("char", "how to tokenize your own text file", ("char", "gpt2"))
+    data_dir: str = opt("data", "where datasets are downloaded and their encoded splits cached")
+    out_dir: str = opt("", "default out/<dataset>-<preset>: teacher.pt there, a run per student below it")
+    init_from: str = opt("", "a teacher you already have instead of training one: nanoGPT's ckpt.pt, gpt2 (-medium, "
+                             "-large, -xl) or a folder saved by save_pretrained; its size and tokenizer replace ours")
+    meta: str = opt("", "the meta.pkl of a character-level nanoGPT checkpoint (default: looked for beside it)")
+    preset: str = opt("", "model and schedule sizes (default: gpu on CUDA, else cpu)", ("tiny", "cpu", "cpu12", "gpu", "gpt2-cpu"))
+    device: str = opt("auto", "where to run", ("auto", "cpu", "cuda", "mps"))
+    seed: int = opt(1337, "random seed", ">=0")
+    # the model (nanoGPT's)
+    n_layer: int = opt(6, "transformer blocks", ">0")
+    n_head: int = opt(4, "attention heads per block (must divide n_embd)", ">0")
+    n_embd: int = opt(128, "model width", ">0")
+    block_size: int = opt(128, "context length in tokens", ">0")
+    dropout: float = opt(0.0, "dropout while training the teacher", "[0,1)")
+    # its training
+    batch_size: int = opt(16, "sequences per teacher step (and per validation batch)", ">0")
+    grad_accum: int = opt(1, "micro-batches per step and process (batch_size splits over grad_accum x processes)", ">0")
+    max_iters: int = opt(2000, "teacher training steps", ">0")
+    lr: float = opt(2e-3, "teacher peak learning rate", ">0")
+    min_lr: float = opt(2e-4, "teacher learning rate at the end of the cosine", ">=0")
+    warmup_iters: int = opt(100, "teacher linear warmup steps", ">=0")
+    weight_decay: float = opt(0.1, "AdamW weight decay", ">=0")
+    grad_clip: float = opt(1.0, "clip gradients to this norm", ">0")
+    eval_interval: int = opt(250, "evaluate the teacher every this many steps", ">0")
+    save_interval: int = opt(250, "write a resumable checkpoint every this many teacher or distillation steps", ">0")
+    val_batches: int = opt(8, "fixed validation batches, for the teacher's val loss and every comparison after it", ">0")
+    copy_frac: float = opt(0.0, "fraction of teacher sequences whose second half repeats the first "
+                                "(teaches copying from context, which the copy task measures)", "[0,1)")
+
+    def check(self):
+        """Settings that only fail together, or with the machine."""
+        for flag in ("out_dir", "data_dir"):
+            if os.path.exists(getattr(self, flag)) and not os.path.isdir(getattr(self, flag)):
+                raise DtrError(f"--{flag} {getattr(self, flag)} is a file, not a folder; pick a folder (it is created if missing)")
+        if self.meta and not self.init_from:
+            raise DtrError("--meta is the tokenizer of an --init_from checkpoint; give both, or neither")
+        if self.n_embd % self.n_head:
+            raise DtrError(f"--n_head {self.n_head} does not divide --n_embd {self.n_embd}; "
+                           f"pick a head count that does, e.g. --n_head {max(d for d in range(1, self.n_head + 1) if self.n_embd % d == 0)}")
+        split = self.grad_accum * world(before_init=True)
+        if self.batch_size % split:
+            raise DtrError(f"--batch_size {self.batch_size} does not split into --grad_accum {self.grad_accum} "
+                           f"x {world(before_init=True)} processes; make it a multiple of {split}")
+
+PRESETS = {
+    # the whole pipeline in seconds: for smoke tests and for watching every phase go by
+    "tiny": dict(n_layer=4, n_head=2, n_embd=48, block_size=64, batch_size=8, max_iters=200, eval_interval=50,
+                 save_interval=10, warmup_iters=10, val_batches=2),
+    # a few minutes on a laptop CPU
+    "cpu": dict(),
+    # twice as deep, where greedy and one-shot importance placement part (paper Fig. 4); fewer
+    # teacher steps keep the whole run near 12 minutes on a 2-core CPU
+    "cpu12": dict(n_layer=12, max_iters=1200),
+    # nanoGPT's baby GPT
+    "gpu": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2, batch_size=64,
+                max_iters=5000, lr=1e-3, min_lr=1e-4, eval_interval=500, save_interval=500, val_batches=16),
+    # for --init_from gpt2: a shorter context and fewer, smaller batches (README: its cost on a CPU)
+    "gpt2-cpu": dict(block_size=256, batch_size=4, val_batches=4, save_interval=25),
+}
+
+# On a CPU the GPT-2 vocabulary (11,706 rows after remapping) costs more per step than the
+# whole 6-layer trunk, so BPE runs take fewer, smaller steps to stay within minutes.
+BPE_OVERRIDES = {"cpu": dict(batch_size=8, max_iters=1200)}
+
+def configure(cls, argv, description, presets):
+    """Settings from the command line: the dataclass's defaults <- the preset <- the flags given.
+    Every value is then checked (validate), so a bad one is one line before any work starts."""
+    args = parse_flags(cls, argv, description, presets)
+    preset = args.get("preset") or ("gpu" if args.get("device", "auto") in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+    if preset not in presets:
+        raise DtrError(f"unknown --preset {preset!r}; use one of {', '.join(presets)}")
+    bpe = BUILTIN.get(args.get("dataset"), args.get("tokenizer")) == "gpt2"
+    cfg = cls(**{**presets[preset], **(BPE_OVERRIDES.get(preset, {}) if bpe else {}), **args, "preset": preset})
+    if cfg.init_from:
+        import_settings(cfg)
+    cfg.out_dir = cfg.out_dir or os.path.join("out", f"{data_name(cfg)}-{preset}")
+    return validate(cfg)
+
 def load_or_train(cfg, train_data, val_data, meta, device, bf16):
     """The teacher of this out_dir: teacher.pt if it exists (refused if made with other settings), else
     trained now (or imported, with --init_from). Returns (model, seconds its training took, seconds
@@ -913,15 +663,13 @@ def load_or_train(cfg, train_data, val_data, meta, device, bf16):
     print(f"teacher  reusing {path} (val loss {ckpt['val_loss']:.4f})")
     return model, ckpt.get("train_s"), 0.0
 
-# ---- main ----
-
 def teach(cfg):
     device, bf16 = choose_device(cfg.device)
     train_data, val_data, meta = load_data(cfg)
     load_or_train(cfg, train_data, val_data, meta, device, bf16)
 
 def main(argv=None):
-    cli(teach, lambda a: parse_config(TeacherConfig, a, __doc__, PRESETS), argv)
+    cli(teach, lambda a: configure(TeacherConfig, a, __doc__, PRESETS), argv)
 
 if __name__ == "__main__":
     main()

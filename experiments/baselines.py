@@ -15,7 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import torch  # noqa: E402
 
 import dtr  # noqa: E402
-from train_teacher import DtrError, atomic_save, choose_device, cli, opt, parse_config  # noqa: E402
+from plumbing import DtrError, atomic_save, choose_device, cli, opt, parse_config  # noqa: E402
 
 @dataclass
 class BaselinesConfig:

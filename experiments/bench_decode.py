@@ -23,7 +23,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import torch  # noqa: E402
 
 import dtr  # noqa: E402
-from train_teacher import GPT, Cache, DtrError, GPTConfig, atomic_save, choose_device, cli, load_file, opt, parse_config  # noqa: E402
+from plumbing import DtrError, atomic_save, choose_device, cli, load_file, machine, opt, parse_config  # noqa: E402
+from train_teacher import GPT, Cache, GPTConfig  # noqa: E402
 
 @dataclass
 class BenchConfig:
@@ -93,7 +94,7 @@ def bench_decode(cfg, model_args, device, patterns, contexts, new_tokens=32, rep
                 line += f" | {mode} {row['decode_tok_s' + tail]:7.1f} tok/s, batch {batch}: {row[f'decode_tok_s_batch{batch}' + tail]:7.1f}"
             rows.append(row)
             print(line)
-    return {"device": device, "machine": dtr.machine(), "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_embd": cfg.n_embd,
+    return {"device": device, "machine": machine(), "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_embd": cfg.n_embd,
             "new_tokens": new_tokens, "repeats": repeats, "batch": batch, "compiled": "compiled" in modes, "rows": rows}
 
 def compiled_decoder(model, batch, device, context=70):

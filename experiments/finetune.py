@@ -14,7 +14,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import torch  # noqa: E402
 
 import dtr  # noqa: E402
-from train_teacher import atomic_save, autocast, choose_device, cli, get_batch, opt, parse_config, val_loss  # noqa: E402
+from plumbing import atomic_save, autocast, choose_device, cli, opt, parse_config  # noqa: E402
+from train_teacher import get_batch, val_loss  # noqa: E402
 
 @dataclass
 class FinetuneConfig:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # dtr.py sits one folder up
 import dtr  # noqa: E402
 from baselines import greedy_verdict  # noqa: E402
-from train_teacher import DtrError, cli, load_file, opt, parse_config  # noqa: E402
+from plumbing import DtrError, cli, load_file, opt, parse_config  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -18,6 +18,7 @@ import torch  # noqa: E402
 
 import baselines  # noqa: E402
 import dtr  # noqa: E402
+import train_teacher  # noqa: E402
 import readme  # noqa: E402
 
 class Zero(torch.nn.Module):
@@ -29,10 +30,10 @@ def test_placement_baselines_choose_the_stated_layers():
     # a 4-layer model whose "students" zero their layer's attention: each baseline's layer choices
     # are known in advance, and each of its losses is the plain val loss of the model it names
     torch.manual_seed(2)
-    model = dtr.GPT(dtr.GPTConfig(block_size=32, vocab_size=20, n_layer=4, n_head=2, n_embd=16)).eval()
+    model = train_teacher.GPT(train_teacher.GPTConfig(block_size=32, vocab_size=20, n_layer=4, n_head=2, n_embd=16)).eval()
     teacher_attn = [block.attn for block in model.transformer.h]
     students = [Zero() for _ in range(4)]
-    batches = dtr.fixed_batches(torch.randint(20, (2000,), generator=torch.Generator().manual_seed(0)), 32, 4, 2, "cpu")
+    batches = train_teacher.fixed_batches(torch.randint(20, (2000,), generator=torch.Generator().manual_seed(0)), 32, 4, 2, "cpu")
     traj = [{"val_loss": 0.0, "candidates": [3.0, 1.0, 4.0, 2.0]}] * 4  # round 1: L1 best, then L3, L0, L2
     b = baselines.placement_baselines(model, students, batches, traj, [0.0] * 4, n_random=3)
     assert [block.attn for block in model.transformer.h] == teacher_attn  # the teacher is handed back

@@ -1,0 +1,292 @@
+"""
+The plumbing every script of the project shares, each piece in one place, so that the method
+(dtr.py) and the teacher (train_teacher.py) can be read without it: settings and their checks,
+the one-line error, files written atomically and read back, progress, the device, and torchrun.
+Imports nothing from the project.
+"""
+import argparse
+import dataclasses
+import glob
+import hashlib
+import json
+import math
+import os
+import pickle
+import platform
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+
+# ---- errors: a problem with the user's input is one line ----
+
+class DtrError(Exception):
+    """A problem with the user's input: printed as one line, exit code 2, no traceback."""
+
+def first_words(e, n=100):
+    """An exception's message, cut to its first sentence and at most n characters at a word break."""
+    text = str(e).splitlines()[0].split(". ")[0] if str(e) else ""
+    return text if len(text) <= n else text[:n].rsplit(" ", 1)[0] + " ..."
+
+# ---- settings: small dataclasses -> command line, every value checked in one place ----
+
+RULES = {  # the valid values of a numeric setting, and how the error message says it
+    ">0": (lambda v: v > 0, "> 0"),
+    ">=0": (lambda v: v >= 0, ">= 0"),
+    "[0,1)": (lambda v: 0 <= v < 1, "in [0, 1)"),
+}
+
+def opt(default, help, valid=None, positional=False):
+    """A setting: its default, its --help line, its valid values (a RULES key or a tuple of
+    choices), and whether it is given without a --flag (an experiment's run folder)."""
+    return dataclasses.field(default=default, metadata={"help": help, "valid": valid, "positional": positional})
+
+def validate(cfg):
+    """The one place settings are checked: each field against its rule or choices, then together."""
+    for f in dataclasses.fields(cfg):
+        value, valid = getattr(cfg, f.name), f.metadata.get("valid")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise DtrError(f"--{f.name} {value} is not a finite number")
+        if isinstance(valid, tuple) and value not in valid:
+            raise DtrError(f"unknown --{f.name} {value!r}; use one of {', '.join(valid)}")
+        if isinstance(valid, str) and not RULES[valid][0](value):
+            raise DtrError(f"--{f.name} {value} is not {RULES[valid][1]}")
+    if hasattr(cfg, "check"):
+        cfg.check()
+    return cfg
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with its complaints (an unknown flag, a value of the wrong type) as one DtrError line."""
+
+    def error(self, message):
+        raise DtrError(f"{message}; see --help")
+
+def parse_flags(cls, argv, description, presets=None):
+    """The command line of a settings dataclass: one --flag per field (generated from its type,
+    default, help and valid values; each dataclass of the hierarchy its own --help section).
+    Returns {field: value} for the flags given; the caller fills in the rest and validates."""
+    parser = Parser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sections = {}  # --help shows each dataclass's settings under its docstring: the teacher's, then the method's
+    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
+        section = parser.add_argument_group(klass.__doc__.strip().splitlines()[0])
+        for f in dataclasses.fields(klass):
+            sections.setdefault(f.name, section)
+    for f in dataclasses.fields(cls):
+        if f.metadata["positional"]:
+            parser.add_argument(f.name, help=f.metadata["help"])
+            continue
+        valid = f.metadata["valid"]
+        shown = ([f"one of {', '.join(valid)}"] if isinstance(valid, tuple) else []) + \
+                ([f"default {f.default!r}"] if f.default != "" else []) + \
+                [f"{p} {v[f.name]!r}" for p, v in (presets or {}).items() if f.name in v]
+        kind = dict(action=argparse.BooleanOptionalAction) if isinstance(f.default, bool) else dict(type=type(f.default))
+        sections[f.name].add_argument(f"--{f.name}", default=None, **kind, help=f.metadata["help"] + (f" ({', '.join(shown)})" if shown else ""))
+    return {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
+
+def parse_config(cls, argv, description):
+    """An experiment's settings: the dataclass's defaults <- the flags given, validated."""
+    return validate(cls(**parse_flags(cls, argv, description)))
+
+# ---- device, and torchrun (one process per device; in a single process these are no-ops) ----
+
+def rank():
+    return dist.get_rank() if dist.is_initialized() else 0
+
+def world(before_init=False):
+    if before_init:  # settings are checked before the process group exists
+        return int(os.environ.get("WORLD_SIZE", 1))
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+def dist_init(device):
+    """Join the process group when launched by torchrun (it sets RANK, LOCAL_RANK, WORLD_SIZE)."""
+    if "RANK" not in os.environ or dist.is_initialized():
+        return
+    dist.init_process_group("nccl" if device == "cuda" else "gloo")
+    if device == "cuda":
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))  # "cuda" now means this process's GPU
+    if rank() > 0:
+        sys.stdout = open(os.devnull, "w")  # one log, written by rank 0; errors still reach stderr
+
+def choose_device(name):
+    """The one place device and dtype are chosen: cuda -> mps -> cpu, bf16 autocast on CUDA."""
+    reason = "asked for"
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+        reason = "auto-detected"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise DtrError("--device cuda, but PyTorch sees no CUDA GPU; use --device cpu (or auto)")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise DtrError("--device mps, but MPS is not available; use --device cpu (or auto)")
+    bf16 = name == "cuda" and torch.cuda.is_bf16_supported()
+    dist_init(name)
+    print(f"device {name} ({reason}){', bf16 autocast' if bf16 else ', fp32'}"
+          f"{f', {world()} processes (torchrun)' if world() > 1 else ''}")
+    return name, bf16
+
+def autocast(device, bf16):
+    return torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16)
+
+def all_gather(obj):
+    """Every process's obj (any picklable), in rank order; [obj] in a single process."""
+    if world() == 1:
+        return [obj]
+    out = [None] * world()
+    dist.all_gather_object(out, obj)
+    return out
+
+def barrier():
+    if world() > 1:
+        dist.barrier()
+
+def my_share(items):
+    """This process's items under torchrun (every rank-th one); all of them in a single process."""
+    return list(items)[rank()::world()]
+
+def gather_dict(d):
+    """Every process's {index: value}, merged and sorted: the same on every process."""
+    return dict(sorted(kv for part in all_gather(d) for kv in part.items()))
+
+# ---- files: written atomically, every file read back in one place, resumable phases ----
+
+def atomic_save(obj, path):
+    """Write to a temp file, then rename: a killed run never leaves a half-written file. Only rank 0
+    writes; a temp file left by SIGKILL is overwritten by the rerun's same save (or by Partial.done)."""
+    if rank() > 0:
+        return
+    tmp = path + ".tmp"
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        if path.endswith(".json"):
+            with open(tmp, "w") as f:
+                json.dump(obj, f, indent=2)
+        else:
+            torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException as e:  # Ctrl-C or a full disk mid-write: leave neither a temp nor a half file
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        if isinstance(e, OSError):
+            raise DtrError(f"cannot write {path} ({e.strerror or e}); free some disk space, or pick another --out_dir") from None
+        raise
+
+class PlainUnpickler(pickle.Unpickler):
+    """Dicts, lists, strings and numbers only: a pickle that names any class or function is refused."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"it names {module}.{name}, not plain data")
+
+def load_file(path, fix, keys=(), device="cpu"):
+    """The one place a file is read back: a checkpoint (.pt, tensors and plain data only), JSON, or
+    nanoGPT's meta.pkl (plain data only). One that does not load, or lacks `keys`, is one DtrError
+    naming it and saying what to do (`fix`)."""
+    try:
+        if path.endswith(".json"):
+            with open(path) as f:
+                obj = json.load(f)
+        elif path.endswith(".pkl"):
+            with open(path, "rb") as f:
+                obj = PlainUnpickler(f).load()
+        else:
+            obj = torch.load(path, map_location=device, weights_only=True)
+        missing = [k for k in keys if k not in obj]
+    except Exception as e:  # empty, truncated, someone else's pickle, not a dict at all
+        raise DtrError(f"cannot read {path} ({type(e).__name__}: {first_words(e) or 'empty'}); {fix}") from None
+    if missing:
+        raise DtrError(f"{path} is not what this project writes there (no {', '.join(missing)}); {fix}")
+    return obj
+
+def check_resumable(saved, want, path):
+    """Refuse to continue from a file written with other settings, naming the first that differs."""
+    for key, value in want.items():
+        if saved.get(key) != value:
+            said = (f"was made from another {key[:-7]}" if key.endswith("_sha256") else
+                    f"was written with {key}={saved.get(key)} but this run has {key}={value}")
+            raise DtrError(f"{path} {said}; rerun with the settings it was written with, "
+                           f"another --out_dir, or delete it to redo that phase")
+
+def weights_sha256(model):
+    """A fingerprint of a model's weights: a retrained teacher with the same weights keeps its students
+    (the file's own hash would not: it also records how long training took)."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+class Partial:
+    """A phase's resumable checkpoint, <name>.partial.pt|json: saved with the settings it depends on
+    (`key`) and the seconds the phase has run so far, refused by a rerun with other settings,
+    discarded when the phase is done."""
+
+    def __init__(self, path, key):
+        self.path, self.key, self.t0, self.spent = path, key, time.time(), 0.0
+
+    def load(self, device="cpu"):
+        if not os.path.exists(self.path):
+            return None
+        saved = load_file(self.path, "delete it to redo that phase from its start", ("key",), device)
+        check_resumable(saved["key"], self.key, self.path)
+        self.spent = saved.get("train_s", 0.0)
+        return saved
+
+    def elapsed(self):
+        """Seconds spent on the phase, the runs before an interruption included."""
+        return self.spent + time.time() - self.t0
+
+    def save(self, **state):
+        atomic_save({"key": self.key, "train_s": self.elapsed(), **state}, self.path)
+
+    def done(self):
+        for p in (self.path, self.path + ".tmp"):  # with any temp file a killed write left
+            if rank() == 0 and os.path.exists(p):
+                os.remove(p)
+
+# ---- progress, and the one command-line wrapper ----
+
+def machine():
+    """What produced the numbers, for the reports and the README."""
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            names = [l.split(":", 1)[1].strip() for l in f if l.startswith("model name")]
+        cpu = names[0] if names else cpu
+    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+class Pace:
+    """ms/step over the steps since the last report, and the ETA from it: a validation pass
+    (paused) or a resume do not skew it, and the first step, slow with warm-up, gets no ETA."""
+
+    def __init__(self, step, total):
+        self.step, self.total, self.t, self.first = step, total, time.time(), True
+
+    def paused(self, seconds):
+        self.t += seconds
+
+    def __call__(self, step):
+        per_step = (time.time() - self.t) / max(1, step - self.step)
+        eta = "-" if self.first and step - self.step == 1 else "%d:%02d" % divmod(int(per_step * (self.total - step)), 60)
+        self.step, self.t, self.first = step, time.time(), False
+        return f"{1000 * per_step:.0f} ms/step | eta {eta}"
+
+def cli(job, parse, argv=None):
+    """Run job(parse(argv)) as a command: a DtrError becomes one 'error:' line and exit code 2;
+    Ctrl-C says how to resume. Every script of the project goes through here."""
+    cfg = None
+    try:
+        cfg = parse(argv)
+        return job(cfg)
+    except DtrError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:  # *.partial.* are the unfinished phases' checkpoints (the logs above say which step)
+        out = getattr(cfg, "out_dir", None) or "."
+        found = [f for f in sorted(glob.glob(os.path.join(out, "**", "*.partial.*"), recursive=True)) if not f.endswith(".tmp")]
+        print(f"\ninterrupted; rerun the same command to resume{' from ' + ', '.join(found) if found else ''} "
+              f"(finished phases are reused)", file=sys.stderr)
+        sys.exit(130)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
