@@ -66,3 +66,20 @@ def weights(path, key="state_dict"):
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     sds = ckpt[key] if isinstance(ckpt[key], list) else [ckpt[key]]
     return torch.cat([v.double().flatten() for sd in sds for v in sd.values()])
+
+def with_out_dir(args, out):
+    """The same command line with another --out_dir."""
+    return args[:args.index("--out_dir")] + ["--out_dir", str(out)] + args[args.index("--out_dir") + 2:]
+
+def fingerprint(folder):
+    """{path: bytes} of every file under folder but the run lock: to show that nothing finished changed."""
+    return {os.path.join(d, f): open(os.path.join(d, f), "rb").read() for d, _, fs in os.walk(folder) for f in fs if f != ".lock"}
+
+@pytest.fixture(scope="session")
+def tiny_run(data_dir, tmp_path_factory):
+    """One finished run of the tiny preset (gla), shared by every test that reads or reruns one:
+    (its command line, its --out_dir, its report)."""
+    import dtr
+    out = str(tmp_path_factory.mktemp("out"))
+    args = ["--preset", "tiny", "--data_dir", data_dir, "--out_dir", out, "--sample_tokens", "20"]
+    return args, out, dtr.run(dtr.parse_args(args))

@@ -24,6 +24,7 @@ import copy
 import dataclasses
 import math
 import os
+import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kernel import EPS, gated_delta_rule, gated_delta_rule_step, linear_attention, linear_attention_step
-from plumbing import (DtrError, Pace, Partial, atomic_save, autocast, check_resumable, choose_device, cli,
+from plumbing import (DtrError, Pace, Partial, atomic_save, autocast, check_resumable, choose_device, claim, cli,
                       first_words, gather_dict, load_file, machine, my_share, opt, weights_sha256, world)
 from train_teacher import (PRESETS as TEACHER_PRESETS, TeacherConfig, configure, cosine_lr, decode, encode, fixed_batches,
                            get_batch, load_data, load_model, load_or_train)
@@ -89,8 +90,8 @@ def share_students(students, mine):
     for i, sd in gather_dict({i: students[i].state_dict() for i in mine}).items():
         students[i].load_state_dict(sd)
 
-def restore_distill(resume, students, optimizers, gen, device):
-    saved = resume.load(device) if resume else None
+def restore_distill(resume, students, optimizers, gen):
+    saved = resume.load() if resume else None
     if saved is None:
         return 0
     for i in optimizers:
@@ -278,7 +279,7 @@ def distill_blocks(model, students, train, cfg, device="cpu", bf16=False, resume
     mine = my_share(range(len(students)))  # torchrun: this process's blocks (all of them, alone)
     optimizers = {i: torch.optim.AdamW(students[i].parameters(), lr=cfg.distill_lr, weight_decay=0.0) for i in mine}
     gen = torch.Generator().manual_seed(cfg.seed + 1)  # identical on every process: the same batches
-    start = restore_distill(resume, students, optimizers, gen, device)
+    start = restore_distill(resume, students, optimizers, gen)
     pace = Pace(start, cfg.distill_iters)
     for it in range(start, cfg.distill_iters):
         x, _ = get_batch(train, cfg.block_size, cfg.distill_batch_size, device, gen)
@@ -535,7 +536,7 @@ def sample_text(model, meta, n_tokens, device, seed):
 
 def load_students(path, students, device, key=None):
     """Load distilled students (refused if `key` differs); returns the seconds their training took."""
-    saved = load_file(path, "delete it to distill again", ("key", "students"), device)
+    saved = load_file(path, "delete it to distill again", ("key", "students"))
     if key:
         check_resumable(saved["key"], key, path)
     try:
@@ -551,12 +552,13 @@ def run(cfg):
     device, bf16 = choose_device(cfg.device)
     torch.manual_seed(cfg.seed)
     train, val, meta = load_data(cfg)
-    fixed_batches(train, cfg.block_size, 1, 1, device, "training")  # long enough for a window
     tasks = task_batches(cfg, val, meta, device)  # {task: (search batches, test batches)}
     val_b = tasks["lm"][0]
-    print(f"data     {meta['dataset']}: {len(train):,} train / {len(val):,} val tokens, vocab {len(meta['vocab']):,}")
+    data = f"{cfg.dataset} in {cfg.init_from}'s tokens" if cfg.init_from else meta["dataset"]
+    print(f"data     {data}: {len(train):,} train / {len(val):,} val tokens, vocab {len(meta['vocab']):,}")
 
     # 0. the teacher, reused or trained
+    teacher_reused = os.path.exists(os.path.join(cfg.out_dir, "teacher.pt"))  # (then made with this run's settings)
     model, teacher_train_s, t_teacher = load_or_train(cfg, train, val, meta, device, bf16)
     model.requires_grad_(False)
 
@@ -567,7 +569,8 @@ def run(cfg):
                    "distill_iters": cfg.distill_iters, "distill_lr": cfg.distill_lr,
                    "distill_batch_size": cfg.distill_batch_size, "seed": cfg.seed}
     students = [s.to(device) for s in make_students(model, cfg.student)]
-    if os.path.exists(students_path):
+    students_reused = os.path.exists(students_path)
+    if students_reused:
         distill_train_s = load_students(students_path, students, device, distill_key)
         print(f"distill  reusing {students_path}")
     else:
@@ -601,10 +604,11 @@ def run(cfg):
     report = {
         "dataset": meta["dataset"], "student": cfg.student, "device": device, "config": dataclasses.asdict(cfg),
         "command": ("python " if world() == 1 else f"torchrun --standalone --nproc_per_node={world()} ") +
-                   " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]), "machine": machine(),
+                   shlex.join([os.path.basename(sys.argv[0])] + sys.argv[1:]), "machine": machine(),
         "date": time.strftime("%Y-%m-%d"), "n_layer": cfg.n_layer, "tolerance": cfg.tolerance, "metric": cfg.metric,
-        "teacher": {f"val_{cfg.metric}": lm[f"teacher_{cfg.metric}"], "train_s": teacher_train_s, "init_from": cfg.init_from},
-        "distill": {"mse": mse, "rel_mse": rel_mse, "train_s": distill_train_s},
+        "teacher": {f"val_{cfg.metric}": lm[f"teacher_{cfg.metric}"], "train_s": teacher_train_s, "init_from": cfg.init_from,
+                    "reused": teacher_reused},
+        "distill": {"mse": mse, "rel_mse": rel_mse, "train_s": distill_train_s, "reused": students_reused},
         **{k: lm[k] for k in ("trajectory", "m_best", "m_opt", "test")}, **tasks_report,
         "timings_s": {"teacher": t_teacher, "distill": t_distill, "greedy": t_greedy, "total": time.time() - t_start},
     }
@@ -614,12 +618,13 @@ def run(cfg):
           f"total {time.time() - t_start:.0f}s")
 
     # what the two models write
-    print(f"\n---- sample from the teacher ----\n{sample_text(model, meta, cfg.sample_tokens, device, cfg.seed)}")
-    with hybrid(model.transformer.h, lm["m_opt"]["linear_layers"], students):
-        print(f"\n---- sample from M_opt (linear layers {lm['m_opt']['linear_layers']}) ----\n"
-              f"{sample_text(model, meta, cfg.sample_tokens, device, cfg.seed)}")
-    print(f"\nwrote {run_dir}/: report.json, students.pt, m_best.pt, m_opt.pt "
-          f"(another sample: python dtr.py --sample {run_dir}/m_opt.pt --seed {cfg.seed + 1})")
+    if cfg.sample_tokens:
+        print(f"\n---- sample from the teacher ----\n{sample_text(model, meta, cfg.sample_tokens, device, cfg.seed)}")
+        with hybrid(model.transformer.h, lm["m_opt"]["linear_layers"], students):
+            print(f"\n---- sample from M_opt (linear layers {lm['m_opt']['linear_layers']}) ----\n"
+                  f"{sample_text(model, meta, cfg.sample_tokens, device, cfg.seed)}")
+    print(f"\nwrote {run_dir}/: report.json, students.pt, m_best.pt, m_opt.pt (another sample: "
+          f"{shlex.join(['python', 'dtr.py', '--sample', os.path.join(run_dir, 'm_opt.pt'), '--seed', str(cfg.seed + 1)])})")
     return report
 
 def load_hybrid(path, device):
@@ -652,14 +657,20 @@ def sample(cfg):
     device, _ = choose_device(cfg.device)
     model, ckpt = load_hybrid(cfg.sample, device)
     print(f"{cfg.sample}: linear layers {ckpt.get('linear_layers', [])}" +
-          "".join(f", {k.replace('_', ' ')} {ckpt[k]:.4f}" for k in ("val_loss", "test_loss", "test_accuracy") if k in ckpt))
+          "".join(f", {name} {ckpt[k]:.4f}" for k, name in (("val_loss", "search loss"), ("test_loss", "test loss"),
+                                                             ("test_accuracy", "test accuracy")) if k in ckpt))
     print(sample_text(model, ckpt["meta"], cfg.sample_tokens, device, cfg.seed))
 
 def parse_args(argv=None):
     return configure(Config, argv, __doc__, PRESETS)
 
 def main(argv=None):
-    cli(lambda cfg: sample(cfg) if cfg.sample else run(cfg), parse_args, argv)
+    def job(cfg):
+        if cfg.sample:
+            return sample(cfg)
+        with claim(cfg.out_dir):  # one run at a time in a folder (the command line's; run() itself takes none)
+            return run(cfg)
+    cli(job, parse_args, argv)
 
 if __name__ == "__main__":
     main()

@@ -5,6 +5,7 @@ the one-line error, files written atomically and read back, progress, the device
 Imports nothing from the project.
 """
 import argparse
+import contextlib
 import dataclasses
 import glob
 import hashlib
@@ -13,11 +14,19 @@ import math
 import os
 import pickle
 import platform
+import shutil
 import sys
 import time
+import zipfile
 
+import numpy as np
 import torch
 import torch.distributed as dist
+
+try:
+    import fcntl  # the run-folder lock (claim); not on Windows
+except ImportError:
+    fcntl = None
 
 # ---- errors: a problem with the user's input is one line ----
 
@@ -48,6 +57,8 @@ def validate(cfg):
         value, valid = getattr(cfg, f.name), f.metadata.get("valid")
         if isinstance(value, float) and not math.isfinite(value):
             raise DtrError(f"--{f.name} {value} is not a finite number")
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**31 - 1:  # torch takes 32-bit sizes
+            raise DtrError(f"--{f.name} {value} is too large; use at most {2**31 - 1:,}")
         if isinstance(valid, tuple) and value not in valid:
             raise DtrError(f"unknown --{f.name} {value!r}; use one of {', '.join(valid)}")
         if isinstance(valid, str) and not RULES[valid][0](value):
@@ -149,25 +160,37 @@ def gather_dict(d):
 
 # ---- files: written atomically, every file read back in one place, resumable phases ----
 
+FORMAT = 2  # the version of the files this project writes; a file without one is from before versions (1)
+
 def atomic_save(obj, path):
-    """Write to a temp file, then rename: a killed run never leaves a half-written file. Only rank 0
-    writes; a temp file left by SIGKILL is overwritten by the rerun's same save (or by Partial.done)."""
+    """Write obj (a dict: JSON for .json, else torch.save; or a numpy array, raw) to a temp file of this
+    process's own, then rename: a killed or failed write never leaves a half-written file, and two
+    processes never write over each other's temp file. Dicts carry the file format (FORMAT). Only
+    rank 0 writes. A failed write (a full disk, a file-size limit) is one DtrError with its cause."""
     if rank() > 0:
         return
-    tmp = path + ".tmp"
+    if isinstance(obj, dict):
+        obj = {"format": FORMAT, **obj}
+    tmp = f"{path}.{os.getpid()}.tmp"
     try:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        if path.endswith(".json"):
-            with open(tmp, "w") as f:
+        with open(tmp, "w" if path.endswith(".json") else "wb") as f:
+            if path.endswith(".json"):
                 json.dump(obj, f, indent=2)
-        else:
-            torch.save(obj, tmp)
+            elif isinstance(obj, np.ndarray):
+                f.write(np.ascontiguousarray(obj).data)  # its raw bytes, as np.fromfile reads them
+            else:
+                torch.save(obj, f)  # through a Python file: a failed write surfaces as its OSError
         os.replace(tmp, path)
-    except BaseException as e:  # Ctrl-C or a full disk mid-write: leave neither a temp nor a half file
+    except BaseException as e:  # Ctrl-C or a failed write mid-file: leave neither a temp nor a half file
         if os.path.exists(tmp):
             os.remove(tmp)
-        if isinstance(e, OSError):
-            raise DtrError(f"cannot write {path} ({e.strerror or e}); free some disk space, or pick another --out_dir") from None
+        # torch.save reports a failed write as a RuntimeError raised while handling the OSError
+        cause = e if isinstance(e, OSError) else e.__context__ if isinstance(e.__context__, OSError) else None
+        if cause is not None:
+            free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
+            raise DtrError(f"cannot write {path} ({cause.strerror or cause}; {free / 2**20:,.0f} MiB free on that disk); "
+                           f"free some disk space (or raise the file-size limit, ulimit -f), or pick another --out_dir") from None
         raise
 
 class PlainUnpickler(pickle.Unpickler):
@@ -176,31 +199,60 @@ class PlainUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         raise pickle.UnpicklingError(f"it names {module}.{name}, not plain data")
 
-def load_file(path, fix, keys=(), device="cpu"):
-    """The one place a file is read back: a checkpoint (.pt, tensors and plain data only), JSON, or
-    nanoGPT's meta.pkl (plain data only). One that does not load, or lacks `keys`, is one DtrError
-    naming it and saying what to do (`fix`)."""
+def load_file(path, fix, keys=(), ours=True):
+    """The one place a file is read back, always onto the CPU (callers move what they need; random
+    number states must stay there): JSON (.json), a torch checkpoint (a zip archive; tensors and plain
+    data only), or else a pickle of plain data (nanoGPT's meta.pkl, whatever its name). A file that
+    does not load, lacks `keys`, or (ours=True: written by this project) has another file format is
+    one DtrError naming it and saying what to do (`fix`)."""
     try:
         if path.endswith(".json"):
             with open(path) as f:
                 obj = json.load(f)
-        elif path.endswith(".pkl"):
+        elif zipfile.is_zipfile(path):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        else:
             with open(path, "rb") as f:
                 obj = PlainUnpickler(f).load()
-        else:
-            obj = torch.load(path, map_location=device, weights_only=True)
         missing = [k for k in keys if k not in obj]
     except Exception as e:  # empty, truncated, someone else's pickle, not a dict at all
         raise DtrError(f"cannot read {path} ({type(e).__name__}: {first_words(e) or 'empty'}); {fix}") from None
+    version = obj.get("format", 1) if isinstance(obj, dict) else None
+    if ours and version != FORMAT:
+        raise DtrError(f"{path} was written by {'an older' if version is not None and version < FORMAT else 'another'} "
+                       f"version of this project (file format {version}, this one reads {FORMAT}); {fix}")
     if missing:
         raise DtrError(f"{path} is not what this project writes there (no {', '.join(missing)}); {fix}")
     return obj
+
+@contextlib.contextmanager
+def claim(folder):
+    """One run at a time in a folder: hold an exclusive lock on folder/.lock while the run works (the OS
+    releases it even if the process is killed), with the holder's pid and command in it; a second run
+    is refused at once, naming that process. Under torchrun rank 0 holds it for all (RANK is set before
+    the process group exists); without fcntl (Windows) there is no lock."""
+    if int(os.environ.get("RANK", 0)) > 0 or fcntl is None:
+        yield
+        return
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, ".lock"), "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            raise DtrError(f"{folder} is in use by another run (process {f.read().strip() or '?'}); wait for it "
+                           f"to finish, or pick another --out_dir") from None
+        f.truncate(0)
+        f.write(f"{os.getpid()}: {' '.join(sys.argv)}")
+        f.flush()
+        yield  # closing the file releases the lock
 
 def check_resumable(saved, want, path):
     """Refuse to continue from a file written with other settings, naming the first that differs."""
     for key, value in want.items():
         if saved.get(key) != value:
-            said = (f"was made from another {key[:-7]}" if key.endswith("_sha256") else
+            said = ("was made from another text (a file of the same name, or this one changed)" if key == "data_sha256" else
+                    f"was made from another {key[:-7]}" if key.endswith("_sha256") else
                     f"was written with {key}={saved.get(key)} but this run has {key}={value}")
             raise DtrError(f"{path} {said}; rerun with the settings it was written with, "
                            f"another --out_dir, or delete it to redo that phase")
@@ -222,10 +274,12 @@ class Partial:
     def __init__(self, path, key):
         self.path, self.key, self.t0, self.spent = path, key, time.time(), 0.0
 
-    def load(self, device="cpu"):
+    def load(self):
+        """The saved state, on the CPU (load_state_dict moves weights and optimizer states to their
+        parameters' device; random number states must stay on the CPU), or None."""
         if not os.path.exists(self.path):
             return None
-        saved = load_file(self.path, "delete it to redo that phase from its start", ("key",), device)
+        saved = load_file(self.path, "delete it to redo that phase from its start", ("key",))
         check_resumable(saved["key"], self.key, self.path)
         self.spent = saved.get("train_s", 0.0)
         return saved
@@ -238,7 +292,7 @@ class Partial:
         atomic_save({"key": self.key, "train_s": self.elapsed(), **state}, self.path)
 
     def done(self):
-        for p in (self.path, self.path + ".tmp"):  # with any temp file a killed write left
+        for p in [self.path] + glob.glob(glob.escape(self.path) + ".*.tmp"):  # and temp files killed writes left
             if rank() == 0 and os.path.exists(p):
                 os.remove(p)
 
@@ -275,6 +329,9 @@ def cli(job, parse, argv=None):
     """Run job(parse(argv)) as a command: a DtrError becomes one 'error:' line and exit code 2;
     Ctrl-C says how to resume. Every script of the project goes through here."""
     cfg = None
+    for stream in (sys.stdout, sys.stderr):  # a console that cannot show the text's characters must not fail a run
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="replace")
     try:
         cfg = parse(argv)
         return job(cfg)

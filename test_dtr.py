@@ -12,8 +12,10 @@ the single-process result.
 
 Floats are compared by relative error ||a - b|| / ||b||; 1e-5 unless said otherwise.
 """
+import ast
 import copy
 import dataclasses
+import glob
 import json
 import os
 import shutil
@@ -25,7 +27,7 @@ import torch
 
 import dtr
 import train_teacher
-from conftest import HERE, launch, refused, rel_err, tiny_gpt, torchrun, weights
+from conftest import HERE, fingerprint, launch, refused, rel_err, tiny_gpt, torchrun, weights, with_out_dir
 from plumbing import DtrError
 from train_teacher import Cache, val_loss
 
@@ -257,12 +259,6 @@ def test_each_task_keeps_the_layer_it_needs():
 
 # ---- end to end (tiny preset) ----
 
-@pytest.fixture(scope="session")
-def tiny_run(data_dir, tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("out"))
-    args = ["--preset", "tiny", "--data_dir", data_dir, "--out_dir", out, "--sample_tokens", "20"]
-    return args, out, dtr.run(dtr.parse_args(args))
-
 def test_end_to_end_report(tiny_run):
     args, out, report = tiny_run
     with open(os.path.join(out, "gla", "report.json")) as f:
@@ -338,10 +334,6 @@ def test_nan_distillation_is_refused():
 
 # ---- the command line: one error line, exit code 2, nothing finished lost ----
 
-
-def fingerprint(folder):
-    """{path: bytes} of every file under folder: to show that nothing finished changed."""
-    return {os.path.join(d, f): open(os.path.join(d, f), "rb").read() for d, _, fs in os.walk(folder) for f in fs}
 
 def test_every_numeric_setting_has_a_valid_range():
     for f in dataclasses.fields(dtr.Config):
@@ -428,9 +420,6 @@ def test_a_broken_file_is_named_and_nothing_finished_is_lost(tiny_run, tmp_path,
 
 # ---- torchrun, and runs that survive being killed ----
 
-def with_out_dir(args, out):
-    return args[:args.index("--out_dir")] + ["--out_dir", str(out)] + args[args.index("--out_dir") + 2:]
-
 def test_torchrun_distill_and_greedy_match_one_process(tiny_run, tmp_path):
     # the blocks split over 2 processes (L0, L2 | L1, L3), each running the whole teacher on the
     # same batches, and each greedy round's candidates split the same way: the students and every
@@ -459,7 +448,7 @@ def save_and_stop(obj, path):
     seen.extend([path] if path.endswith(target) else [])
     if len(seen) == n and path.endswith(target):
         if sig == signal.SIGKILL:
-            with open(path + ".tmp", "wb") as f:
+            with open(f"{path}.{os.getpid()}.tmp", "wb") as f:
                 f.write(b"the first half of a checkpoint")
         os.kill(os.getpid(), sig)
     save(obj, path)
@@ -483,7 +472,7 @@ def test_killed_runs_resume_to_the_same_result(tiny_run, tmp_path):
     # the rerun finishes the teacher and is killed writing the 2nd distillation checkpoint (step 20 of 50)
     log = stop_at("students.partial.pt", 2, "SIGKILL")
     assert "teacher  resuming" in log and "at step 20/200" in log
-    assert os.path.exists(run_dir / "students.partial.pt.tmp")
+    assert glob.glob(str(run_dir / "students.partial.pt.*.tmp"))  # the half-written temp file the kill left
     assert "distill_iters=50 but this run has distill_iters=60" in refused(args + ["--distill_iters", "60"])
     # the next is killed writing greedy's 2nd round
     log = stop_at("greedy.partial.json", 2, "SIGKILL")
@@ -500,3 +489,63 @@ def test_killed_runs_resume_to_the_same_result(tiny_run, tmp_path):
     assert rel_err(weights(run_dir / "students.pt", "students"),
                    weights(os.path.join(out, "gla", "students.pt"), "students")) < 1e-6
     assert [f for _, _, fs in os.walk(tmp_path) for f in fs if f.endswith(".tmp") or ".partial." in f] == []
+
+# ---- the layout: imports form a tree, every name defined before it is used ----
+
+PROJECT = ["plumbing.py", "kernel.py", "train_teacher.py", "dtr.py"] + sorted(
+    os.path.join("experiments", f) for f in os.listdir(os.path.join(HERE, "experiments")) if f.endswith(".py"))
+
+def project_imports(path):
+    """The project's own modules that a file imports (by module name)."""
+    tree = ast.parse(open(os.path.join(HERE, path)).read())
+    names = {os.path.splitext(os.path.basename(p))[0] for p in PROJECT} | {"conftest"}
+    found = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    found |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    return found & names
+
+def used_before_defined(path):
+    """(line, name) for each module-level name read above the line that defines it. A name bound
+    locally (an argument, an assignment in the function) is the function's own; a class body may
+    name the class itself."""
+    tree = ast.parse(open(os.path.join(HERE, path)).read())
+    defined = {}
+    for node in tree.body:
+        targets = [node] if isinstance(node, (ast.FunctionDef, ast.ClassDef)) else \
+            [t for t in ast.walk(node) if isinstance(t, ast.Name) and isinstance(t.ctx, ast.Store)] if isinstance(node, (ast.Assign, ast.AnnAssign)) else \
+            [a for a in node.names] if isinstance(node, (ast.Import, ast.ImportFrom)) else []
+        for t in targets:
+            name = getattr(t, "name", None) or getattr(t, "id", None)
+            name = (getattr(t, "asname", None) or name).split(".")[0]
+            defined.setdefault(name, (node.lineno, node.end_lineno))
+    bad = []
+
+    def visit(node, local):
+        if isinstance(node, (ast.FunctionDef, ast.Lambda)):
+            args = node.args
+            local = local | {a.arg for a in args.args + args.kwonlyargs + args.posonlyargs} | \
+                {a.arg for a in (args.vararg, args.kwarg) if a} | \
+                {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and node.id in defined and node.id not in local:
+            start, end = defined[node.id]
+            if node.lineno < start:
+                bad.append((node.lineno, node.id))
+        for child in ast.iter_child_nodes(node):
+            visit(child, local)
+    visit(tree, frozenset())
+    return bad
+
+def test_imports_form_a_tree_and_names_are_defined_before_use():
+    graph = {os.path.splitext(os.path.basename(p))[0]: project_imports(p) for p in PROJECT}
+    assert graph["plumbing"] == set() and graph["kernel"] == set()  # the two leaves import nothing of ours
+    assert graph["train_teacher"] == {"plumbing"} and graph["dtr"] == {"plumbing", "kernel", "train_teacher"}
+    order = ["plumbing", "kernel", "train_teacher", "dtr"]  # and experiments only above the method
+    for name, deps in graph.items():
+        assert all(d in order[:order.index(name)] if name in order else d != name for d in deps), (name, deps)
+    for path in PROJECT:
+        assert used_before_defined(path) == [], path
+    tests = [f for f in os.listdir(HERE) if f.startswith("test_") and f.endswith(".py")] + ["experiments/test_experiments.py"]
+    for path in tests:  # helpers come from conftest.py, never from another test file
+        tree = ast.parse(open(os.path.join(HERE, path)).read())
+        imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names} | \
+                   {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert not {m for m in imported if m.startswith("test_")}, path

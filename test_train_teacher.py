@@ -1,13 +1,19 @@
 """
-Tests of the teacher and the plumbing it holds (train_teacher.py): python -m pytest -q test_train_teacher.py
+Tests of the teacher (train_teacher.py) and the plumbing (plumbing.py): python -m pytest -q test_train_teacher.py
 
 What is where: the copying rows it can train on -> data (the splits, the cache, BPE) -> a teacher
 you already have (--init_from a nanoGPT checkpoint or GPT-2) -> torchrun training one step like
-one process. CPU only; the helpers that run the real command line live in test_dtr.py.
+one process -> no silently wrong result (window starts on huge splits, failed writes, a busy
+folder, changed settings, older files, resume states, shared checks). CPU only; the helpers that
+run the real command line live in conftest.py.
 """
 import importlib.util
+import inspect
+import json
 import os
 import pickle
+import shutil
+import subprocess
 import sys
 
 import pytest
@@ -15,8 +21,17 @@ import torch
 
 import dtr
 import train_teacher
-from conftest import HERE, SHARED, launch, refused, rel_err, torchrun, weights
-from plumbing import DtrError
+from conftest import (
+    HERE,
+    SHARED,
+    launch,
+    refused,
+    rel_err,
+    torchrun,
+    weights,
+    with_out_dir,
+)
+from plumbing import DtrError, load_file
 
 
 def test_teacher_copy_rows_are_a_sequence_shown_twice():
@@ -183,3 +198,99 @@ def test_torchrun_teacher_step_matches_one_process(data_dir, tmp_path):
     assert rel_err(one, torch.cat([v.double().flatten() for v in init.values()])) > 1e-3  # the steps did move the weights
     for other in ("two", "accum"):
         assert rel_err(weights(tmp_path / other / "teacher.pt"), one) < 1e-5
+
+# ---- no silently wrong result: sizes, files, settings, folders (each through the real command line) ----
+
+def test_window_starts_are_exact_past_2_24_tokens():
+    # a split of over 2^24 tokens (a 200 MB text): float32 cannot hold every start there, and
+    # torch.linspace put the last one past the last valid start, M
+    n_tokens, T, n = 2**24 + 12_347 + 129, 128, 128  # M = 2^24 + 12,347: odd, so float32 rounds it
+    M = n_tokens - T - 1
+    assert torch.linspace(0, M, n)[-1].long() > M  # the old way, wrong here: what this test guards
+    s, t = train_teacher.window_starts(n_tokens, T, n), train_teacher.window_starts(n_tokens, T, n, test=True)
+    assert s[0] == 0 and s[-1] == M and len(s) == n and len(t) == n - 1
+    assert s == [i * M // (n - 1) for i in range(n)]  # exact: floor(i M / (n - 1))
+    assert all(a < m < b for a, m, b in zip(s, t, s[1:]))  # each test start strictly between two search starts
+    batches = train_teacher.fixed_batches(torch.zeros(n_tokens, dtype=torch.int32), T, 16, 8, "cpu", test=True)
+    assert sum(len(x) for x, _ in batches) == n - 1 and batches[0][0].dtype == torch.int64
+
+def test_bpe_in_pieces_equals_the_whole_text(data_dir):
+    text = open(os.path.join(data_dir, "shakespeare", "input.txt")).read()[:100_000]
+    whole = train_teacher.gpt2_encoding().encode_ordinary(text)
+    for size in (500, 7_777):  # pieces end only where GPT-2's pre-tokenizer splits anyway
+        assert torch.cat([torch.from_numpy(p.astype("int64")) for p in train_teacher.raw_ids(text, "gpt2", size)]).tolist() == whole
+
+def run_limited(args, script, max_file_bytes):
+    """The real command line with a file-size limit (ulimit -f): every write past it fails, as on a full disk."""
+    import resource
+    limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
+    return subprocess.run([sys.executable, script] + args, cwd=HERE, capture_output=True, text=True, timeout=300, preexec_fn=limit)
+
+def test_a_failed_write_is_one_line_and_leaves_no_partial_file(data_dir, tmp_path):
+    files = lambda: sorted(os.path.relpath(os.path.join(d, f), tmp_path) for d, _, fs in os.walk(tmp_path) for f in fs if f != ".lock")
+    shutil.copytree(os.path.join(data_dir, "shakespeare"), tmp_path / "data" / "shakespeare")
+    args = ["--preset", "tiny", "--max_iters", "2", "--data_dir", str(tmp_path / "data"), "--out_dir", str(tmp_path / "o")]
+    # the data cache (train.bin, ~2 MB) past a 100 kB limit: no train.bin a later run could trust
+    r = run_limited(args, "train_teacher.py", 100_000)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "cannot write" in r.stderr and "File too large" in r.stderr
+    assert files() == [os.path.join("data", "shakespeare", "input.txt")]
+    # the teacher (torch.save raises a RuntimeError for a failed write, from the OSError) past 300 kB
+    train_teacher.load_data(dtr.Config(dataset="shakespeare_char", data_dir=str(tmp_path / "data")))
+    before = files()
+    r = run_limited(args, "train_teacher.py", 300_000)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.strip().splitlines()[-1].startswith(
+        f"error: cannot write {tmp_path / 'o' / 'teacher.pt'} (File too large")
+    assert files() == before  # neither teacher.pt nor a temp file
+
+def test_a_busy_folder_is_refused_at_once(tmp_path):
+    from plumbing import claim
+    with claim(str(tmp_path / "o")):  # this process holds it, as a run in progress would
+        line = refused(["--preset", "tiny", "--out_dir", str(tmp_path / "o")])
+    assert f"{tmp_path / 'o'} is in use by another run (process {os.getpid()}" in line
+
+def test_changed_teacher_settings_are_refused_not_ignored(tiny_run):
+    # a finished teacher trained with other settings is never reused under this run's settings
+    args, out, _ = tiny_run
+    for flag, value in (("--max_iters", "7"), ("--lr", "0.001"), ("--batch_size", "4"), ("--dropout", "0.1")):
+        line = refused(args + [flag, value])
+        assert os.path.join(out, "teacher.pt") in line and f"this run has {flag[2:]}=" in line and "another --out_dir" in line
+    with open(os.path.join(out, "gla", "report.json")) as f:
+        report = json.load(f)
+    assert report["teacher"]["reused"] is False and report["config"]["max_iters"] == 200  # what the teacher was trained with
+
+def test_files_of_an_older_version_are_refused_with_a_version_message(tiny_run, tmp_path):
+    args, out, _ = tiny_run
+    os.makedirs(tmp_path / "o")
+    ckpt = torch.load(os.path.join(out, "teacher.pt"), weights_only=True)
+    del ckpt["format"]  # as the previous release wrote it
+    torch.save(ckpt, tmp_path / "o" / "teacher.pt")
+    line = refused(with_out_dir(args, tmp_path / "o"))
+    assert "teacher.pt was written by an older version of this project (file format 1, this one reads 2)" in line
+
+def test_resume_states_load_on_the_cpu(tmp_path):
+    # random-number states must reach set_rng_state / Generator.set_state as CPU tensors on every
+    # device: partial checkpoints load onto the CPU, never onto the run's device
+    from plumbing import Partial
+    gen = torch.Generator().manual_seed(3)
+    Partial(str(tmp_path / "p.partial.pt"), {"seed": 1}).save(gen=gen.get_state(), rng=torch.get_rng_state())
+    saved = Partial(str(tmp_path / "p.partial.pt"), {"seed": 1}).load()
+    assert saved["gen"].device.type == saved["rng"].device.type == "cpu"
+    assert "device" not in inspect.signature(Partial.load).parameters and "device" not in inspect.signature(load_file).parameters
+    torch.Generator().set_state(saved["gen"])
+    torch.set_rng_state(saved["rng"])
+
+def test_entry_points_share_the_data_checks_and_printing_never_fails(tmp_path):
+    # training split too short once tokenised with gpt2: one line from train_teacher.py too
+    (tmp_path / "short.txt").write_text("To be, or not to be, that is the question. " * 12)
+    args = ["--dataset", str(tmp_path / "short.txt"), "--tokenizer", "gpt2", "--preset", "tiny", "--out_dir", str(tmp_path / "o"),
+            "--data_dir", str(tmp_path / "d")]
+    assert "split has" in refused(args, "train_teacher.py") and "fewer than the context (64) + 2" in refused(args, "train_teacher.py")
+    # Greek text on a console that cannot show it (a Windows code page): the run finishes
+    g = torch.Generator().manual_seed(0)
+    greek = "".join(chr(0x3b1 + i) for i in range(20)) + " "
+    (tmp_path / "greek.txt").write_text("".join(greek[i] for i in torch.randint(len(greek), (3000,), generator=g)))
+    args = ["--dataset", str(tmp_path / "greek.txt"), "--preset", "tiny", "--max_iters", "5", "--distill_iters", "2",
+            "--data_dir", str(tmp_path / "d"), "--out_dir", str(tmp_path / "g")]
+    r = subprocess.run([sys.executable, "dtr.py"] + args, cwd=HERE, env={**os.environ, "PYTHONIOENCODING": "cp1252"},
+                       capture_output=True, timeout=300)
+    assert r.returncode == 0 and b"sample from M_opt" in r.stdout, r.stderr[-2000:]

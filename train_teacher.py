@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from plumbing import (DtrError, Pace, Partial, atomic_save, autocast, barrier, check_resumable, choose_device, cli,
+from plumbing import (DtrError, Pace, Partial, atomic_save, autocast, barrier, check_resumable, choose_device, claim, cli,
                       first_words, load_file, opt, parse_flags, rank, validate, world)
 
 # ---- the model (nanoGPT's, module names kept) ----
@@ -189,7 +189,7 @@ def model_args(cfg, meta):
 def load_model(path, device, fix, prepare=None):
     """The one loader of models: rebuild the GPT in a checkpoint (prepare(model, ckpt) may swap
     students in first, for a hybrid) and load its weights. Returns (model in eval mode, ckpt)."""
-    ckpt = load_file(path, fix, ("model_args", "state_dict", "meta"), device)
+    ckpt = load_file(path, fix, ("model_args", "state_dict", "meta"))
     try:
         model = GPT(GPTConfig(**ckpt["model_args"]))
         if prepare:
@@ -233,7 +233,7 @@ def teacher_vocab(cfg):
     """The imported teacher's tokens in id order: its meta.pkl's characters, or all of GPT-2's ids as they are."""
     if not cfg.meta:
         return list(range(GPT2_VOCAB))
-    meta = load_file(cfg.meta, "pass --meta the meta.pkl of the data the model was trained on", ("itos", "vocab_size"))
+    meta = load_file(cfg.meta, "pass --meta the meta.pkl of the data the model was trained on", ("itos", "vocab_size"), ours=False)
     try:
         return [meta["itos"][i] for i in range(meta["vocab_size"])]
     except (KeyError, TypeError):
@@ -261,18 +261,85 @@ def download(url, path):
     try:
         with urllib.request.urlopen(url, timeout=30) as r:
             data = r.read()
+        tmp = f"{path}.{os.getpid()}.tmp"  # under torchrun every process downloads: none renames another's file
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
     except OSError as e:
-        raise DtrError(f"could not download tiny Shakespeare ({e}); put the file from {url} "
-                       f"at {path} by hand and rerun") from None
-    tmp = f"{path}.{os.getpid()}.tmp"  # under torchrun every process downloads: none renames another's file
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+        raise DtrError(f"could not download tiny Shakespeare to {path} ({e}); put the file from {url} "
+                       f"there by hand and rerun") from None
+
+def raw_ids(text, tokenizer, size=1 << 20):
+    """The text's tokens as raw ids (Unicode code points, or GPT-2's token ids): a list of uint32 arrays,
+    one per `size` characters or so, 4 bytes a token however long the text (a list of Python strings or
+    ints takes 20 times the text or more). subtle: a BPE piece ends only where a
+    non-space is followed by a newline, where GPT-2's pre-tokenizer splits anyway, so the tokens are
+    those of the whole text encoded at once."""
+    parts, start = [np.zeros(0, dtype=np.uint32)], 0  # (an empty text has no tokens)
+    while start < len(text):
+        end = min(len(text), start + size)
+        while tokenizer == "gpt2" and end < len(text) and not (text[end] == "\n" and not text[end - 1].isspace()):
+            end = text.find("\n", end + 1) if text.find("\n", end + 1) >= 0 else len(text)
+        part = text[start:end]
+        parts.append(np.frombuffer(part.encode("utf-32-le"), dtype=np.uint32) if tokenizer == "char" else
+                     np.array(gpt2_encoding().encode_ordinary(part), dtype=np.uint32))
+        start = end
+    return parts
+
+def check_split(data, block_size, split):
+    """Every entry point (training, distillation, the searches) needs one window of context + 1 tokens."""
+    if len(data) < block_size + 2:
+        raise DtrError(f"the {split} split has {len(data)} tokens, fewer than the context "
+                       f"({block_size}) + 2; use a longer text or a smaller --block_size")
+
+def read_cache(folder, src, sha, tokenizer, vocab):
+    """The encoded splits cached in folder, if meta.json says they were made from this text (sha) with
+    this tokenizer and vocabulary and the lengths match; else None (no cache or a broken one: encode again)."""
+    try:
+        meta = load_file(os.path.join(folder, "meta.json"), "", ("source_sha256", "tokenizer", "n_train", "n_val"))
+        splits = [np.fromfile(os.path.join(folder, s + ".bin"), dtype=np.uint16) for s in ("train", "val")]
+    except (DtrError, OSError):
+        return None
+    if meta["source_sha256"] == sha and meta["tokenizer"] == tokenizer and vocab in (None, meta.get("vocab")) and \
+            [len(s) for s in splits] == [meta["n_train"], meta["n_val"]]:
+        return (*(torch.from_numpy(s.astype(np.int32)) for s in splits), meta)
+    if meta["source_sha256"] != sha and meta.get("source", os.path.abspath(src)) != os.path.abspath(src):
+        print(f"data     {folder} holds {meta['source']}, another text of the same name; encoding {src} in its place")
+    return None
+
+def encode_splits(cfg, text, src, sha, tokenizer, vocab):
+    """Encode the text's two splits into compact ids (the rows of `vocab`, or of the ids that occur) and
+    write the cache: the splits first, meta.json last (it marks the cache complete)."""
+    n = int(0.9 * len(text))
+    splits = [raw_ids(part, tokenizer) for part in (text[:n], text[n:])]  # each split on its own
+    size = 1 + max(int(p.max()) if len(p) else 0 for parts in splits for p in parts)
+    raw = np.flatnonzero(sum(np.bincount(p, minlength=size) for parts in splits for p in parts))  # the ids that occur
+    if vocab is None:  # only the ids that occur: 11,706 rows for Shakespeare in GPT-2's BPE
+        vocab = [chr(c) for c in raw] if tokenizer == "char" else raw.tolist()
+    if len(vocab) > 65535:
+        raise DtrError(f"{src} has {len(vocab)} distinct tokens, more than the 65,535 we store; use --tokenizer gpt2")
+    known = [ord(t) if tokenizer == "char" else t for t in vocab]
+    row = np.full(max([size] + [k + 1 for k in known]), -1, dtype=np.int32)  # raw id -> its row in vocab
+    row[known] = np.arange(len(vocab))
+    if len(missing := raw[row[raw] < 0]):  # (GPT-2's BPE lacks nothing)
+        shown = [chr(c) if tokenizer == "char" else int(c) for c in missing]
+        raise DtrError(f"{src} contains {shown[0]!r}{f' and {len(shown) - 1} more' if len(shown) > 1 else ''}, "
+                       f"which the vocabulary of {cfg.init_from} ({cfg.meta}) lacks; remove it, or use text like "
+                       f"the text that model was trained on")
+    train, val = (np.concatenate([np.take(row.astype(np.uint16), p) for p in parts]) for parts in splits)
+    folder = os.path.join(cfg.data_dir, data_name(cfg))
+    meta = {"dataset": data_name(cfg), "tokenizer": tokenizer, "vocab": vocab, "source": os.path.abspath(src),
+            "source_sha256": sha, "n_train": len(train), "n_val": len(val)}
+    for split, arr in (("train", train), ("val", val)):
+        atomic_save(arr, os.path.join(folder, split + ".bin"))  # rank 0 only: the others encoded the same tokens
+    atomic_save(meta, os.path.join(folder, "meta.json"))  # written last: it marks the cache complete
+    return torch.from_numpy(train.astype(np.int32)), torch.from_numpy(val.astype(np.int32)), meta
 
 def load_data(cfg):
-    """Returns (train, val, meta): int64 token tensors and the tokenizer's meta. The split is
+    """Returns (train, val, meta): int32 token tensors (windows() makes them int64) and the tokenizer's meta. The split is
     nanoGPT's: first 90% of the characters train, last 10% validate. Encoded splits are cached.
-    The vocabulary is what occurs in the text, or with --init_from the imported teacher's."""
+    The vocabulary is what occurs in the text, or with --init_from the imported teacher's. Each
+    split must hold one window (check_split)."""
     if cfg.dataset in BUILTIN:
         src, tokenizer = os.path.join(cfg.data_dir, "shakespeare", "input.txt"), BUILTIN[cfg.dataset]
         if not os.path.exists(src):
@@ -289,46 +356,33 @@ def load_data(cfg):
         raise DtrError(f"cannot read {src} as UTF-8 text ({e}); pass a readable UTF-8 file") from None
     tokenizer, vocab = (cfg.tokenizer, teacher_vocab(cfg)) if cfg.init_from else (tokenizer, None)
     folder = os.path.join(cfg.data_dir, data_name(cfg))
-    sha, meta_path = hashlib.sha256(text.encode()).hexdigest(), os.path.join(folder, "meta.json")
-    try:  # the cache: meta.json names the text it was made from and the length of each split
-        meta = load_file(meta_path, "", ("source_sha256", "tokenizer", "n_train", "n_val"))
-        splits = [np.fromfile(os.path.join(folder, s + ".bin"), dtype=np.uint16) for s in ("train", "val")]
-        if meta["source_sha256"] == sha and meta["tokenizer"] == tokenizer and vocab in (None, meta.get("vocab")) and \
-                [len(s) for s in splits] == [meta["n_train"], meta["n_val"]]:
-            return (*(torch.from_numpy(s.astype(np.int64)) for s in splits), meta)
-    except (DtrError, OSError):
-        pass  # no cache, or a broken one: encode again
-    n = int(0.9 * len(text))
-    pieces = [list(part) if tokenizer == "char" else gpt2_encoding().encode_ordinary(part)  # each split on its own
-              for part in (text[:n], text[n:])]
-    if vocab is None:  # only the ids that occur: 11,706 rows for Shakespeare in GPT-2's BPE
-        vocab = sorted(set(pieces[0]) | set(pieces[1]))
-    elif missing := sorted((set(pieces[0]) | set(pieces[1])) - set(vocab)):  # (GPT-2's BPE lacks nothing)
-        raise DtrError(f"{src} contains {missing[0]!r}{f' and {len(missing) - 1} more' if len(missing) > 1 else ''}, "
-                       f"which the vocabulary of {cfg.init_from} ({cfg.meta}) lacks; remove it, or use text like "
-                       f"the text that model was trained on")
-    if len(vocab) > 65535:
-        raise DtrError(f"{src} has {len(vocab)} distinct tokens, more than the 65,535 we store; use --tokenizer gpt2")
-    ids = {t: i for i, t in enumerate(vocab)}
-    train, val = (np.array([ids[p] for p in part], dtype=np.uint16) for part in pieces)
-    meta = {"dataset": data_name(cfg), "tokenizer": tokenizer, "vocab": vocab, "source_sha256": sha,
-            "n_train": len(train), "n_val": len(val)}
-    os.makedirs(folder, exist_ok=True)
-    for split, arr in (("train", train), ("val", val)):
-        if rank() == 0:  # the other processes encoded the same tokens; they must not write over them
-            arr.tofile(os.path.join(folder, split + ".bin"))
-    atomic_save(meta, meta_path)  # written last: it marks the cache complete
-    return torch.from_numpy(train.astype(np.int64)), torch.from_numpy(val.astype(np.int64)), meta
+    sha = hashlib.sha256(text.encode()).hexdigest()
+    cached = read_cache(folder, src, sha, tokenizer, vocab)
+    if cached:
+        train, val, meta = cached
+    else:
+        train, val, meta = encode_splits(cfg, text, src, sha, tokenizer, vocab)
+    check_split(train, cfg.block_size, "training")
+    check_split(val, cfg.block_size, "validation")
+    return train, val, meta
 
 def windows(data, starts, block_size, device):
     """x = the windows of block_size tokens at `starts`, y = the next token at each place, both (B, T)."""
-    x = torch.stack([data[i:i + block_size] for i in starts])
-    y = torch.stack([data[i + 1:i + 1 + block_size] for i in starts])
+    x = torch.stack([data[i:i + block_size] for i in starts]).long()
+    y = torch.stack([data[i + 1:i + 1 + block_size] for i in starts]).long()
     return x.to(device), y.to(device)
 
 def get_batch(data, block_size, batch_size, device, generator=None):
     """Random windows for training."""
     return windows(data, torch.randint(len(data) - block_size - 1, (batch_size,), generator=generator), block_size, device)
+
+def window_starts(n_tokens, block_size, n, test=False):
+    """n window starts spread evenly over a split of n_tokens, in exact integer arithmetic (a float32
+    linspace rounds past the last valid start once a split passes 2^24 tokens): start i is
+    floor(i M / (n - 1)) with M = n_tokens - block_size - 1 the last valid start. test=True: the n - 1
+    starts halfway between those, floor((2i + 1) M / (2 (n - 1)))."""
+    M, d = n_tokens - block_size - 1, max(1, n - 1)
+    return [(2 * i + 1) * M // (2 * d) for i in range(n - 1)] if test else [i * M // d for i in range(n)]
 
 def fixed_batches(data, block_size, batch_size, n_batches, device, split="validation", test=False):
     """Deterministic windows spread evenly over the split: every candidate in the greedy
@@ -336,13 +390,9 @@ def fixed_batches(data, block_size, batch_size, n_batches, device, split="valida
     test=True: the windows halfway between those, one fewer: held-out test batches that share
     no window with the search batches (apart from each other by >= block_size tokens when the
     split has room)."""
-    if len(data) < block_size + 2:
-        raise DtrError(f"the {split} split has {len(data)} tokens, fewer than the context "
-                       f"({block_size}) + 2; use a longer text or a smaller --block_size")
-    starts = torch.linspace(0, len(data) - block_size - 1, n_batches * batch_size)
-    if test:
-        starts = (starts[:-1] + starts[1:]) / 2
-    return [windows(data, s, block_size, device) for s in starts.long().split(batch_size)]
+    check_split(data, block_size, split)
+    starts = window_starts(len(data), block_size, n_batches * batch_size, test)
+    return [windows(data, starts[i:i + batch_size], block_size, device) for i in range(0, len(starts), batch_size)]
 
 def repeat_first_half(x, y, n):
     """The first n rows of a training batch (x, y: (B, T)) become their first half shown twice,
@@ -396,7 +446,7 @@ def train(cfg, train_data, val_data, meta, device, bf16, ckpt_path):
     gen = torch.Generator().manual_seed(cfg.seed)  # the same on every process: the same batches
     # ---- resume: continue from teacher.partial.pt, written every save_interval steps
     partial, start = Partial(ckpt_path[:-3] + ".partial.pt", teacher_key(cfg, meta, MODEL_FIELDS + TRAIN_FIELDS)), 0
-    if (saved := partial.load(device)) is not None:
+    if (saved := partial.load()) is not None:
         model.load_state_dict(saved["state_dict"])
         optimizer.load_state_dict(saved["optimizer"])
         gen.set_state(saved["gen"])
@@ -492,7 +542,7 @@ def read_source(init_from, weights=True):
         return config, {k: v.t() if k.endswith(CONV1D) else v for k, v in sd.items()}, {}
     if not os.path.isfile(init_from):
         raise DtrError(f"--init_from {init_from} is neither a file nor a folder; {INIT_FIX}")
-    ckpt = load_file(init_from, INIT_FIX)
+    ckpt = load_file(init_from, INIT_FIX, ours=False)
     args = ckpt.get("model_args") if isinstance(ckpt, dict) else None
     if not isinstance(args, dict) or not isinstance(ckpt.get("model"), dict) or any(k not in args for k in NANOGPT_ARGS):
         raise DtrError(f"{init_from} is not a nanoGPT checkpoint (a dict with model, and model_args holding "
@@ -657,7 +707,9 @@ def load_or_train(cfg, train_data, val_data, meta, device, bf16):
         model, train_s = train(cfg, train_data, val_data, meta, device, bf16, path)
         return model, train_s, time.time() - t0
     model, ckpt = load_model(path, device, "delete it to retrain the teacher")
-    check_resumable(teacher_key(types.SimpleNamespace(**ckpt["config"]), ckpt["meta"]), teacher_key(cfg, meta), path)
+    # every setting that shaped the teacher must match: a reused teacher is the one this run's settings describe
+    fields = MODEL_FIELDS + ("copy_frac",) + (() if cfg.init_from else TRAIN_FIELDS)
+    check_resumable(teacher_key(types.SimpleNamespace(**ckpt["config"]), ckpt["meta"], fields), teacher_key(cfg, meta, fields), path)
     if ckpt.get("init_sha256") != init_sha256(cfg):
         raise DtrError(f"{path} was imported from another {cfg.init_from}; delete it to import the new one")
     print(f"teacher  reusing {path} (val loss {ckpt['val_loss']:.4f})")
@@ -669,7 +721,10 @@ def teach(cfg):
     load_or_train(cfg, train_data, val_data, meta, device, bf16)
 
 def main(argv=None):
-    cli(teach, lambda a: configure(TeacherConfig, a, __doc__, PRESETS), argv)
+    def job(cfg):
+        with claim(cfg.out_dir):  # one run at a time in a folder
+            teach(cfg)
+    cli(job, lambda a: configure(TeacherConfig, a, __doc__, PRESETS), argv)
 
 if __name__ == "__main__":
     main()
