@@ -217,7 +217,7 @@ def load_file(path, fix, keys=(), ours=True):
         missing = [k for k in keys if k not in obj]
     except Exception as e:  # empty, truncated, someone else's pickle, not a dict at all
         raise DtrError(f"cannot read {path} ({type(e).__name__}: {first_words(e) or 'empty'}); {fix}") from None
-    version = obj.get("format", 1) if isinstance(obj, dict) else None
+    version = obj.pop("format", 1) if isinstance(obj, dict) else None  # (readers see the dict that was saved)
     if ours and version != FORMAT:
         raise DtrError(f"{path} was written by {'an older' if version is not None and version < FORMAT else 'another'} "
                        f"version of this project (file format {version}, this one reads {FORMAT}); {fix}")
