@@ -159,8 +159,8 @@ def linear_attention(q, k, v, log_g=None, normalize=True, initial_state=None,
     triton_fits = q.is_cuda and "triton" in CHUNKED_FORMS and q.shape[-1] <= 128  # wider features: the torch form
     impl = impl or os.environ.get("DTR_LINEAR_ATTENTION_IMPL") or ("triton" if triton_fits else "torch")
     if impl != "naive" and impl not in CHUNKED_FORMS:
-        hint = " (impl='triton' needs the triton package: pip install triton)" if impl == "triton" else ""
-        raise ValueError(f"unknown impl {impl!r}; use None, 'torch', 'triton' or 'naive'{hint}")
+        why = "needs the triton package (pip install triton)" if impl == "triton" else "is unknown"
+        raise ValueError(f"impl {impl!r} {why}; use None, 'torch', 'triton' or 'naive'")
     if normalize:  # carry the key-sum z as an extra value column (see the top of the file)
         v = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)
     if impl == "naive":

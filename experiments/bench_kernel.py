@@ -2,8 +2,8 @@
 Kernel benchmark: kernel.py's chunked linear attention against causal softmax attention (SDPA), the
 naive quadratic form and, where it imports and runs, flash-linear-attention's `chunk_simple_gla`.
 
-    python experiments/bench_kernel.py            # everything, as RESULTS.md shows it
-    python experiments/bench_kernel.py --quick --max-T 1024 --batch 2 --heads 2   # a CPU smoke run
+    python experiments/bench_kernel.py            # everything; on one GPU meant to take under 5 minutes
+    python experiments/bench_kernel.py --quick --max-T 1024 --batch 2 --heads 2 --threads 1   # CPU, seconds
 
 Three parts, each printed as it is measured:
 1. a length sweep at B = 1, H = 4, D = 64 (the table `python kernel.py` printed before the
