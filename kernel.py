@@ -18,10 +18,13 @@ Chunked form (chunk of C steps starting at state S_0; b_t = sum_{s<=t in chunk} 
     o_t   = exp(b_t) q_t^T S_0 + sum_{s<=t} (q_t . k_s) exp(b_t - b_s) v_s     (inter + intra)
     S_C   = exp(b_C) S_0 + sum_{s<=C} exp(b_C - b_s) k_s v_s^T                   (state passing)
 
-Every exponent is <= 0, so nothing overflows however strong the decay.
+Every exponent is <= 0, so nothing overflows however strong the decay. Only the second line is
+sequential: the Triton kernels run it first for every chunk's S_0 (phase 1), then the first line for
+all chunks at once (phase 2).
 
-Backward, with dS the gradient of the loss w.r.t. the state at the chunk end, walking the
-chunks in reverse (D_ts = exp(b_t - b_s) for s <= t, else 0; dA_ts = (do_t . v_s) D_ts):
+Backward, with dS the gradient of the loss w.r.t. the state at the chunk end (D_ts = exp(b_t - b_s)
+for s <= t, else 0; dA_ts = (do_t . v_s) D_ts). Again only the last line is sequential, walking the
+chunks in reverse (phase 1); the rest is per chunk, all chunks at once (phase 2):
 
     dq_t  = sum_{s<=t} dA_ts k_s + exp(b_t) S_0 do_t                          (= S_t do_t)
     dk_s  = sum_{t>=s} dA_ts q_t + exp(b_C - b_s) dS v_s
@@ -43,15 +46,14 @@ the u's solve (I + A) u = beta v - beta exp(b) K S_0, A_ts = beta_t exp(b_t - b_
 one inverse X = (I + A)^-1 gives u = U' - W S_0 with U' = X beta v, W = X beta exp(b) K (the WY/UT
 form), and the hand-off is S_C = exp(b_C) S_0 + K_C^T u, where K_C's rows are exp(b_C - b_s) k_s.
 
-File map: naive quadratic reference -> PyTorch chunked form -> recurrent one-token step
--> Triton kernels -> autograd wrapper -> one dispatch function `linear_attention` -> gated delta
-rule (naive loop, chunked, step, `gated_delta_rule`; PyTorch only) -> __main__ self-check and benchmark.
+File map: linear attention (naive quadratic reference -> PyTorch chunked form -> recurrent one-token
+step -> dispatch `linear_attention`) -> the gated delta rule in the same four forms (PyTorch only)
+-> Triton kernels (phase 1: the state pass; phase 2: outputs, and in the backward dq, dk, dv) and
+their autograd wrapper, which adds impl="triton" to the dispatch -> __main__ self-check.
+The benchmark is experiments/bench_kernel.py.
 """
-import argparse
 import math
 import os
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
@@ -135,193 +137,7 @@ def linear_attention_step(q, k, v, log_g=None, state=None, normalize=True):
         o = o[..., :-1] / (o[..., -1:] + EPS)
     return o, state
 
-# ---- Triton kernels ----
-# A program owns one (batch, head) and BV value columns, and walks the chunks in order with
-# its D x BV slice of the state in registers (fp32), like the PyTorch loop above. Value
-# columns never mix in the recurrence, and the split keeps a program's tiles inside shared
-# memory at D = 128; D is not split (q . k needs whole rows). D and Dv are padded to powers
-# of two and masked. The backward recomputes the chunk states rather than storing T / C of
-# them, which would cost as much memory as the activations. dq and dk sum over value columns:
-# each block writes its share, the wrapper adds them and forms dlog_g from whole rows.
-
-try:
-    import triton
-    import triton.language as tl
-    HAS_TRITON = True
-except ImportError:  # kernel.py stays importable, and the torch path usable, without triton
-    HAS_TRITON = False
-
-if HAS_TRITON:
-
-    @triton.jit
-    def _load_tile(p, rows, cols, R, Cn):
-        """rows x cols tile of a row-major (R, Cn) matrix, zero outside it, as fp32."""
-        mask = (rows[:, None] < R) & (cols[None, :] < Cn)
-        return tl.load(p + rows[:, None] * Cn + cols[None, :], mask=mask, other=0.).to(tl.float32)
-
-    @triton.jit
-    def _store_tile(p, x, rows, cols, R, Cn):
-        mask = (rows[:, None] < R) & (cols[None, :] < Cn)
-        tl.store(p + rows[:, None] * Cn + cols[None, :], x.to(p.dtype.element_ty), mask=mask)
-
-    @triton.jit
-    def _chunk_decay(p_g, t, T, BT: tl.constexpr, HAS_G: tl.constexpr):
-        """b (BT,): decay since the chunk start; b_C: over the whole chunk; D (BT, BT):
-        exp(b_t - b_s) for s <= t, else 0. Rows past T have log_g = 0: the state passes through."""
-        if HAS_G:
-            b_g = tl.load(p_g + t, mask=t < T, other=0.).to(tl.float32)
-        else:
-            b_g = tl.zeros([BT], dtype=tl.float32)
-        b_b = tl.cumsum(b_g, 0)
-        i = tl.arange(0, BT)
-        # only ever exponentiate b_t - b_s with s <= t (<= 0); the rest is exp(-inf) = 0
-        b_D = tl.exp(tl.where(i[:, None] >= i[None, :], b_b[:, None] - b_b[None, :], float("-inf")))
-        return b_b, tl.sum(b_g, 0), b_D
-
-    @triton.jit
-    def _fwd_kernel(q, k, v, g, h0, o, ht, T, D: tl.constexpr, DV: tl.constexpr,
-                    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                    HAS_G: tl.constexpr, HAS_H0: tl.constexpr):
-        bh = tl.program_id(0).to(tl.int64)
-        q, k, v, o, g = q + bh * T * D, k + bh * T * D, v + bh * T * DV, o + bh * T * DV, g + bh * T
-        ik, it = tl.arange(0, BK), tl.arange(0, BT)
-        iv = tl.program_id(1) * BV + tl.arange(0, BV)  # this program's value columns
-        # (BK, BV) running state S
-        b_h = tl.zeros([BK, BV], dtype=tl.float32)
-        if HAS_H0:
-            b_h = _load_tile(h0 + bh * D * DV, ik, iv, D, DV)
-        for n in range(tl.cdiv(T, BT)):
-            t = n * BT + it
-            b_b, b_C, b_D = _chunk_decay(g, t, T, BT, HAS_G)
-            # (BT, BK), (BT, BK), (BT, BV) tiles of this chunk
-            b_q, b_k, b_v = _load_tile(q, t, ik, T, D), _load_tile(k, t, ik, T, D), _load_tile(v, t, iv, T, DV)
-            # (BT, BT) decayed causal scores -> (BT, BV) intra + inter output
-            b_A = tl.dot(b_q, tl.trans(b_k)) * b_D
-            b_o = tl.dot(b_A, b_v) + tl.dot(b_q * tl.exp(b_b)[:, None], b_h)
-            _store_tile(o, b_o, t, iv, T, DV)
-            # state passing: S <- exp(b_C) S + sum_s exp(b_C - b_s) k_s v_s^T
-            b_h = b_h * tl.exp(b_C) + tl.dot(tl.trans(b_k * tl.exp(b_C - b_b)[:, None]), b_v)
-        _store_tile(ht + bh * D * DV, b_h, ik, iv, D, DV)
-
-    @triton.jit
-    def _bwd_dq_kernel(k, v, g, h0, do, dq, T, D: tl.constexpr, DV: tl.constexpr,
-                       BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                       HAS_G: tl.constexpr, HAS_H0: tl.constexpr):
-        """Forward walk that recomputes the states: this value block's share of dq."""
-        bh = tl.program_id(0).to(tl.int64)
-        k, v, g, do = k + bh * T * D, v + bh * T * DV, g + bh * T, do + bh * T * DV
-        dq = dq + (tl.program_id(1) * tl.num_programs(0) + bh) * T * D  # (NV, B * H, T, D) shares
-        ik, it = tl.arange(0, BK), tl.arange(0, BT)
-        iv = tl.program_id(1) * BV + tl.arange(0, BV)
-        # (BK, BV) state entering the chunk
-        b_h = tl.zeros([BK, BV], dtype=tl.float32)
-        if HAS_H0:
-            b_h = _load_tile(h0 + bh * D * DV, ik, iv, D, DV)
-        for n in range(tl.cdiv(T, BT)):
-            t = n * BT + it
-            b_b, b_C, b_D = _chunk_decay(g, t, T, BT, HAS_G)
-            b_k = _load_tile(k, t, ik, T, D)
-            b_v, b_do = _load_tile(v, t, iv, T, DV), _load_tile(do, t, iv, T, DV)
-            # (BT, BT) dA_ts = (do_t . v_s) D_ts -> (BT, BK) dq = dA k + exp(b) do S^T
-            b_dA = tl.dot(b_do, tl.trans(b_v)) * b_D
-            b_dq = tl.dot(b_dA, b_k) + tl.dot(b_do, tl.trans(b_h)) * tl.exp(b_b)[:, None]
-            _store_tile(dq, b_dq, t, ik, T, D)
-            b_h = b_h * tl.exp(b_C) + tl.dot(tl.trans(b_k * tl.exp(b_C - b_b)[:, None]), b_v)
-
-    @triton.jit
-    def _bwd_dkv_kernel(q, k, v, g, do, dht, dk, dv, dh0, T, D: tl.constexpr,
-                        DV: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                        HAS_G: tl.constexpr, HAS_H0: tl.constexpr, HAS_DHT: tl.constexpr):
-        """Reverse walk carrying dS: this value block's dv, dS_0 and share of dk."""
-        bh = tl.program_id(0).to(tl.int64)
-        q, k, v, g = q + bh * T * D, k + bh * T * D, v + bh * T * DV, g + bh * T
-        do, dv = do + bh * T * DV, dv + bh * T * DV
-        dk = dk + (tl.program_id(1) * tl.num_programs(0) + bh) * T * D  # (NV, B * H, T, D) shares
-        ik, it = tl.arange(0, BK), tl.arange(0, BT)
-        iv = tl.program_id(1) * BV + tl.arange(0, BV)
-        # (BK, BV) gradient w.r.t. the state at the end of the current chunk
-        b_dh = tl.zeros([BK, BV], dtype=tl.float32)
-        if HAS_DHT:
-            b_dh = _load_tile(dht + bh * D * DV, ik, iv, D, DV)
-        NT = tl.cdiv(T, BT)
-        for i in range(NT):
-            t = (NT - 1 - i) * BT + it
-            b_b, b_C, b_D = _chunk_decay(g, t, T, BT, HAS_G)
-            b_q, b_k = _load_tile(q, t, ik, T, D), _load_tile(k, t, ik, T, D)
-            b_v, b_do = _load_tile(v, t, iv, T, DV), _load_tile(do, t, iv, T, DV)
-            # (BT, BT) scores A_ts and their gradient dA_ts, indexed [query t, key s]
-            b_A = tl.dot(b_q, tl.trans(b_k)) * b_D
-            b_dA = tl.dot(b_do, tl.trans(b_v)) * b_D
-            # (BT, 1) decay from each key to the chunk end, where dS takes over
-            b_kd = tl.exp(b_C - b_b)[:, None]
-            b_dk = tl.dot(tl.trans(b_dA), b_q) + tl.dot(b_v, tl.trans(b_dh)) * b_kd  # (BT, BK)
-            b_dv = tl.dot(tl.trans(b_A), b_do) + tl.dot(b_k, b_dh) * b_kd  # (BT, BV)
-            _store_tile(dk, b_dk, t, ik, T, D)
-            _store_tile(dv, b_dv, t, iv, T, DV)
-            # reverse state passing: dS <- exp(b_C) dS + sum_t exp(b_t) q_t do_t^T
-            b_dh = b_dh * tl.exp(b_C) + tl.dot(tl.trans(b_q * tl.exp(b_b)[:, None]), b_do)
-        if HAS_H0:
-            _store_tile(dh0 + bh * D * DV, b_dh, ik, iv, D, DV)
-
-# ---- autograd wrapper ----
-
-class TritonLinearAttention(torch.autograd.Function):
-    """(o fp32, final state fp32) = chunked linear attention, forward and backward in Triton."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, log_g, initial_state, chunk_size):
-        B, H, T, D = q.shape
-        Dv = v.shape[-1]
-        if not HAS_TRITON:
-            raise RuntimeError("impl='triton' needs the triton package (pip install triton)")
-        if not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-            raise RuntimeError("impl='triton' on CPU tensors runs only with TRITON_INTERPRET=1 set "
-                               "before triton is imported; use impl='torch' on CPU")
-        if D > 128:  # whole rows of q and k live in one program, with a D x BV slice of the state
-            raise ValueError(f"impl='triton' supports feature dims D up to 128, got D={D}; use impl='torch'")
-        if chunk_size < 16 or chunk_size & (chunk_size - 1):
-            raise ValueError(f"impl='triton' wants a power-of-two chunk_size >= 16, got {chunk_size}")
-        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        log_g, initial_state = (x.contiguous() if x is not None else None for x in (log_g, initial_state))
-        g, h0 = (x if x is not None else q for x in (log_g, initial_state))  # q: unused placeholder
-        o = q.new_empty(B, H, T, Dv, dtype=torch.float32)
-        ht = q.new_empty(B, H, D, Dv, dtype=torch.float32)
-        ctx.meta = dict(D=D, DV=Dv, BT=chunk_size, BK=max(16, triton.next_power_of_2(D)),
-                        BV=min(64, max(16, triton.next_power_of_2(Dv))), HAS_G=log_g is not None,
-                        HAS_H0=initial_state is not None,
-                        num_stages=1)  # no multi-buffered loads: at D = 128 they overflow shared memory
-        ctx.grid = (B * H, triton.cdiv(Dv, ctx.meta["BV"]))  # (batch x head, value block)
-        _fwd_kernel[ctx.grid](q, k, v, g, h0, o, ht, T, **ctx.meta)
-        ctx.save_for_backward(q, k, v, log_g, initial_state, ht)
-        ctx.set_materialize_grads(False)  # dht stays None when the final state is unused
-        return o, ht
-
-    @staticmethod
-    def backward(ctx, do, dht):
-        q, k, v, log_g, initial_state, ht = ctx.saved_tensors
-        B, H, T, D = q.shape
-        NV = ctx.grid[1]
-        do = q.new_zeros(B, H, T, v.shape[-1], dtype=torch.float32) if do is None else do.float().contiguous()
-        g, h0 = (x if x is not None else q for x in (log_g, initial_state))
-        dht_ = dht.float().contiguous() if dht is not None else q
-        dq = q.new_empty(NV, B, H, T, D, dtype=torch.float32)  # one share per value block
-        dk = torch.empty_like(dq)
-        dv = torch.empty_like(v)
-        dh0 = torch.empty_like(initial_state) if initial_state is not None else q
-        _bwd_dq_kernel[ctx.grid](k, v, g, h0, do, dq, T, **ctx.meta)
-        _bwd_dkv_kernel[ctx.grid](q, k, v, g, do, dht_, dk, dv, dh0, T, HAS_DHT=dht is not None, **ctx.meta)
-        dq, dk = dq.sum(0), dk.sum(0)
-        dlog_g = None
-        if log_g is not None:  # dL/dB_t = q_t . dq_t - k_t . dk_t (+ <S_T, dS_T>), summed from t on
-            dB = (q.float() * dq).sum(-1) - (k.float() * dk).sum(-1)  # (B, H, T)
-            dlog_g = dB.flip(-1).cumsum(-1).flip(-1)
-            if dht is not None:
-                dlog_g = dlog_g + (ht * dht.float()).sum((-2, -1))[..., None]
-            dlog_g = dlog_g.to(log_g.dtype)
-        return (dq.to(q.dtype), dk.to(k.dtype), dv, dlog_g,
-                dh0 if initial_state is not None else None, None)
-
-# ---- dispatch ----
+# ---- dispatch: one entry point for every form ----
 
 def _check_shapes(fn, q, k, v, **per_step):
     """q, k (B, H, T, D), v (B, H, T, Dv), and each of per_step (B, H, T) or None; else ValueError."""
@@ -330,24 +146,27 @@ def _check_shapes(fn, q, k, v, **per_step):
         got = ", ".join(f"{n} {None if x is None else tuple(x.shape)}" for n, x in dict(q=q, k=k, v=v, **per_step).items())
         raise ValueError(f"{fn} wants q, k (B, H, T, D), v (B, H, T, Dv), {' and '.join(per_step)} (B, H, T); got {got}")
 
+# The chunked forms by impl name, each (q, k, v, log_g, initial_state, chunk_size) -> (o, state) in
+# fp32. The Triton section at the bottom of the file adds "triton" when triton is installed.
+CHUNKED_FORMS = {"torch": chunked_linear_attention}
+
 def linear_attention(q, k, v, log_g=None, normalize=True, initial_state=None,
                      output_final_state=False, chunk_size=64, impl=None):
     """The one entry point. impl: None (auto: triton on CUDA for D <= 128 when installed, else torch),
     "torch", "triton" or "naive"; the DTR_LINEAR_ATTENTION_IMPL environment variable overrides
     auto. Returns o (B, H, T, Dv) in q's dtype, and the fp32 state when output_final_state."""
     _check_shapes("linear_attention", q, k, v, log_g=log_g)
-    triton_fits = q.is_cuda and HAS_TRITON and q.shape[-1] <= 128  # wider features: the torch form
+    triton_fits = q.is_cuda and "triton" in CHUNKED_FORMS and q.shape[-1] <= 128  # wider features: the torch form
     impl = impl or os.environ.get("DTR_LINEAR_ATTENTION_IMPL") or ("triton" if triton_fits else "torch")
+    if impl != "naive" and impl not in CHUNKED_FORMS:
+        why = "needs the triton package (pip install triton)" if impl == "triton" else "is unknown"
+        raise ValueError(f"impl {impl!r} {why}; use None, 'torch', 'triton' or 'naive'")
     if normalize:  # carry the key-sum z as an extra value column (see the top of the file)
         v = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)
-    if impl == "torch":
-        o, state = chunked_linear_attention(q, k, v, log_g, initial_state, chunk_size)
-    elif impl == "triton":
-        o, state = TritonLinearAttention.apply(q, k, v, log_g, initial_state, chunk_size)
-    elif impl == "naive":
+    if impl == "naive":
         o, state = naive_linear_attention(q, k, v, log_g, initial_state)
     else:
-        raise ValueError(f"unknown impl {impl!r}; use None, 'torch', 'triton' or 'naive'")
+        o, state = CHUNKED_FORMS[impl](q, k, v, log_g, initial_state, chunk_size)
     if normalize:
         o = o[..., :-1] / (o[..., -1:] + EPS)
     o = o.to(q.dtype)
@@ -438,7 +257,250 @@ def gated_delta_rule(q, k, v, beta, log_g=None, initial_state=None, output_final
     o = o.to(q.dtype)
     return (o, state) if output_final_state else o
 
-# ---- self-check and benchmark ----
+# ---- Triton kernels: the state pass (phase 1), then every chunk at once (phase 2) ----
+# Phase 1 is the only sequential part: one program per (BK rows, BV columns of the state, batch x
+# head) walks the chunks and writes the state entering each one. Rows and columns of the state never
+# mix in the recurrence, so the blocks are independent and B * H * (D / BK) * (Dv / BV) programs
+# share the walk. Phase 2 gives each (block, chunk, batch x head) its own program. The backward runs
+# the state pass twice, forward again (storing the T / C states between forward and backward would
+# cost as much memory as q) and in reverse for dS, then dq and dk, and dv, for all chunks at once.
+# Tiles are powers of two >= 16 (tl.dot's minimum), padded and masked, so D and Dv need not be
+# multiples of 16 and T need not be a multiple of the chunk (rows past T load as k = 0, log_g = 0:
+# the state passes through). Dots take the inputs' dtype (bf16 on a GPU) and accumulate in fp32;
+# the walk carries the state in fp32 and hands phase 2 its per-chunk copies in the inputs' dtype.
+
+try:
+    import triton
+    import triton.language as tl
+    HAS_TRITON = True
+except ImportError:  # kernel.py stays importable, and the torch path usable, without triton
+    HAS_TRITON = False
+
+if HAS_TRITON:
+
+    @triton.jit
+    def _load_tile(p, rows, cols, R, Cn):
+        """rows x cols tile of a row-major (R, Cn) matrix, zero outside it, in its own dtype."""
+        mask = (rows[:, None] < R) & (cols[None, :] < Cn)
+        return tl.load(p + rows[:, None] * Cn + cols[None, :], mask=mask, other=0.)
+
+    @triton.jit
+    def _store_tile(p, x, rows, cols, R, Cn):
+        mask = (rows[:, None] < R) & (cols[None, :] < Cn)
+        tl.store(p + rows[:, None] * Cn + cols[None, :], x.to(p.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _chunk_cumsum(p_g, t, T, BT: tl.constexpr, HAS_G: tl.constexpr):
+        """b (BT,): the decay since the chunk start, inclusive; b_C: over the whole chunk."""
+        if HAS_G:
+            b_g = tl.load(p_g + t, mask=t < T, other=0.).to(tl.float32)
+        else:
+            b_g = tl.zeros([BT], dtype=tl.float32)
+        return tl.cumsum(b_g, 0), tl.sum(b_g, 0)
+
+    @triton.jit
+    def _decay_matrix(b_b, BT: tl.constexpr):
+        """(BT, BT) D_ts = exp(b_t - b_s) for s <= t, else 0: only exponents <= 0 are ever taken."""
+        i = tl.arange(0, BT)
+        return tl.exp(tl.where(i[:, None] >= i[None, :], b_b[:, None] - b_b[None, :], float("-inf")))
+
+    @triton.jit
+    def _state_pass_kernel(x, y, g, s0, h, s_out, T, D: tl.constexpr, DV: tl.constexpr, BT: tl.constexpr,
+                           BK: tl.constexpr, BV: tl.constexpr, HAS_G: tl.constexpr, HAS_S0: tl.constexpr,
+                           REVERSE: tl.constexpr):
+        """Phase 1. Forward (x = k, y = v): h[n] = the state entering chunk n, then
+        S <- exp(b_C) S + sum_s exp(b_C - b_s) k_s v_s^T; s_out = S_T. Reverse (x = q, y = do, s0 = dS_T):
+        h[n] = dS at chunk n's end, then dS <- exp(b_C) dS + sum_t exp(b_t) q_t do_t^T; s_out = dS_0."""
+        i_k, i_v, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+        NT = tl.cdiv(T, BT)
+        x, y, g, h = x + bh * T * D, y + bh * T * DV, g + bh * T, h + bh * NT * D * DV
+        ik, iv, it = i_k * BK + tl.arange(0, BK), i_v * BV + tl.arange(0, BV), tl.arange(0, BT)
+        # [BK, BV] this program's block of the state, carried in fp32
+        b_s = tl.zeros([BK, BV], dtype=tl.float32)
+        if HAS_S0:
+            b_s = _load_tile(s0 + bh * D * DV, ik, iv, D, DV).to(tl.float32)
+        for i in range(NT):
+            n = NT - 1 - i if REVERSE else i
+            t = n * BT + it
+            _store_tile(h + n * D * DV, b_s, ik, iv, D, DV)
+            b_b, b_C = _chunk_cumsum(g, t, T, BT, HAS_G)
+            # [BT, BK], [BT, BV]
+            b_x, b_y = _load_tile(x, t, ik, T, D), _load_tile(y, t, iv, T, DV)
+            # each row's decay: a key's to the chunk end (forward), a query's from its start (reverse)
+            b_w = tl.exp(b_b) if REVERSE else tl.exp(b_C - b_b)
+            b_s = b_s * tl.exp(b_C) + tl.dot(tl.trans((b_x * b_w[:, None]).to(b_x.dtype)), b_y)
+        _store_tile(s_out + bh * D * DV, b_s, ik, iv, D, DV)
+
+    @triton.jit
+    def _output_kernel(q, k, v, g, h, o, T, D: tl.constexpr, DV: tl.constexpr, BT: tl.constexpr,
+                       BK: tl.constexpr, BV: tl.constexpr, HAS_G: tl.constexpr):
+        """Phase 2, chunk n, value block i_v: o = (q k^T * D) v + exp(b) q h[n] (intra + inter)."""
+        i_v, n, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+        q, k, v, o, g = q + bh * T * D, k + bh * T * D, v + bh * T * DV, o + bh * T * DV, g + bh * T
+        h = h + (bh * tl.cdiv(T, BT) + n) * D * DV
+        t, iv = n * BT + tl.arange(0, BT), i_v * BV + tl.arange(0, BV)
+        b_b, _ = _chunk_cumsum(g, t, T, BT, HAS_G)
+        b_A = tl.zeros([BT, BT], dtype=tl.float32)
+        b_o = tl.zeros([BT, BV], dtype=tl.float32)
+        for i_k in range(tl.cdiv(D, BK)):  # q . k and q h sum over all of D, a block at a time
+            ik = i_k * BK + tl.arange(0, BK)
+            # [BT, BK], [BT, BK], [BK, BV]
+            b_q, b_k, b_h = _load_tile(q, t, ik, T, D), _load_tile(k, t, ik, T, D), _load_tile(h, ik, iv, D, DV)
+            b_A += tl.dot(b_q, tl.trans(b_k))
+            b_o += tl.dot(b_q, b_h.to(b_q.dtype))
+        # [BT, BV]
+        b_v = _load_tile(v, t, iv, T, DV)
+        b_o = b_o * tl.exp(b_b)[:, None] + tl.dot((b_A * _decay_matrix(b_b, BT)).to(b_v.dtype), b_v)
+        _store_tile(o, b_o, t, iv, T, DV)
+
+    @triton.jit
+    def _dqk_kernel(q, k, v, g, h, do, dh, dq, dk, dB, T, D: tl.constexpr, DV: tl.constexpr,
+                    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_G: tl.constexpr):
+        """Phase 2 of the backward, chunk n, feature block i_k: dq = dA k + exp(b) do h[n]^T and
+        dk = dA^T q + exp(b_C - b) v dh[n]^T with dA = (do v^T) * D; and this block's share of
+        dL/dB_t = q_t . dq_t - k_t . dk_t."""
+        i_k, n, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+        q, k, v, g, do = q + bh * T * D, k + bh * T * D, v + bh * T * DV, g + bh * T, do + bh * T * DV
+        dq, dk, dB = dq + bh * T * D, dk + bh * T * D, dB + (i_k * tl.num_programs(2) + bh) * T
+        h, dh = h + (bh * tl.cdiv(T, BT) + n) * D * DV, dh + (bh * tl.cdiv(T, BT) + n) * D * DV
+        t, ik = n * BT + tl.arange(0, BT), i_k * BK + tl.arange(0, BK)
+        b_b, b_C = _chunk_cumsum(g, t, T, BT, HAS_G)
+        b_dA = tl.zeros([BT, BT], dtype=tl.float32)
+        b_dq = tl.zeros([BT, BK], dtype=tl.float32)
+        b_dk = tl.zeros([BT, BK], dtype=tl.float32)
+        for i_v in range(tl.cdiv(DV, BV)):  # do . v, do h^T and v dh^T sum over all of Dv
+            iv = i_v * BV + tl.arange(0, BV)
+            # [BT, BV], [BT, BV]
+            b_v, b_do = _load_tile(v, t, iv, T, DV), _load_tile(do, t, iv, T, DV)
+            # [BK, BV] the state entering the chunk, and the loss's gradient w.r.t. the state at its end
+            b_h, b_dh = _load_tile(h, ik, iv, D, DV), _load_tile(dh, ik, iv, D, DV)
+            b_dA += tl.dot(b_do, tl.trans(b_v))
+            b_dq += tl.dot(b_do, tl.trans(b_h.to(b_do.dtype)))
+            b_dk += tl.dot(b_v, tl.trans(b_dh.to(b_v.dtype)))
+        # [BT, BK], [BT, BK]
+        b_q, b_k = _load_tile(q, t, ik, T, D), _load_tile(k, t, ik, T, D)
+        b_dA = (b_dA * _decay_matrix(b_b, BT)).to(b_q.dtype)  # [query t, key s]
+        b_dq = b_dq * tl.exp(b_b)[:, None] + tl.dot(b_dA, b_k)
+        b_dk = b_dk * tl.exp(b_C - b_b)[:, None] + tl.dot(tl.trans(b_dA), b_q)
+        _store_tile(dq, b_dq, t, ik, T, D)
+        _store_tile(dk, b_dk, t, ik, T, D)
+        if HAS_G:  # the wrapper adds the feature blocks' shares and sums over t' >= t
+            tl.store(dB + t, tl.sum(b_q * b_dq - b_k * b_dk, 1), mask=t < T)
+
+    @triton.jit
+    def _dv_kernel(q, k, g, do, dh, dv, T, D: tl.constexpr, DV: tl.constexpr, BT: tl.constexpr,
+                   BK: tl.constexpr, BV: tl.constexpr, HAS_G: tl.constexpr):
+        """Phase 2 of the backward, chunk n, value block i_v: dv = (q k^T * D)^T do + exp(b_C - b) k dh[n]."""
+        i_v, n, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+        q, k, g, do, dv = q + bh * T * D, k + bh * T * D, g + bh * T, do + bh * T * DV, dv + bh * T * DV
+        dh = dh + (bh * tl.cdiv(T, BT) + n) * D * DV
+        t, iv = n * BT + tl.arange(0, BT), i_v * BV + tl.arange(0, BV)
+        b_b, b_C = _chunk_cumsum(g, t, T, BT, HAS_G)
+        b_At = tl.zeros([BT, BT], dtype=tl.float32)  # the scores transposed: [key s, query t]
+        b_dv = tl.zeros([BT, BV], dtype=tl.float32)
+        for i_k in range(tl.cdiv(D, BK)):
+            ik = i_k * BK + tl.arange(0, BK)
+            # [BT, BK], [BT, BK], [BK, BV]
+            b_q, b_k, b_dh = _load_tile(q, t, ik, T, D), _load_tile(k, t, ik, T, D), _load_tile(dh, ik, iv, D, DV)
+            b_At += tl.dot(b_k, tl.trans(b_q))
+            b_dv += tl.dot(b_k, b_dh.to(b_k.dtype))
+        # [BT, BV]
+        b_do = _load_tile(do, t, iv, T, DV)
+        b_At = (b_At * tl.trans(_decay_matrix(b_b, BT))).to(b_do.dtype)
+        b_dv = b_dv * tl.exp(b_C - b_b)[:, None] + tl.dot(b_At, b_do)
+        _store_tile(dv, b_dv, t, iv, T, DV)
+
+# ---- the kernels' launchers and autograd wrapper ----
+
+def _blocks(D, Dv):
+    """(BK, BV): powers of two from 16 (tl.dot's minimum) to 64 (a program's tiles stay small)."""
+    return min(64, max(16, triton.next_power_of_2(D))), min(64, max(16, triton.next_power_of_2(Dv)))
+
+# Phase 2's launch options. Compiled for sm_90 by Triton 3.9: with 4 warps its programs spill
+# registers at D = 128, with 8 they do not; 2 stages keep fp32 tiles within 128 KiB of shared memory.
+PHASE2 = dict(num_warps=8, num_stages=2)
+
+def triton_state_pass(x, y, log_g, s0, chunk_size, reverse=False):
+    """Phase 1 (x = k, y = v; reverse: x = q, y = do, s0 = dS_T): h (B, H, N, D, Dv) in x's dtype,
+    the state entering each chunk (reverse: dS at each chunk's end), and s_out (B, H, D, Dv) fp32."""
+    (B, H, T, D), Dv = x.shape, y.shape[-1]
+    BK, BV = _blocks(D, Dv)
+    h = x.new_empty(B, H, triton.cdiv(T, chunk_size), D, Dv)
+    s_out = x.new_empty(B, H, D, Dv, dtype=torch.float32)
+    grid = (triton.cdiv(D, BK), triton.cdiv(Dv, BV), B * H)
+    _state_pass_kernel[grid](x, y, x if log_g is None else log_g, x if s0 is None else s0, h, s_out, T, D, Dv,
+                             chunk_size, BK, BV, HAS_G=log_g is not None, HAS_S0=s0 is not None, REVERSE=reverse)
+    return h, s_out
+
+def triton_outputs(q, k, v, log_g, h, chunk_size):
+    """Phase 2: every chunk's outputs (B, H, T, Dv) fp32 from the states entering them, h."""
+    (B, H, T, D), Dv = q.shape, v.shape[-1]
+    BK, BV = _blocks(D, Dv)
+    o = q.new_empty(B, H, T, Dv, dtype=torch.float32)
+    grid = (triton.cdiv(Dv, BV), triton.cdiv(T, chunk_size), B * H)
+    _output_kernel[grid](q, k, v, q if log_g is None else log_g, h, o, T, D, Dv, chunk_size, BK, BV,
+                         HAS_G=log_g is not None, **PHASE2)
+    return o
+
+def triton_gradients(q, k, v, log_g, h, do, dh, chunk_size):
+    """Phase 2 of the backward: dq, dk, dv for every chunk from the states entering them (h) and the
+    gradients at their ends (dh); and dB (B, H, T) fp32 = q . dq - k . dk, dlog_g before its sum over t' >= t."""
+    (B, H, T, D), Dv = q.shape, v.shape[-1]
+    BK, BV = _blocks(D, Dv)
+    NK, NT, g = triton.cdiv(D, BK), triton.cdiv(T, chunk_size), q if log_g is None else log_g
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    dB = q.new_zeros(NK, B, H, T, dtype=torch.float32)  # one share per feature block
+    _dqk_kernel[(NK, NT, B * H)](q, k, v, g, h, do, dh, dq, dk, dB, T, D, Dv, chunk_size, BK, BV,
+                                 HAS_G=log_g is not None, **PHASE2)
+    _dv_kernel[(triton.cdiv(Dv, BV), NT, B * H)](q, k, g, do, dh, dv, T, D, Dv, chunk_size, BK, BV,
+                                                 HAS_G=log_g is not None, **PHASE2)
+    return dq, dk, dv, dB.sum(0)
+
+class TritonLinearAttention(torch.autograd.Function):
+    """(o fp32, final state fp32) = chunked linear attention, forward and backward in Triton."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, log_g, initial_state, chunk_size):
+        if not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+            raise RuntimeError("impl='triton' on CPU tensors runs only with TRITON_INTERPRET=1 set "
+                               "before triton is imported; use impl='torch' on CPU")
+        if q.shape[-1] > 128:
+            raise ValueError(f"impl='triton' supports feature dims D up to 128, got D={q.shape[-1]}; use impl='torch'")
+        if chunk_size < 16 or chunk_size & (chunk_size - 1):
+            raise ValueError(f"impl='triton' wants a power-of-two chunk_size >= 16, got {chunk_size}")
+        k, v = k.to(q.dtype), v.to(q.dtype)  # the dots want one dtype (autograd casts the gradients back)
+        q, k, v, log_g, initial_state = (x if x is None else x.contiguous() for x in (q, k, v, log_g, initial_state))
+        h, ht = triton_state_pass(k, v, log_g, initial_state, chunk_size)  # phase 1
+        o = triton_outputs(q, k, v, log_g, h, chunk_size)  # phase 2
+        ctx.save_for_backward(q, k, v, log_g, initial_state, ht)
+        ctx.chunk_size = chunk_size
+        ctx.set_materialize_grads(False)  # dht stays None when the final state is unused
+        return o, ht
+
+    @staticmethod
+    def backward(ctx, do, dht):
+        q, k, v, log_g, initial_state, ht = ctx.saved_tensors
+        C = ctx.chunk_size
+        # the dots want one dtype: do in v's (bf16 on a GPU; o itself came out in fp32)
+        do = torch.zeros_like(v) if do is None else do.to(v.dtype).contiguous()
+        dht = None if dht is None else dht.float().contiguous()
+        # phase 1: the states entering each chunk again, then dS at each chunk's end, in reverse
+        h, _ = triton_state_pass(k, v, log_g, initial_state, C)
+        dh, dh0 = triton_state_pass(q, do, log_g, dht, C, reverse=True)
+        dq, dk, dv, dB = triton_gradients(q, k, v, log_g, h, do, dh, C)  # phase 2
+        dlog_g = None
+        if log_g is not None:  # dlog_g_t = sum_{t' >= t} dL/dB_t' (+ <S_T, dS_T>): top of the file
+            dlog_g = dB.flip(-1).cumsum(-1).flip(-1)
+            if dht is not None:
+                dlog_g = dlog_g + (ht * dht).sum((-2, -1))[..., None]
+            dlog_g = dlog_g.to(log_g.dtype)
+        dh0 = None if initial_state is None else dh0.to(initial_state.dtype)
+        return dq, dk, dv, dlog_g, dh0, None
+
+if HAS_TRITON:
+    CHUNKED_FORMS["triton"] = TritonLinearAttention.apply
+
+# ---- self-check: python kernel.py ----
 
 def _rel(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
@@ -474,107 +536,12 @@ def self_check(device):
         print("check    triton skipped: " + ("not installed" if not HAS_TRITON else
               "no CUDA device (run with TRITON_INTERPRET=1 to check it on CPU, slowly)"))
 
-def _time_ms(fn, reps, device):
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    fn()  # warm-up: allocator, Triton compilation
-    times = []
-    for _ in range(reps):
-        sync()
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
-
-def benchmark(device, max_T, reps, with_fla):
-    """Chunked linear attention (gated, normalised) vs causal softmax SDPA vs the naive form."""
-    cuda = device.type == "cuda"
-    dtype = torch.bfloat16 if cuda else torch.float32
-    impl = "triton" if cuda and HAS_TRITON else "torch"
-    B, H, D = 1, 4, 64
-    naive_max = 8192 if cuda else 4096  # it materialises several (B, H, T, T) fp32 tensors
-    forms = {"chunked": lambda q, k, v, g: linear_attention(q, k, v, g, impl=impl),
-             "sdpa": lambda q, k, v, g: F.scaled_dot_product_attention(q, k, v, is_causal=True),
-             "naive": lambda q, k, v, g: linear_attention(q, k, v, g, impl="naive")}
-    if with_fla and cuda:
-        try:  # flash-linear-attention's chunk kernel for the same scalar-gated recurrence, unnormalised
-            from fla.ops.simple_gla import chunk_simple_gla
-            forms["fla"] = lambda q, k, v, g: chunk_simple_gla(
-                *(t.transpose(1, 2) for t in (q, k, v)), g=g.transpose(1, 2), scale=1.0)[0]
-        except ImportError:
-            pass
-    print(f"bench    device {device}, {dtype}, B={B} H={H} D={D}, chunked = impl '{impl}', "
-          f"median of {reps}, times in ms; naive only up to T={naive_max}")
-    print(f"{'T':>6} | fwd: " + " ".join(f"{n:>8}" for n in forms) + " | fwd+bwd: "
-          + " ".join(f"{n:>8}" for n in forms) + " | fwd speed-up vs sdpa")
-    rows, T, broken = [], 256, set()
-    while T <= max_T:
-        torch.manual_seed(0)
-        q, k = (torch.rand(B, H, T, D, device=device, dtype=dtype) for _ in range(2))
-        v = torch.randn(B, H, T, D, device=device, dtype=dtype)
-        g = -0.1 * torch.rand(B, H, T, device=device, dtype=dtype)
-        fwd, fwd_bwd = {}, {}
-        for name, f in forms.items():
-            fwd[name] = fwd_bwd[name] = float("nan")
-            if (name == "naive" and T > naive_max) or name in broken:
-                continue
-            try:
-                with torch.no_grad():
-                    fwd[name] = _time_ms(lambda: f(q, k, v, g), reps, device)
-                ins = [t.detach().requires_grad_() for t in (q, k, v, g)]
-                fwd_bwd[name] = _time_ms(lambda: f(*ins).float().sum().backward(), reps, device)
-            except RuntimeError as e:  # e.g. a third-party kernel refusing this Triton version
-                broken.add(name)
-                print(f"bench    {name} dropped: {str(e).splitlines()[0][:160]}")
-        rows.append((T, fwd, fwd_bwd))
-        print(f"{T:>6} | fwd: " + " ".join(f"{fwd[n]:8.2f}" for n in forms) + " | fwd+bwd: "
-              + " ".join(f"{fwd_bwd[n]:8.2f}" for n in forms) + f" | {fwd['sdpa'] / fwd['chunked']:6.1f}x")
-        T *= 2
-    for i, label in [(1, "forward"), (2, "forward+backward")]:
-        # crossover: the shortest T from which chunked stays faster than SDPA
-        wins = [r[i]["chunked"] < r[i]["sdpa"] for r in rows]
-        cross = next((rows[j][0] for j in range(len(rows)) if all(wins[j:])), None)
-        print(f"crossover {label}: chunked beats SDPA " + (f"from T = {cross}" if cross
-              else f"nowhere up to T = {rows[-1][0]}"))
-
-def benchmark_gated_delta_rule(device, reps, T=2048):
-    """Gated delta rule forward, fp32, at one length: the chunked form vs the token-by-token loops."""
-    B, H, D = 1, 4, 64
-    torch.manual_seed(0)
-    q, k, v = (torch.randn(B, H, T, D, device=device) for _ in range(3))
-    q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
-    beta, log_g = torch.rand(B, H, T, device=device), -0.1 * torch.rand(B, H, T, device=device)
-
-    def step_loop():  # the naive form without its D x D matrix: decode the sequence token by token
-        S = None
-        for t in range(T):
-            _, S = gated_delta_rule_step(q[:, :, t], k[:, :, t], v[:, :, t], beta[:, :, t], log_g[:, :, t], S)
-
-    forms = {"chunked": lambda: gated_delta_rule(q, k, v, beta, log_g), "step loop": step_loop,
-             "naive": lambda: gated_delta_rule(q, k, v, beta, log_g, impl="naive")}
-    with torch.no_grad():
-        ms = {name: _time_ms(f, reps, device) for name, f in forms.items()}
-    print(f"bench    gated delta rule fwd fp32, B={B} H={H} T={T} D={D}, median of {reps}: "
-          + ", ".join(f"{n} {t:.1f} ms ({t / ms['chunked']:.1f}x)" for n, t in ms.items()))
 
 def main():
-    parser = argparse.ArgumentParser(description="Linear attention: self-check and benchmark.")
-    parser.add_argument("--quick", action="store_true", help="short run: T up to 2048, 3 repeats")
-    parser.add_argument("--max-T", type=int, default=16384, help="longest sequence to benchmark")
-    parser.add_argument("--reps", type=int, default=5, help="timed repeats per measurement (median)")
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads for both sides "
-                        "(0: torch's default; 1 gives steadier numbers when the cores are shared)")
-    parser.add_argument("--fla", action="store_true", help="also time flash-linear-attention's "
-                        "chunk_simple_gla on CUDA, if it is importable")
-    args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if args.threads:
-        torch.set_num_threads(args.threads)
     print(f"device   {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else f'{torch.get_num_threads()} threads'})"
           f", torch {torch.__version__}, triton {triton.__version__ if HAS_TRITON else 'not installed'}")
     self_check(device)
-    benchmark(device, 2048 if args.quick else args.max_T, 3 if args.quick else args.reps, args.fla)
-    benchmark_gated_delta_rule(device, 3 if args.quick else args.reps)
 
 if __name__ == "__main__":
     main()

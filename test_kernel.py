@@ -3,7 +3,9 @@ Tests of kernel.py: python -m pytest -q test_kernel.py   (CPU only; Triton runs 
 
 By relative error ||a - b|| / ||b||. Linear attention: the chunked PyTorch form and Triton against
 the naive reference in fp64 (outputs, final state, every gradient) at awkward lengths (T = 1, one
-short of a chunk, one past it, several ragged chunks); split-and-resume; strided inputs; the
+short of a chunk, one past it, several ragged chunks) and widths (D, Dv not multiples of 16, several
+state blocks); the Triton kernel's two phases each on their own at the chunk boundaries (entering
+states, outputs from given states, reverse state gradients); split-and-resume; strided inputs; the
 recurrent step against the chunked form; bf16 at T = 16K stays finite. Gated delta rule: chunked
 against the fp64 naive loop the same way; the (I + A)^-1 and its backward against torch.linalg.inv;
 split-and-resume; the step against the chunked form; a second write overwrites a key.
@@ -45,7 +47,8 @@ def forward_backward(fn, impl, inputs, dtype, final_state=True, **kw):
     return [t for t in [o, S] + [x.grad for x in ins if x is not None] if t is not None]
 
 # T: 1 step, one short of a chunk, exactly one chunk, one past it, several ragged chunks;
-# D = 48 and Dv + 1 exercise the non-power-of-two masks; Dv = 100 spans two Triton value blocks.
+# D = 48 and Dv + 1 exercise the non-power-of-two masks; Dv = 100 spans two Triton value blocks;
+# D = 72, Dv = 90: two feature and two value blocks (several state blocks), over 4 ragged chunks.
 CASES = [  # T, D, Dv, gated, with_state, normalize, chunk_size, final_state
     (1, 16, 16, True, True, True, 16, True),
     (63, 16, 16, True, True, True, 32, True),
@@ -55,10 +58,16 @@ CASES = [  # T, D, Dv, gated, with_state, normalize, chunk_size, final_state
     (200, 16, 16, False, True, True, 32, True),
     (200, 16, 16, True, False, False, 32, True),
     (70, 24, 100, True, True, True, 32, True),
+    (100, 72, 90, True, True, True, 32, True),
 ]
 
+def case_id(T, D, Dv, gated, with_state, normalize, C, final_state):
+    return (f"T{T}-D{D}-Dv{Dv}-{'decay' if gated else 'nodecay'}-{'state' if with_state else 'nostate'}"
+            f"-{'norm' if normalize else 'plain'}-C{C}" + ("" if final_state else "-noST"))
+
 @pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("T,D,Dv,gated,with_state,normalize,C,final_state", CASES)
+@pytest.mark.parametrize("T,D,Dv,gated,with_state,normalize,C,final_state",
+                         [pytest.param(*c, id=case_id(*c)) for c in CASES])
 def test_matches_naive(impl, T, D, Dv, gated, with_state, normalize, C, final_state):
     inputs = make_inputs(T=T, D=D, Dv=Dv, gated=gated, with_state=with_state, normalize=normalize)
     run = lambda impl, dtype: forward_backward(kernel.linear_attention, impl, inputs, dtype, final_state,
@@ -67,6 +76,38 @@ def test_matches_naive(impl, T, D, Dv, gated, with_state, normalize, C, final_st
     assert len(got) == len(ref)  # o, [S], dq, dk, dv, [dlog_g], [dS0]
     errs = [rel_err(a, b) for a, b in zip(got, ref)]
     assert max(errs) <= TOL, errs
+
+@needs_triton
+@pytest.mark.parametrize("T,C,D,Dv", [(1, 16, 16, 16), (65, 16, 24, 20), (100, 32, 72, 90)])
+def test_triton_phases_match_naive_at_chunk_boundaries(T, C, D, Dv):
+    """Each phase of the Triton kernel on its own against the fp64 naive form at the chunk boundaries
+    e = n C: phase 1 gives the state entering each chunk (naive over steps < e) and the final state;
+    phase 2, fed the naive entering states, gives every output; phase 1 in reverse gives dL/dS at each
+    chunk's end (autograd through naive over steps >= e started from that state)."""
+    q, k, v, log_g, S0 = make_inputs(B=1, T=T, D=D, Dv=Dv, normalize=False)
+    ends = list(range(C, T, C)) + [T]  # where each chunk stops
+
+    def naive(start, stop, S):  # (o, S) of steps [start, stop) from state S, in fp64
+        return kernel.naive_linear_attention(*(x[:, :, start:stop].double() for x in (q, k, v, log_g)), S)
+
+    S = [S0.double()]  # the state entering each chunk, then at T
+    for start, stop in zip([0] + ends[:-1], ends):
+        S.append(naive(start, stop, S[-1])[1])
+    h, S_T = kernel.triton_state_pass(k, v, log_g, S0, C)
+    assert rel_err(h, torch.stack(S[:-1], dim=2)) <= TOL and rel_err(S_T, S[-1]) <= TOL
+    o = kernel.triton_outputs(q, k, v, log_g, torch.stack(S[:-1], dim=2).float(), C)
+    assert rel_err(o, naive(0, T, S[0])[0]) <= TOL
+    g = torch.Generator().manual_seed(1)
+    do, dS_T = torch.randn(v.shape, generator=g), torch.randn(S0.shape, generator=g)
+    dS = []  # dL/dS at each chunk's end for L = <o, do> + <S_T, dS_T>; at T it is dS_T
+    for n, e in enumerate(ends[:-1]):
+        S_e = S[n + 1].clone().requires_grad_()
+        o_rest, S_last = naive(e, T, S_e)
+        ((o_rest * do[:, :, e:]).sum() + (S_last * dS_T).sum()).backward()
+        dS.append(S_e.grad)
+    dS.append(dS_T)
+    dh, _ = kernel.triton_state_pass(q, do, log_g, dS_T, C, reverse=True)
+    assert rel_err(dh, torch.stack(dS, dim=2)) <= TOL
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_split_and_resume(impl):
