@@ -28,7 +28,7 @@ import torch
 import dtr
 import train_teacher
 from conftest import HERE, fingerprint, launch, refused, rel_err, tiny_gpt, torchrun, weights, with_out_dir
-from plumbing import DtrError
+from plumbing import FORMAT, DtrError
 from train_teacher import Cache, val_loss
 
 # ---- the students ----
@@ -263,7 +263,7 @@ def test_end_to_end_report(tiny_run):
     args, out, report = tiny_run
     with open(os.path.join(out, "gla", "report.json")) as f:
         saved = json.load(f)
-    assert saved == json.loads(json.dumps(report))
+    assert saved == {"format": FORMAT, **json.loads(json.dumps(report))}  # the file carries its format version
     L = saved["n_layer"]
     assert len(saved["distill"]["mse"]) == len(saved["distill"]["rel_mse"]) == L
     assert [t["k"] for t in saved["trajectory"]] == list(range(1, L + 1))
