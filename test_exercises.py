@@ -4,31 +4,29 @@ shapes, gradients) and is compared with an independent reference written out bel
 recurrence as a plain loop, or the paper's formula itself. No stored numbers.
 
     python -m pytest -q test_exercises.py                               # the project's own code: all pass
-    python test_exercises.py --template > my_solution.py                # stubs to start from
+    cp exercises/template.py my_solution.py                             # stubs to start from
     DTR_SOLUTION=my_solution.py python -m pytest -q test_exercises.py   # your code
     DTR_SOLUTION=my_solution.py python -m pytest -q test_exercises.py -k ex1   # one exercise
-    python test_exercises.py --reverse-greedy out/shakespeare_char-tiny/gla   # exercise 7's measurement
 
 With DTR_SOLUTION, a function your file does not define skips its exercise (the skip names
 it), a stub that raises NotImplementedError fails as "not written yet", and a wrong value
 fails with where it first differs and, for the common mistakes, which one it looks like.
-Without DTR_SOLUTION the functions come from kernel.py (exercises 1-3) and dtr.py (4-6);
-exercise 7 is open, and its project-side answer is `reverse_greedy` at the end of this file.
+Without DTR_SOLUTION the functions come from kernel.py (exercises 1-3), dtr.py (4-6) and
+experiments/reverse_greedy.py (7, an open exercise; that script also measures it on a finished run).
 
 Map: ex1 naive recurrence, ex2 chunked form, ex3 one-token step, ex4 Hedgehog student,
-ex5 distillation loss, ex6 greedy replacement and M_best / M_opt, ex7 reverse greedy; last,
-a check of the checks: they fail on the stubs and on a file of plausible mistakes.
+ex5 distillation loss, ex6 greedy replacement and M_best / M_opt, ex7 reverse greedy. The checks
+of these checks, exercises/test_checks.py, run them on the stubs and on typical mistakes.
 
 Tolerance: fp32 results against an fp64 reference, relative error ||a - b|| / ||b||. Sums of a
 few hundred fp32 terms keep ~1e-6, so 1e-5 passes every correct form, while the mistakes the
 messages name are off by 1e-2 or more.
 """
-import argparse
 import copy
-import importlib.util
+import itertools
+import math
 import os
-import subprocess
-import sys
+import runpy
 
 import pytest
 import torch
@@ -36,6 +34,7 @@ import torch.nn.functional as F
 
 import dtr
 import kernel
+from conftest import HERE, rel_err, tiny_gpt
 
 TOL = 1e-5
 EPS = 1e-6  # the normaliser's eps, as in kernel.py
@@ -43,35 +42,36 @@ EPS = 1e-6  # the normaliser's eps, as in kernel.py
 # ---- where the functions under test come from ----
 
 SOLUTION = os.environ.get("DTR_SOLUTION")
+REVERSE_GREEDY = os.path.join(HERE, "experiments", "reverse_greedy.py")  # exercise 7's reference
 
-# name -> exercise number; exercises 1-3 live in kernel.py, 4-6 in dtr.py, 7 below
+# name -> exercise number; exercises 1-3 live in kernel.py, 4-6 in dtr.py, 7 in REVERSE_GREEDY
 EXERCISE = {"naive_linear_attention": 1, "chunked_linear_attention": 2, "linear_attention_step": 3,
             "hedgehog_feature_map": 4, "LinearAttention": 4, "distill_loss": 5,
             "greedy_round": 6, "greedy_replace": 6, "select_models": 6, "reverse_greedy": 7}
 
 def load_solution(path):
+    """A Python file's names, {name: object}: the file run as a module (its __main__ block does not run)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"DTR_SOLUTION={path}: no such file")
-    spec = importlib.util.spec_from_file_location("dtr_solution", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return runpy.run_path(path)
 
 solution = load_solution(SOLUTION) if SOLUTION else None
 
+def fail(msg):
+    pytest.fail(msg, pytrace=False)  # the message is the report: no traceback of the checks
+
 def get(name):
-    """The function under test: the student's if DTR_SOLUTION is set, else the project's. A
-    missing one skips the check; a stub's NotImplementedError becomes a one-line failure."""
+    """The function under test: the student's if DTR_SOLUTION is set (one the file lacks skips
+    the check), else the project's; a stub's NotImplementedError becomes a one-line failure."""
     n = EXERCISE[name]
     if solution is not None:
-        fn = getattr(solution, name, None)
+        fn = solution.get(name)
         if fn is None:
             pytest.skip(f"exercise {n}: {SOLUTION} defines no {name}")
+    elif n == 7:
+        fn = load_solution(REVERSE_GREEDY)[name]
     else:
-        home = kernel if n <= 3 else sys.modules[__name__] if n == 7 else dtr
-        fn = getattr(home, name, None)
-        if fn is None:
-            pytest.skip(f"exercise {n}: {home.__name__}.py has no {name}")
+        fn = getattr(kernel if n <= 3 else dtr, name)
 
     def call(*args, **kwargs):
         try:
@@ -80,12 +80,6 @@ def get(name):
             pass  # fail outside the except, or pytest prints the stub's exception as well
         fail(f"exercise {n}: {name} is not written yet (it raises NotImplementedError)")
     return call
-
-def fail(msg):
-    pytest.fail(msg, pytrace=False)  # the message is the report: no traceback of the checks
-
-def rel_err(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 def check_shape(what, got, want):
     if not isinstance(got, torch.Tensor):
@@ -329,10 +323,6 @@ def test_ex4_hedgehog_feature_map():
     fail(f"hedgehog_feature_map: differs from softmax([x @ w, -x @ w], dim=-1) (relative error "
          f"{rel_err(phi, ref_hedgehog(x, w)):.1e}); each head h uses its own w[h]")
 
-def tiny_gpt(n_layer=2, seed=0):
-    torch.manual_seed(seed)
-    return dtr.GPT(dtr.GPTConfig(block_size=32, vocab_size=20, n_layer=n_layer, n_head=2, n_embd=16)).eval()
-
 def ref_student(s, x):
     """The student's forward from its parameters alone, in fp64: Hedgehog features, the optional
     decay, and normalised causal linear attention written as a T x T sum."""
@@ -354,7 +344,7 @@ def ref_student(s, x):
 
 @pytest.mark.parametrize("gated", [False, True], ids=["hedgehog", "gla"])
 def test_ex4_student_starts_as_a_copy_of_the_teacher(gated):
-    teacher = tiny_gpt().transformer.h[0].attn
+    teacher = tiny_gpt(n_layer=2).transformer.h[0].attn
     s = get("LinearAttention")(teacher, gated)
     for name in ("c_attn", "c_proj"):
         mine, theirs = getattr(s, name, None), getattr(teacher, name)
@@ -389,7 +379,7 @@ def test_ex4_student_starts_as_a_copy_of_the_teacher(gated):
 def test_ex4_hedgehog_student_equals_softmax_when_wq_is_zero():
     # with W_q = 0, softmax attention is the causal mean of v; so is the fresh Hedgehog student,
     # since phi(0) is uniform and every phi(k) sums to 1: the copy is exact before any training
-    teacher = tiny_gpt().transformer.h[0].attn
+    teacher = tiny_gpt(n_layer=2).transformer.h[0].attn
     with torch.no_grad():
         teacher.c_attn.weight[:16] = 0
         teacher.c_attn.bias[:16] = 0
@@ -404,7 +394,7 @@ def test_ex4_hedgehog_student_equals_softmax_when_wq_is_zero():
 
 def perturbed_student(gated):
     """A student whose feature maps and gate are no longer at their initial values."""
-    s = get("LinearAttention")(tiny_gpt().transformer.h[0].attn, gated)
+    s = get("LinearAttention")(tiny_gpt(n_layer=2).transformer.h[0].attn, gated)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for w in (s.fmap_q, s.fmap_k):
@@ -451,7 +441,7 @@ def distill_case():
     """A frozen teacher block (as distillation freezes the model), its input and output, and a
     trainable student. The teacher's attention is left trainable on purpose: if it gets a
     gradient, it was run in the student's place."""
-    model = tiny_gpt(seed=4)
+    model = tiny_gpt(n_layer=2, seed=4)
     model.requires_grad_(False)
     block = model.transformer.h[1]
     with torch.no_grad():  # a trained teacher's attention moves the residual stream; a fresh one barely does
@@ -466,28 +456,49 @@ def distill_case():
         target = block(x)  # the teacher block's output: a fixed target
     return block, student.train(), x, target
 
-def test_ex5_distill_loss_value():
-    block, student, x, target = distill_case()
-    loss = get("distill_loss")(block, student, x, target)
-    want = ref_distill_loss(block, student, x, target)
+def check_distill_value(loss, want, x):
+    """Fail unless `loss` is a 0-dim fp32 tensor of the reference's value `want`, naming the mistake
+    where the value gives it away: 0 (the teacher ran), or the mean times the count of a sum."""
     if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
         fail(f"distill_loss should return a scalar tensor (0-dim), got {getattr(loss, 'shape', type(loss))}")
     if loss.dtype != torch.float32:
         fail(f"distill_loss should be computed in fp32 (.float() both sides), got {loss.dtype}")
-    if abs(loss.item() - want.item()) > TOL * want.item():
-        hint = (" It is 0: the block ran its own (teacher) attention, which reproduces the target exactly."
-                if abs(loss.item()) < 1e-6 * want.item() else
-                " The loss is the mean over B, T and C of (block output - target)^2, where the block output is "
+    if abs(loss.item() - want.item()) <= TOL * want.item():
+        return
+    size = dict(zip("BTC", x.shape))  # (3, 32, 16): every product of a subset differs, so the ratio names the axes
+    summed = [axes for r in (1, 2, 3) for axes in itertools.combinations("BTC", r)
+              if math.isclose(loss.item(), math.prod(size[a] for a in axes) * want.item(), rel_tol=TOL)]
+    if abs(loss.item()) < 1e-6 * want.item():
+        hint = " It is 0: the block ran its own (teacher) attention, which reproduces the target exactly."
+    elif summed:
+        hint = (f" It is {loss.item() / want.item():.0f} times the reference: you summed the squared difference over "
+                f"{', '.join(summed[0])} instead of averaging it. The loss is the mean over B, T and C (.mean(), or "
+                f"F.mse_loss's default), so that its size does not depend on the batch size, the context or the width.")
+    else:
+        hint = (" The loss is the mean over B, T and C of (block output - target)^2, where the block output is "
                 "h = x + student(ln_1(x)), then h + mlp(ln_2(h)): the whole block, not the attention alone.")
-        fail(f"distill_loss = {loss.item():.6g}, the reference gives {want.item():.6g}.{hint}")
+    fail(f"distill_loss = {loss.item():.6g}, the reference gives {want.item():.6g}.{hint}")
+
+def test_ex5_distill_loss_value():
+    block, student, x, target = distill_case()
+    loss = get("distill_loss")(block, student, x, target)
+    check_distill_value(loss, ref_distill_loss(block, student, x, target), x)
 
 def test_ex5_only_the_student_learns():
     block, student, x, target = distill_case()
     ref = copy.deepcopy(student)
-    get("distill_loss")(block, student, x, target).backward()
-    ref_distill_loss(block, ref, x, target).backward()
+    loss = get("distill_loss")(block, student, x, target)
+    # under torch.no_grad(), backward() would only say "element 0 of tensors does not require grad"
+    if isinstance(loss, torch.Tensor) and not loss.requires_grad:
+        fail("distill_loss returned a loss without gradients (requires_grad is False): it was computed under "
+             "torch.no_grad() (or from a detached output), so backward() cannot reach the student. Only the target "
+             "is made without gradients; run the block with the student in it outside torch.no_grad()")
+    loss.backward()
+    want = ref_distill_loss(block, ref, x, target)
+    want.backward()
     if any(p.grad is not None for p in block.attn.parameters()):
         fail("the teacher's attention got a gradient: distill_loss ran block.attn (the teacher) where the student belongs")
+    check_distill_value(loss, want, x)  # the value first: a wrong loss has wrong gradients, and its value says why
     for (name, p), p_ref in zip(student.named_parameters(), ref.parameters()):
         if p.grad is None:
             fail(f"the student's {name} got no gradient: is the student in the graph (not under torch.no_grad, not detached)?")
@@ -683,340 +694,3 @@ def test_ex7_reverse_greedy_trajectory_is_consistent(greedy_case):
         if abs(t["val_loss"] - want) > TOL * want:
             fail(f"round {r + 1}'s val_loss is {t['val_loss']:.5f}, but the hybrid it names (linear layers {linear}) "
                  f"scores {want:.5f}")
-
-def reverse_greedy(model, students, batches):
-    """One answer to exercise 7. Start all-linear; each round restores full attention in the
-    layer where restoring helps most. A round of Algorithm 1 with the roles swapped: on the
-    all-linear model, the teacher's attentions are the 'students' to swap in."""
-    blocks = model.transformer.h
-    teacher = [b.attn for b in blocks]
-    restored, trajectory = [], []
-    for b, s in zip(blocks, students):
-        b.attn = s
-    try:
-        for k in range(len(blocks) - 1, -1, -1):
-            losses = dtr.greedy_round(model, teacher, batches, restored)
-            best = min(losses, key=losses.get)
-            restored.append(best)
-            blocks[best].attn = teacher[best]
-            trajectory.append({"k": k, "layer": best, "val_loss": losses[best],
-                               "candidates": [losses.get(i) for i in range(len(blocks))]})
-    finally:
-        for b, a in zip(blocks, teacher):
-            b.attn = a
-    return trajectory
-
-# ---- the checks fail where they should: on the stubs, and on a file of plausible mistakes ----
-
-# Each function right in shape and wrong in value, by a mistake a student makes; the second
-# element is a fragment of the message its checks must print.
-WRONG_SOLUTION = '''
-import copy
-import torch
-import dtr
-import kernel
-
-def naive_linear_attention(q, k, v, log_g=None, initial_state=None):
-    """Reads the state before this step's update: o_t = q_t^T S_(t-1)."""
-    B, H, T, D = q.shape
-    S = q.new_zeros(B, H, D, v.shape[-1]) if initial_state is None else initial_state
-    outs = []
-    for t in range(T):
-        outs.append((q[:, :, t, None] @ S)[:, :, 0])
-        g = 1.0 if log_g is None else torch.exp(log_g[:, :, t, None, None])
-        S = g * S + k[:, :, t, :, None] * v[:, :, t, None, :]
-    return torch.stack(outs, 2), S
-
-def chunked_linear_attention(q, k, v, log_g=None, initial_state=None, chunk_size=64):
-    """Forgets to hand the state from chunk to chunk: every chunk starts from initial_state."""
-    outs, S = [], None
-    for c in range(0, q.shape[2], chunk_size):
-        part = slice(c, c + chunk_size)
-        o, S = kernel.naive_linear_attention(q[:, :, part], k[:, :, part], v[:, :, part],
-                                             None if log_g is None else log_g[:, :, part], initial_state)
-        outs.append(o)
-    return torch.cat(outs, 2), S
-
-def linear_attention_step(q, k, v, log_g=None, state=None, normalize=True):
-    """Decays k v^T too, in place, and never normalises."""
-    if state is None:
-        state = q.new_zeros(*q.shape, v.shape[-1] + normalize)
-    if normalize:
-        v = torch.cat([v, torch.ones_like(v[..., :1])], -1)
-    state += k[..., :, None] * v[..., None, :]
-    if log_g is not None:
-        state *= torch.exp(log_g)[..., None, None]
-    o = (q[..., None, :] @ state)[..., 0, :]
-    return (o[..., :-1] if normalize else o), state
-
-def hedgehog_feature_map(x, w):
-    """Forgets the minus sign."""
-    x = x @ w
-    return torch.cat([x, x], -1).softmax(-1)
-
-class LinearAttention(dtr.LinearAttention):
-    """Shares the teacher's layers instead of copying them, and drops the normaliser."""
-    def __init__(self, teacher_attn, gated):
-        super().__init__(teacher_attn, gated)
-        self.c_attn, self.c_proj = teacher_attn.c_attn, teacher_attn.c_proj
-
-    def forward(self, x, cache=None):
-        B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, 2)
-        q, k, v = (t.view(B, T, self.n_head, -1).transpose(1, 2) for t in (q, k, v))
-        q, k = hedgehog_feature_map(q, self.fmap_q), hedgehog_feature_map(k, self.fmap_k)
-        y = kernel.linear_attention(q, k, v, normalize=False)
-        return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
-
-def distill_loss(block, student, x, target):
-    """Runs the teacher block as it is: the student never enters."""
-    return ((block(x) - target) ** 2).mean()
-
-def val(model, batches):
-    with torch.no_grad():
-        return sum(model(x, y)[1].item() for x, y in batches) / len(batches)
-
-def greedy_round(model, students, batches, linear):
-    """Scores the current hybrid for every candidate, without swapping the candidate in."""
-    blocks = model.transformer.h
-    own = [b.attn for b in blocks]
-    for i in linear:
-        blocks[i].attn = students[i]
-    loss = val(model, batches)
-    for b, a in zip(blocks, own):
-        b.attn = a
-    return {i: loss for i in range(len(blocks)) if i not in linear}
-
-def greedy_replace(model, students, batches):
-    """Swaps the layer whose swap hurts most."""
-    teacher_loss, linear, traj = val(model, batches), [], []
-    for k in range(1, len(students) + 1):
-        losses = {i: val_with(model, students, batches, linear + [i]) for i in range(len(students)) if i not in linear}
-        worst = max(losses, key=losses.get)
-        linear.append(worst)
-        traj.append({"k": k, "layer": worst, "val_loss": losses[worst], "rel_change": losses[worst] / teacher_loss - 1,
-                     "candidates": [losses.get(i) for i in range(len(students))]})
-    return teacher_loss, traj
-
-def select_models(teacher_loss, trajectory, tolerance):
-    """M_best leaves out the teacher; M_opt stops at the first round over the tolerance."""
-    order = [t["layer"] for t in trajectory]
-    best = min(trajectory, key=lambda t: t["val_loss"])
-    k_opt = 0
-    for t in trajectory:
-        if t["val_loss"] > (1 + tolerance) * teacher_loss:
-            break
-        k_opt = t["k"]
-    losses = [teacher_loss] + [t["val_loss"] for t in trajectory]
-    return ({"linear_layers": sorted(order[:best["k"]]), "val_loss": best["val_loss"]},
-            {"linear_layers": sorted(order[:k_opt]), "val_loss": losses[k_opt]})
-
-def reverse_greedy(model, students, batches):
-    """Restores the layers in index order, and reports the loss from before each restore."""
-    L = len(students)
-    return [{"k": L - 1 - r, "layer": r, "val_loss": val_with(model, students, batches, list(range(r, L)))}
-            for r in range(L)]
-
-def val_with(model, students, batches, linear):
-    blocks = model.transformer.h
-    own = [b.attn for b in blocks]
-    for i in linear:
-        blocks[i].attn = students[i]
-    loss = val(model, batches)
-    for b, a in zip(blocks, own):
-        b.attn = a
-    return loss
-'''
-
-# test (or its parametrised prefix) -> a fragment of the message it must fail with on WRONG_SOLUTION
-EXPECTED_ON_WRONG = {
-    "test_ex1_naive_without_decay": "token t attends to itself",
-    "test_ex1_naive_with_decay": "token t attends to itself",
-    "test_ex1_naive_from_an_initial_state": "token t attends to itself",
-    "test_ex1_naive_gradients": "gradient",
-    "test_ex2_chunked_equals_the_recurrence[T17-C16-decay-state]": "first step of chunk 1",
-    "test_ex2_chunked_equals_the_recurrence[T130-C32-decay-state]": "first step of chunk 1",
-    "test_ex2_chunked_strong_decay_stays_finite": "first step of chunk 1",
-    "test_ex3_step_decodes_like_the_recurrence[decay-state]": "decays the new k_t v_t^T too",
-    "test_ex3_step_normalised": "its last column is z_t",
-    "test_ex3_step_leaves_the_callers_state_alone": "changed the state it was given",
-    "test_ex4_hedgehog_feature_map": "the second half must be -x @ w",
-    "test_ex4_student_starts_as_a_copy_of_the_teacher": "deep-copy",
-    "test_ex4_hedgehog_student_equals_softmax_when_wq_is_zero": "normalised",
-    "test_ex4_student_forward": "differs from the reference",
-    "test_ex5_distill_loss_value": "ran its own (teacher) attention",
-    "test_ex5_only_the_student_learns": "the teacher's attention got a gradient",
-    "test_ex6_greedy_round": "swapped too",
-    "test_ex6_greedy_replace": "hurts least",
-    "test_ex6_select_models": "is the lowest val loss seen",
-    "test_ex7_reverse_greedy_trajectory_is_consistent": "scores",
-}
-
-def run_checks(solution_path, tmp_path):
-    """pytest on this file with DTR_SOLUTION, in a subprocess. Returns ({test id: outcome line}, output)."""
-    env = dict(os.environ, DTR_SOLUTION=str(solution_path), COLUMNS="4000")  # whole messages in the summary
-    here = os.path.dirname(os.path.abspath(__file__))
-    cmd = [sys.executable, "-m", "pytest", "-q", "-rfEs", "-p", "no:cacheprovider", "--tb=no",
-           os.path.join(here, "test_exercises.py"), "--deselect", "test_exercises.py::test_the_checks_themselves"]
-    out = subprocess.run(cmd, env=env, cwd=here, capture_output=True, text=True, timeout=300).stdout
-    lines = {}
-    for line in out.splitlines():  # the short summary: "FAILED test_exercises.py::test_x[id] - message"
-        for outcome in ("FAILED", "ERROR", "SKIPPED"):
-            if line.startswith(outcome):
-                name = line.split("::", 1)[1].split(" - ", 1)[0] if "::" in line else line
-                lines[name] = line
-    return lines, out
-
-def test_the_checks_themselves(tmp_path):
-    if SOLUTION:
-        pytest.skip("checks the checks, against the project's own code only (run without DTR_SOLUTION)")
-    # 1. the stubs: every check fails, none passes or skips, each saying "not written yet"
-    stubs = tmp_path / "stubs.py"
-    stubs.write_text(TEMPLATE)
-    lines, out = run_checks(stubs, tmp_path)
-    assert " passed" not in out.splitlines()[-1] and "skipped" not in out.splitlines()[-1], out[-3000:]
-    assert lines and all("not written yet" in line for line in lines.values()), out[-3000:]
-    # 2. plausible mistakes: each check listed fails, with the message that names the mistake
-    wrong = tmp_path / "wrong.py"
-    wrong.write_text(WRONG_SOLUTION)
-    lines, out = run_checks(wrong, tmp_path)
-    assert "skipped" not in out.splitlines()[-1], out[-3000:]
-    for test, fragment in EXPECTED_ON_WRONG.items():
-        hits = [line for name, line in lines.items() if name == test or name.startswith(test + "[")]
-        assert hits, f"{test} did not fail on the wrong solution:\n{out[-3000:]}"
-        assert all(fragment in line for line in hits), f"{test}: expected '{fragment}' in\n" + "\n".join(hits)
-
-# ---- the starting file: python test_exercises.py --template > my_solution.py ----
-
-TEMPLATE = '''"""
-My solutions to EXERCISES.md. Check them with
-
-    DTR_SOLUTION=my_solution.py python -m pytest -q test_exercises.py
-
-Every function below raises NotImplementedError until you write it; delete a function to skip
-its exercise. Layout: q, k (B, H, T, D), v (B, H, T, Dv), log_g (B, H, T), state (B, H, D, Dv).
-"""
-import copy
-import math
-
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
-
-# ---- exercise 1: linear attention from the recurrence ----
-
-def naive_linear_attention(q, k, v, log_g=None, initial_state=None):
-    """S_t = g_t S_(t-1) + k_t v_t^T, o_t = q_t^T S_t, with g_t = exp(log_g_t) (g_t = 1 if log_g
-    is None) and S_(-1) = initial_state (zeros if None). Unnormalised. Returns
-    (o (B, H, T, Dv), final state S_(T-1) (B, H, D, Dv)), both fp32."""
-    raise NotImplementedError("exercise 1")
-
-# ---- exercise 2: the chunked form ----
-
-def chunked_linear_attention(q, k, v, log_g=None, initial_state=None, chunk_size=64):
-    """The same (o, state) as naive_linear_attention, computed chunk_size steps at a time:
-    dense work inside a chunk, one state hand-off between chunks. Any T, any chunk_size."""
-    raise NotImplementedError("exercise 2")
-
-# ---- exercise 3: the one-token step ----
-
-def linear_attention_step(q, k, v, log_g=None, state=None, normalize=True):
-    """One decoding step: q, k (B, H, D), v (B, H, Dv), log_g (B, H) or None, state or None (zeros).
-    normalize=False: state (B, H, D, Dv), o = q^T S. normalize=True: state (B, H, D, Dv + 1) whose
-    last column is z; o = q^T S[..., :Dv] / (q . z + 1e-6). Returns (o (B, H, Dv), new state);
-    the given state is left unchanged."""
-    raise NotImplementedError("exercise 3")
-
-# ---- exercise 4: the Hedgehog feature map and the student ----
-
-def hedgehog_feature_map(x, w):
-    """x (B, nh, T, hs), w (nh, hs, hs) -> softmax([x @ w, -x @ w], dim=-1), (B, nh, T, 2 hs)."""
-    raise NotImplementedError("exercise 4")
-
-class LinearAttention(nn.Module):
-    """Drop-in student for the teacher's CausalSelfAttention: forward(x (B, T, C), cache=None) -> (B, T, C).
-    Attributes: n_head; c_attn, c_proj (deep copies of the teacher's); fmap_q, fmap_k
-    (nn.Parameter (n_head, hs, hs), the identity); gate (None, or if gated nn.Linear(C, n_head)
-    with zero weight and bias 4.0, log g_t = logsigmoid(gate(x)) / 16, (B, T, nh) -> (B, nh, T))."""
-
-    def __init__(self, teacher_attn, gated):
-        super().__init__()
-        raise NotImplementedError("exercise 4")
-
-    def forward(self, x, cache=None):
-        raise NotImplementedError("exercise 4")
-
-# ---- exercise 5: the distillation loss of one block (paper 3.1) ----
-
-def distill_loss(block, student, x, target):
-    """MSE (fp32, mean over B, T, C) between the teacher `block` run with `student` as its
-    attention and `target`, the teacher block's output for x (B, T, C). block.attn is the
-    teacher's again afterwards, even if the student raises."""
-    raise NotImplementedError("exercise 5")
-
-# ---- exercise 6: greedy replacement (Algorithm 1), M_best and M_opt ----
-
-def greedy_round(model, students, batches, linear):
-    """{layer: mean next-token loss over batches of the model with the layers in `linear` and
-    this layer swapped for their students}, for every layer not in `linear`. Hands the model back."""
-    raise NotImplementedError("exercise 6")
-
-def greedy_replace(model, students, batches):
-    """Algorithm 1. Returns (teacher_loss, trajectory): one entry per round, {"k": linear layers
-    after it, "layer": the one swapped, "val_loss", "rel_change": val_loss / teacher_loss - 1,
-    "candidates": [every layer's loss this round, None where already linear]}."""
-    raise NotImplementedError("exercise 6")
-
-def select_models(teacher_loss, trajectory, tolerance):
-    """(M_best, M_opt), each {"linear_layers": sorted list, "val_loss"}. M_best: the lowest loss
-    seen, the teacher included, ties to more linear layers. M_opt: the most linear layers with
-    val_loss <= (1 + tolerance) * teacher_loss (the teacher if none)."""
-    raise NotImplementedError("exercise 6")
-
-# ---- exercise 7: an open experiment ----
-
-def reverse_greedy(model, students, batches):
-    """Start all-linear, restore full attention one layer per round. Returns [{"k": linear layers
-    left after the round, "layer": the one restored, "val_loss"}, ...], L entries. Hands the model back."""
-    raise NotImplementedError("exercise 7")
-'''
-
-# ---- exercise 7's measurement on a finished run ----
-
-def measure_reverse_greedy(run_dir):
-    """Forward greedy (from the run's report) next to reverse greedy (the function under test),
-    on the run's own teacher, students and validation batches."""
-    fn = getattr(solution, "reverse_greedy") if solution else reverse_greedy
-    cfg, report, model, students, (_, val, _) = dtr.load_run(run_dir, "cpu")
-    batches = dtr.fixed_batches(val, cfg.block_size, cfg.batch_size, cfg.val_batches, "cpu")  # greedy's own
-    teacher_loss, L = report["teacher"]["val_loss"], cfg.n_layer
-    forward = {t["k"]: t for t in report["trajectory"]}
-    reverse = {t["k"]: t for t in fn(model, students, batches)}
-    print(f"{run_dir}: {cfg.student} students, {cfg.val_batches} validation batches of {cfg.batch_size}; "
-          f"teacher val loss {teacher_loss:.4f}")
-    print("  k | forward greedy: linear layers  val loss | reverse greedy: linear layers  val loss")
-    order = [forward[k]["layer"] for k in range(1, L + 1)]
-    restored = [reverse[k]["layer"] for k in range(L - 1, -1, -1)]
-    for k in range(L + 1):
-        f_layers, f_loss = sorted(order[:k]), forward[k]["val_loss"] if k else teacher_loss
-        r_layers = sorted(set(range(L)) - set(restored[:L - k]))
-        r_loss = reverse[k]["val_loss"] if k < L else forward[L]["val_loss"]  # k = L: the all-linear start
-        print(f"{k:>3} | {str(f_layers):>28} {f_loss:9.4f} | {str(r_layers):>28} {r_loss:9.4f}")
-
-def main():
-    parser = argparse.ArgumentParser(description="Checks for EXERCISES.md; run them with pytest. This "
-                                     "command line writes the starting file and runs exercise 7's measurement.")
-    parser.add_argument("--template", action="store_true", help="print the starting file (stubs) to stdout")
-    parser.add_argument("--reverse-greedy", metavar="RUN_DIR", help="a finished run's folder, e.g. "
-                        "out/shakespeare_char-tiny/gla: print its forward greedy trajectory next to reverse "
-                        "greedy's (DTR_SOLUTION's if set)")
-    args = parser.parse_args()
-    if args.template:
-        print(TEMPLATE, end="")
-    elif args.reverse_greedy:
-        measure_reverse_greedy(args.reverse_greedy)
-    else:
-        parser.print_help()
-
-if __name__ == "__main__":
-    main()
