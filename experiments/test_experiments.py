@@ -21,6 +21,7 @@ from conftest import launch, refused, tiny_gpt  # noqa: E402
 import baselines  # noqa: E402
 import bench_decode  # noqa: E402
 import dtr  # noqa: E402
+import oracle  # noqa: E402
 import train_teacher  # noqa: E402
 
 class Zero(torch.nn.Module):
@@ -126,3 +127,71 @@ def test_files_of_an_older_version_are_refused_by_name(finished_run, tmp_path, n
         json.dump({**{k: v for k, v in obj.items() if k not in drop}, **(obj["search"] if name == "baselines" else {})}, f)
     err = refused([str(old)], "experiments/readme.py")
     assert "comes from an older version" in err and f"{name}.json" in err and "rerun" in err
+
+# ---- the exhaustive oracle ----
+
+def oracle_case(n_layer=3):
+    """A random tiny GPT with its (undistilled) gla students, and two fixed batches."""
+    model = tiny_gpt(n_layer, seed=3)
+    students = dtr.make_students(model, "gla")
+    for s in students:  # a gate and feature maps away from their start, so each student changes its layer
+        torch.nn.init.normal_(s.fmap_q, std=0.5)
+    data = torch.randint(20, (3000,), generator=torch.Generator().manual_seed(1))
+    return model, students, train_teacher.fixed_batches(data, 32, 4, 2, "cpu")
+
+def test_oracle_scores_every_layout_as_a_plain_forward_would():
+    """The prefix-sharing walk against a plain loop that evaluates each of the 2^L hybrids from
+    scratch: the same loss and accuracy for every layout (rel 1e-6: the same fp32 ops in the same
+    order, so only summation order could differ), in 2^(L+1) - 2 block forwards per batch."""
+    model, students, batches = oracle_case()
+    teacher_attn = [block.attn for block in model.transformer.h]
+    rows, forwards = oracle.score_layouts(model, students, batches)
+    assert [block.attn for block in model.transformer.h] == teacher_attn
+    assert forwards == len(batches) * (2 ** 4 - 2)
+    losses = oracle.metric_table(rows, "loss")
+    assert len(set(losses)) == 8  # every layout its own model
+    for mask in range(8):
+        with dtr.hybrid(model.transformer.h, oracle.layers_of(mask), students):
+            plain = dtr.evaluate(model, batches)
+        assert losses[mask] == pytest.approx(plain["loss"], rel=1e-6)
+        assert oracle.metric_table(rows, "accuracy")[mask] == pytest.approx(plain["accuracy"], rel=1e-6)
+
+def test_greedy_replayed_on_the_table_is_greedy():
+    model, students, batches = oracle_case()
+    rows, _ = oracle.score_layouts(model, students, batches)
+    teacher, trajectory = dtr.greedy_replace(model, students, batches)
+    replayed_teacher, replayed = oracle.replay_greedy(rows, "loss")
+    assert [t["layer"] for t in replayed] == [t["layer"] for t in trajectory]
+    assert [t["val_loss"] for t in replayed] == pytest.approx([t["val_loss"] for t in trajectory], rel=1e-6)
+    assert replayed_teacher == pytest.approx(teacher, rel=1e-6)
+
+def test_oracle_ranks_and_noise_on_a_built_table():
+    """Three layers, two batches, losses chosen by hand: layouts 0b011 and 0b101 tie for the
+    best pair on search, 0b110 is best on test; greedy's order [1, 0, 2] reaches 0b011."""
+    search = {0: 1.0, 0b001: 1.3, 0b010: 1.1, 0b100: 1.2, 0b011: 1.4, 0b101: 1.4, 0b110: 1.5, 0b111: 2.0}
+    test = {**search, 0b110: 1.35, 0b010: 1.25}
+    ks = oracle.per_k(search, test, [1, 0, 2], "loss")
+    assert [p["n_layouts"] for p in ks] == [1, 3, 3, 1]
+    assert ks[1]["greedy"] == {"layers": [1], "search": 1.1, "test": 1.25, "rank_search": 1, "rank_test": 2}
+    assert ks[2]["greedy"]["rank_search"] == 1 and ks[2]["best_by_search"]["layers"] == [0, 1]  # the tie: lower mask
+    assert ks[2]["best_on_test"]["layers"] == [1, 2] and ks[2]["greedy"]["rank_test"] == 2
+    # per batch: the round-1 winner L1 beats the runner-up L2 by 0.1 and 0.1 (se 0), round 2's L0
+    # beats L2 by +0.3 and -0.1 (mean 0.1, paired se 0.2): one round of two within 2 se
+    rows = [[(v, 0, 1), (v, 0, 1)] for v in (search[m] for m in range(8))]
+    rows[0b011] = [(1.2, 0, 1), (1.6, 0, 1)]
+    rows[0b110] = [(1.5, 0, 1), (1.5, 0, 1)]
+    n = oracle.noise(rows, [1, 0, 2], "loss", tolerance=0.5, draws=20)
+    assert [(r["winner"], r["runner_up"]) for r in n["rounds"]] == [(1, 2), (0, 2)]
+    assert n["rounds"][0]["margin"] == pytest.approx(0.1) and n["rounds"][0]["paired_se"] == pytest.approx(0)
+    assert n["rounds"][1]["margin"] == pytest.approx(0.1) and n["rounds"][1]["paired_se"] == pytest.approx(0.2)
+    assert n["within_2se"] == 1
+
+def test_oracle_on_a_finished_run(finished_run):
+    launch([sys.executable, "experiments/oracle.py", finished_run, "--draws", "20"])
+    with open(os.path.join(finished_run, "oracle.json")) as f:
+        r = json.load(f)
+    assert r["greedy_reproduced"] < 1e-6  # the run's own greedy losses, from the table
+    for p in r["per_k"]:
+        assert p["best_by_search"]["search"] <= p["greedy"]["search"] and p["best_on_test"]["test"] <= p["greedy"]["test"]
+        assert 1 <= p["greedy"]["rank_test"] <= p["n_layouts"]
+    assert r["block_forwards"]["oracle"] == sum(r["batches"].values()) * (2 ** (r["n_layer"] + 1) - 2)
