@@ -20,13 +20,20 @@ class BaselinesConfig(frame.RunConfig):
     """the placement baselines"""
     n_random: int = opt(5, "random orders to average", ">0")
 
+def uniform_layouts(L):
+    """k evenly spaced layers, for k = 1..L."""
+    return [sorted({int((i + 0.5) * L / k) for i in range(k)}) for k in range(1, L + 1)]
+
+def importance_order(trajectory, metric="loss"):
+    """One-shot importance: layers in the order of their metric when swapped alone (greedy's first round)."""
+    return sorted(range(len(trajectory)), key=lambda i: dtr.METRICS[metric] * trajectory[0]["candidates"][i])
+
 @torch.no_grad()
 def placement_baselines(model, students, batches, trajectory, greedy, n_random=5, seed=0, device="cpu", bf16=False):
     """{"greedy" (given: its loss at k = 1..L on these batches), "uniform", "importance",
     "random_mean", "random_std": loss at k = 1..L, and the layers each baseline chose}."""
     L = len(students)
-    uniform = [sorted({int((i + 0.5) * L / k) for i in range(k)}) for k in range(1, L + 1)]
-    importance = sorted(range(L), key=lambda i: trajectory[0]["candidates"][i])  # greedy's first round
+    uniform, importance = uniform_layouts(L), importance_order(trajectory)
     gen = torch.Generator().manual_seed(seed)
     orders = [torch.randperm(L, generator=gen).tolist() for _ in range(n_random)]
 

@@ -21,6 +21,7 @@ from conftest import launch, refused, tiny_gpt  # noqa: E402
 import baselines  # noqa: E402
 import bench_decode  # noqa: E402
 import dtr  # noqa: E402
+import layer_selectors  # noqa: E402
 import oracle  # noqa: E402
 import train_teacher  # noqa: E402
 
@@ -195,3 +196,37 @@ def test_oracle_on_a_finished_run(finished_run):
         assert p["best_by_search"]["search"] <= p["greedy"]["search"] and p["best_on_test"]["test"] <= p["greedy"]["test"]
         assert 1 <= p["greedy"]["rank_test"] <= p["n_layouts"]
     assert r["block_forwards"]["oracle"] == sum(r["batches"].values()) * (2 ** (r["n_layer"] + 1) - 2)
+
+# ---- the layer selectors ----
+
+def test_each_selector_picks_the_layers_its_rule_names():
+    """Three layers and a hand-built metric table where the rules disagree: restoring L1 alone
+    helps most (restore_one keeps it), but after it, restoring L2 beats L0 (reverse greedy keeps
+    L1, then L2); distillation error and importance read their own numbers."""
+    table = {(): 1.0, (0,): 1.1, (1,): 1.05, (2,): 1.3, (0, 1): 1.6, (0, 2): 1.4, (1, 2): 1.5, (0, 1, 2): 2.0}
+    score = lambda layers: table[tuple(sorted(layers))]
+    report = {"trajectory": [{"layer": 2, "candidates": [1.2, 1.05, 1.1]}, {"layer": 0}, {"layer": 1}],
+              "distill": {"rel_mse": [0.5, 0.1, 0.3]}}
+    s = layer_selectors.select(report, score, 3, "loss", n_random=3, seed=0)
+    assert s["greedy"] == [[2], [0, 2], [0, 1, 2]]
+    assert s["importance"] == [[1], [1, 2], [0, 1, 2]]
+    assert s["uniform"] == [[1], [0, 2], [0, 1, 2]]
+    assert s["restore_one"] == [[2], [0, 2], [0, 1, 2]]  # all-linear minus L2 is the worst: L2 helps least
+    assert s["reverse_greedy"] == [[0], [0, 2], [0, 1, 2]]  # restored L1, then L2 (1.1 < 1.3), then L0
+    assert s["distill_error"] == [[1], [1, 2], [0, 1, 2]]
+    assert all(s[f"random{n}"][-1] == [0, 1, 2] and len({tuple(x) for x in s[f"random{n}"]}) == 3 for n in range(3))
+
+def test_selector_scores_from_the_oracle_table_equal_a_forward():
+    model, students, batches = oracle_case()
+    rows, _ = oracle.score_layouts(model, students, batches)
+    table = torch.tensor(rows, dtype=torch.float64)
+    from_table, direct = (layer_selectors.Scores(model, students, batches, t) for t in (table, None))
+    for layers in ([], [1], [0, 2], [0, 1, 2]):
+        assert [r[0] for r in from_table(layers)] == pytest.approx([r[0] for r in direct(layers)], rel=1e-6)
+
+def test_selectors_on_a_finished_run(finished_run):
+    launch([sys.executable, "experiments/layer_selectors.py", finished_run, "--n_random", "2"])
+    with open(os.path.join(finished_run, "layer_selectors.json")) as f, open(os.path.join(finished_run, "report.json")) as g:
+        r, report = json.load(f), json.load(g)
+    assert r["test"]["greedy"] == pytest.approx([t["loss"] for t in report["test"][1:]], rel=1e-6)  # the run's own numbers
+    assert len({round(r["test"][n][-1], 6) for n in layer_selectors.NAMES}) == 1  # k = L: every selector is all-linear
