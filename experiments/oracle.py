@@ -169,6 +169,27 @@ def run(args):
     frame.write_result({"metric": m, **{s: torch.tensor(r, dtype=torch.float64) for s, r in rows.items()}}, args, "oracle.pt")
     return frame.write_result(result, args, "oracle.json")
 
+def markdown(r):
+    """RESULTS.md's table: greedy against every layout of its size at each k, its cost, and the noise."""
+    m, f = r["metric"], r["block_forwards"]
+    out = [f"The exhaustive oracle (`python experiments/oracle.py <run folder>`): all {r['n_layouts']:,} layouts scored on "
+           f"{r['batches']['search']} search and {r['batches']['test']} test batches in {r['seconds']:.0f} s "
+           f"({f['oracle']:,} block forwards, {1 - f['oracle'] / f['unshared']:.0%} fewer than without sharing prefixes; "
+           f"greedy's search: {r['greedy_seconds']:.0f} s, {f['greedy_search']:,} block forwards, same machine).", "",
+           f"| k | layouts | greedy: test {m} | rank on test | rank on search | best by search: test {m} | its layers "
+           f"| best on test | its layers | greedy - best on test |", "|---" * 10 + "|"]
+    for p in r["per_k"][1:]:
+        g, s, t = p["greedy"], p["best_by_search"], p["best_on_test"]
+        out.append(f"| {p['k']} | {p['n_layouts']} | {g['test']:.4f} | {g['rank_test']} | {g['rank_search']} | {s['test']:.4f} | "
+                   f"{s['layers']} | {t['test']:.4f} | {t['layers']} | {g['test'] - t['test']:+.4f} |")
+    b, sub = r["bootstrap"], r["subsets"]
+    return out + ["", f"Noise: {r['within_2se']} of {len(r['rounds'])} greedy rounds were won by less than two paired standard "
+                      f"errors over the search batches (" + ", ".join(f"k={x['k']}: L{x['winner']} over L{x['runner_up']} by "
+                      f"{x['margin']:.4f}, se {x['paired_se']:.4f}" for x in r["rounds"]) + f"). Greedy replayed on "
+                      f"{r['batches']['search']} search batches drawn with replacement gives the same order in "
+                      f"{b['order_same']:.0%} and the same M_opt in {b['m_opt_same']:.0%} of draws; on fewer batches: "
+                      + ", ".join(f"{x['n']}: order {x['order_same']:.0%}, M_opt {x['m_opt_same']:.0%}" for x in sub) + ".", ""]
+
 def print_result(r):
     f = r["block_forwards"]
     print(f"oracle   {r['seconds']:.1f} s, greedy's search {r['greedy_seconds']:.1f} s on the same batches; "

@@ -39,7 +39,7 @@ def overlaps(curves):
     return notes
 
 def draw(runs, folder):
-    """Per run: <slug>-baselines.png, <slug>-tasks.png, <slug>-decode.png where it has them; for all
+    """Per run: <slug>-baselines.png, -selectors.png, -tasks.png, -decode.png where it has them; for all
     runs, m_opt-layers.png. Returns the paths."""
     plt = pyplot()
     if plt is None:
@@ -62,6 +62,8 @@ def draw(runs, folder):
                 ax.legend(fontsize=8)
             fig.suptitle(f"Placement, paper Fig. 4: {title}", fontsize=11)
             paths.append(save_figure(plt, fig, os.path.join(folder, f"{r['slug']}-baselines.png")))
+        if "layer_selectors" in r:
+            paths.append(draw_selectors(plt, r, title, os.path.join(folder, f"{r['slug']}-selectors.png")))
         if "tasks" in r:
             paths.append(draw_tasks(plt, r, title, os.path.join(folder, f"{r['slug']}-tasks.png")))
         if "decode_bench" in r:
@@ -79,6 +81,27 @@ def draw(runs, folder):
     ax.set_yticklabels([f"{r['label'].replace('`', '').replace(' student on', ',')} ({r['tolerance']:.0%})" for r in runs])
     paths.append(save_figure(plt, fig, os.path.join(folder, "m_opt-layers.png")))
     return paths
+
+def draw_selectors(plt, r, title, path):
+    """Every selector's test metric against k, and the same minus a reference (the oracle's best on
+    the test batches where it ran, else greedy's), where the small gaps show."""
+    sel = r["layer_selectors"]
+    test, m, ks = sel["test"], sel["metric"], range(1, r["n_layer"] + 1)
+    curves = {name: test[name] for name in ("greedy", "importance", "uniform", "random_mean", "restore_one", "distill_error", "reverse_greedy")}
+    if "oracle" in sel:
+        curves.update({"oracle, best by search": sel["oracle"]["test_best_by_search"], "oracle, best on test": sel["oracle"]["test_best_on_test"]})
+    ref_name = "oracle, best on test" if "oracle" in sel else "greedy"
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
+    for n, (name, curve) in enumerate(curves.items()):
+        style = dict(color="black", ls="--" if name.endswith("test") else ":") if name.startswith("oracle") else dict(color=f"C{n}")
+        for ax, ys in zip(axes, (curve, [y - ref for y, ref in zip(curve, curves[ref_name])])):
+            ax.plot(ks, ys, marker="o", lw=2.5 if name == "greedy" else 1.5, label=name, **style)
+    notes = overlaps(curves)  # curves drawn on top of each other, said in the title
+    axes[0].set(title="test batches" + "".join(f"\n{n}" for n in notes), xlabel="layers replaced by linear attention (k)", ylabel=f"test {m}", xticks=list(ks))
+    axes[1].set(title=f"minus {ref_name}", xlabel="layers replaced by linear attention (k)", ylabel=f"test {m} difference", xticks=list(ks))
+    axes[1].legend(fontsize=7)
+    fig.suptitle(f"Layer selectors (each chose on the search batches): {title}", fontsize=11)
+    return save_figure(plt, fig, path)
 
 def draw_tasks(plt, r, title, path):
     """Each task's loss vs k relative to its own teacher, and which layers its M_opt keeps full."""

@@ -10,7 +10,7 @@ run (for several runs, in the folder they share), or in --out. Only --update_pro
 project's own RESULTS.md, README.md's headline table and assets/, in the checkout that holds this script.
 
 Each run folder holds report.json (python dtr.py) and, where the experiments ran on it,
-baselines.json, finetune.json and decode_bench.json. Pictures are named after the run they show.
+baselines.json, finetune.json, decode_bench.json, oracle.json and layer_selectors.json. Pictures are named after the run they show.
 """
 import os
 from dataclasses import dataclass
@@ -20,6 +20,8 @@ import baselines
 import bench_decode
 import dtr
 import finetune
+import layer_selectors
+import oracle
 import pictures
 from plumbing import DtrError, load_file, opt
 
@@ -38,7 +40,8 @@ class ReadmeConfig:
 
 # what the tables read from each file; a file from an older version of the project lacks some
 NEEDS = {"report": ("config", "trajectory", "test", "metric", "tolerance", "m_best", "m_opt", "teacher", "distill", "timings_s"),
-         "baselines": ("search", "test"), "finetune": ("iters", "teacher", "m_opt"), "decode_bench": ("rows", "batch")}
+         "baselines": ("search", "test"), "finetune": ("iters", "teacher", "m_opt"), "decode_bench": ("rows", "batch"),
+         "oracle": ("per_k", "rounds", "bootstrap"), "layer_selectors": ("test", "vs_greedy_test")}
 
 def read(d, name, fix):
     """<d>/<name>.json, refused with one line if it comes from an older version of the project."""
@@ -57,7 +60,7 @@ def load_runs(run_dirs):
     runs = []
     for d in run_dirs:
         r = read(d, "report", f"rerun the python dtr.py command that made {d} with this version to rewrite it")
-        for extra in ("baselines", "finetune", "decode_bench"):
+        for extra in ("baselines", "finetune", "decode_bench", "oracle", "layer_selectors"):
             if os.path.exists(os.path.join(d, extra + ".json")):
                 script = "bench_decode" if extra == "decode_bench" else extra
                 r[extra] = read(d, extra, f"rerun python experiments/{script}.py {d}")
@@ -127,6 +130,10 @@ def run_markdown(r):
         out += baselines.markdown(r["baselines"])
     if "finetune" in r:
         out += finetune.markdown(r["finetune"])
+    if "oracle" in r:
+        out += oracle.markdown(r["oracle"])
+    if "layer_selectors" in r:
+        out += layer_selectors.markdown(r["layer_selectors"])
     if "tasks" in r:
         out += [f"One search per target task (`--task {r['config']['task']}`), same teacher and students, test batches:", ""] + \
                tasks_markdown(r, r["tolerance"], L, m) + [""]

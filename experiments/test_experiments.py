@@ -72,7 +72,8 @@ def checkout_files():
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, data_dir):
-    """A finished tiny run with two tasks, and each experiment run on it from its documented command."""
+    """A finished tiny run with two tasks, and each experiment run on it from its documented command
+(the oracle before the selectors, which then read its table)."""
     out = tmp_path_factory.mktemp("out")
     dtr.main(["--preset", "tiny", "--data_dir", data_dir, "--out_dir", str(out), "--task", "lm,copy", "--sample_tokens", "5"])
     run_dir = str(out / "gla")
@@ -80,7 +81,9 @@ def finished_run(tmp_path_factory, data_dir):
     assert "finetune 3 steps" in launch([sys.executable, "experiments/finetune.py", run_dir, "--iters", "3"])
     launch([sys.executable, "experiments/bench_decode.py", run_dir, "--contexts", "16,32", "--new_tokens", "2",
             "--repeats", "1", "--batch", "2"])
-    for name in ("baselines", "finetune", "decode_bench"):
+    assert "greedy rounds won by" in launch([sys.executable, "experiments/oracle.py", run_dir, "--draws", "20"])
+    assert "select   test" in launch([sys.executable, "experiments/layer_selectors.py", run_dir, "--n_random", "2"])
+    for name in ("baselines", "finetune", "decode_bench", "oracle", "layer_selectors"):
         assert os.path.exists(os.path.join(run_dir, name + ".json"))
     return run_dir
 
@@ -96,6 +99,7 @@ def test_results_are_written_beside_the_run_and_the_checkout_is_untouched(finish
     with open(os.path.join(finished_run, "report.json")) as f:
         report = json.load(f)
     for part in ("| placement |", "Finetuning 3 steps", "| copy |", "speed-up, eager", "(assets/m_opt-layers.png)",
+                 "| k | layouts | greedy: test loss |", "| reverse_greedy |", "-selectors.png)",
                  f"| {report['test'][0]['loss']:.4f} |"):  # the headline table: the teacher's test loss
         assert part in text
     assert os.path.exists(os.path.join(finished_run, "assets", "m_opt-layers.png"))
@@ -188,7 +192,6 @@ def test_oracle_ranks_and_noise_on_a_built_table():
     assert n["within_2se"] == 1
 
 def test_oracle_on_a_finished_run(finished_run):
-    launch([sys.executable, "experiments/oracle.py", finished_run, "--draws", "20"])
     with open(os.path.join(finished_run, "oracle.json")) as f:
         r = json.load(f)
     assert r["greedy_reproduced"] < 1e-6  # the run's own greedy losses, from the table
@@ -225,8 +228,8 @@ def test_selector_scores_from_the_oracle_table_equal_a_forward():
         assert [r[0] for r in from_table(layers)] == pytest.approx([r[0] for r in direct(layers)], rel=1e-6)
 
 def test_selectors_on_a_finished_run(finished_run):
-    launch([sys.executable, "experiments/layer_selectors.py", finished_run, "--n_random", "2"])
     with open(os.path.join(finished_run, "layer_selectors.json")) as f, open(os.path.join(finished_run, "report.json")) as g:
         r, report = json.load(f), json.load(g)
+    assert r["from_oracle_table"] == {"search": True, "test": True}
     assert r["test"]["greedy"] == pytest.approx([t["loss"] for t in report["test"][1:]], rel=1e-6)  # the run's own numbers
     assert len({round(r["test"][n][-1], 6) for n in layer_selectors.NAMES}) == 1  # k = L: every selector is all-linear
