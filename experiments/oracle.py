@@ -94,12 +94,15 @@ def per_k(search, test, order, metric):
                     "best_by_search": show(best(search)), "best_on_test": show(best(test))})
     return out
 
-def noise(rows, order, metric, tolerance, draws, seed=0):
-    """How much of greedy's order the search batches decide: per round, the winner's margin over
-    the runner-up next to the paired standard error of that difference over batches; and greedy
-    replayed over resampled batches (a bootstrap, n of n with replacement) and over subsets of
-    fewer batches: how often the order and M_opt come out as on all of them."""
+def noise(rows, metric, tolerance, draws, seed=0):
+    """How much of greedy's order the search batches decide: per round of greedy on all of them,
+    the winner's margin over the runner-up next to the paired standard error of that difference
+    over batches; and greedy replayed over resampled batches (a bootstrap, n of n with
+    replacement) and over subsets of fewer batches: how often the order and M_opt come out as on
+    all of them."""
     n, sign = len(rows[0]), dtr.METRICS[metric]
+    full = replay_greedy(rows, metric)
+    order = [t["layer"] for t in full[1]]
     per_batch = lambda mask: torch.tensor([dtr.reduce([r], metric) for r in rows[mask]], dtype=torch.float64)
     rounds, mask = [], 0
     for k, winner in enumerate(order, 1):
@@ -110,7 +113,6 @@ def noise(rows, order, metric, tolerance, draws, seed=0):
             se = (diff.std() / n ** 0.5).item() if n > 1 else float("nan")
             rounds.append({"k": k, "winner": winner, "runner_up": runner, "margin": diff.mean().item(), "paired_se": se})
         mask |= 1 << winner
-    full = replay_greedy(rows, metric)
     m_opt = lambda result: dtr.select_models(*result, tolerance, metric)[1]["linear_layers"]
     gen = random.Random(seed)
 
@@ -118,7 +120,7 @@ def noise(rows, order, metric, tolerance, draws, seed=0):
         same_order = same_opt = 0
         for _ in range(draws):
             result = replay_greedy(rows, metric, pick(size))
-            same_order += [t["layer"] for t in result[1]] == [t["layer"] for t in full[1]]
+            same_order += [t["layer"] for t in result[1]] == order
             same_opt += m_opt(result) == m_opt(full)
         return {"n": size, "order_same": same_order / draws, "m_opt_same": same_opt / draws}
 
@@ -162,7 +164,7 @@ def run(args):
               "seconds": seconds, "greedy_seconds": greedy_seconds,
               "block_forwards": {"oracle": forwards, "unshared": L * 2 ** L * total,
                                  "greedy_search": greedy_forwards(order, len(splits["search"]))},
-              "per_k": per_k(search, test, order, m), **noise(rows["search"], order, m, report["tolerance"], args.draws, cfg.seed)}
+              "per_k": per_k(search, test, order, m), **noise(rows["search"], m, report["tolerance"], args.draws, cfg.seed)}
     if cfg.val_batches == report["config"]["val_batches"]:  # the run's own search batches: greedy's numbers come back
         result["greedy_reproduced"] = max(abs(search[sum(1 << i for i in order[:t["k"]])] - t["val_" + m]) for t in report["trajectory"])
     print_result(result)
