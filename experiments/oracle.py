@@ -54,16 +54,15 @@ def score_layouts(model, students, batches, device="cpu", bf16=False, progress=N
                     continue
                 with dtr.hybrid(blocks, [i], students):
                     linear = blocks[i](h)
-                stack += [(i + 1, mask | 1 << i, linear), (i + 1, mask, blocks[i](h))]  # the full one first next
+                stack += [(i + 1, mask | 1 << i, linear), (i + 1, mask, blocks[i](h))]  # popped next: the full child
                 forwards += 2
             if progress:
                 progress(b)
     return rows, forwards
 
-def metric_table(rows, metric, idx=None):
-    """Every layout's metric over the batches `idx` (all of them by default), as dtr.reduce counts it."""
-    idx = range(len(rows[0])) if idx is None else idx
-    return [dtr.reduce([r[b] for b in idx], metric) for r in rows]
+def metric_table(rows, metric):
+    """Every layout's metric over all the batches, as dtr.reduce counts it."""
+    return [dtr.reduce(r, metric) for r in rows]
 
 def replay_greedy(rows, metric, idx=None):
     """Algorithm 1 replayed on the table (the same rule and tie-break as dtr.greedy_replace) over
