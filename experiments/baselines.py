@@ -7,30 +7,33 @@ and on the held-out test batches, where the comparison is fair to the baselines.
 
     python experiments/baselines.py out/shakespeare_char-cpu/gla     # writes baselines.json there
 """
-import os
-import sys
 from dataclasses import dataclass
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # dtr.py sits one folder up
-import torch  # noqa: E402
+import frame  # first: it puts the project's root on sys.path
+import torch
 
-import dtr  # noqa: E402
-from plumbing import DtrError, atomic_save, choose_device, cli, opt, parse_config  # noqa: E402
+import dtr
+from plumbing import DtrError, opt
 
 @dataclass
-class BaselinesConfig:
+class BaselinesConfig(frame.RunConfig):
     """the placement baselines"""
-    run_dir: str = opt("", "a finished run's folder, e.g. out/shakespeare_char-cpu/gla", positional=True)
     n_random: int = opt(5, "random orders to average", ">0")
-    device: str = opt("auto", "where to run", ("auto", "cpu", "cuda", "mps"))
+
+def uniform_layouts(L):
+    """k evenly spaced layers, for k = 1..L."""
+    return [sorted({int((i + 0.5) * L / k) for i in range(k)}) for k in range(1, L + 1)]
+
+def importance_order(trajectory, metric="loss"):
+    """One-shot importance: layers in the order of their metric when swapped alone (greedy's first round)."""
+    return sorted(range(len(trajectory)), key=lambda i: dtr.METRICS[metric] * trajectory[0]["candidates"][i])
 
 @torch.no_grad()
 def placement_baselines(model, students, batches, trajectory, greedy, n_random=5, seed=0, device="cpu", bf16=False):
     """{"greedy" (given: its loss at k = 1..L on these batches), "uniform", "importance",
     "random_mean", "random_std": loss at k = 1..L, and the layers each baseline chose}."""
     L = len(students)
-    uniform = [sorted({int((i + 0.5) * L / k) for i in range(k)}) for k in range(1, L + 1)]
-    importance = sorted(range(L), key=lambda i: trajectory[0]["candidates"][i])  # greedy's first round
+    uniform, importance = uniform_layouts(L), importance_order(trajectory)
     gen = torch.Generator().manual_seed(seed)
     orders = [torch.randperm(L, generator=gen).tolist() for _ in range(n_random)]
 
@@ -51,9 +54,20 @@ def greedy_verdict(b):
     return ("greedy is at or below every baseline at every k" if not worse else
             f"greedy is above some baseline at k = {worse}")
 
+def markdown(result):
+    """RESULTS.md's tables: loss at every k of each placement, on the search and the test batches."""
+    out = []
+    for split, b in result.items():
+        L = len(b["greedy"])
+        out += [f"Placement baselines (`python experiments/baselines.py <run folder>`), loss on the {split} batches at k linear layers:", "",
+                "| placement | " + " | ".join(f"k={k}" for k in range(1, L + 1)) + " | mean |", "|---" * (L + 2) + "|"]
+        out += [f"| {n} | " + " | ".join(f"{x:.4f}" for x in b[n]) + f" | {sum(b[n]) / L:.4f} |"
+                for n in ("greedy", "uniform", "importance", "random_mean")]
+        out += ["", f"Placement on the {split} batches: {greedy_verdict(b)} (random: mean of {len(b['random_orders'])} orders).", ""]
+    return out
+
 def run(args):
-    device, bf16 = choose_device(args.device)
-    cfg, report, model, students, (_, val, _) = dtr.load_run(args.run_dir, device)
+    device, bf16, cfg, report, model, students, (_, val, _) = frame.open_run(args)
     if report["metric"] != "loss":
         raise DtrError(f"{args.run_dir} was searched by {report['metric']}; the baselines compare losses, run one with --metric loss")
     search, test = dtr.lm_batches(cfg, val, device), dtr.lm_batches(cfg, val, device, test=True)
@@ -65,12 +79,10 @@ def run(args):
         for name in ("greedy", "uniform", "importance", "random_mean"):
             print(f"baseline {split:6s} {name:11s} " + " ".join(f"{x:.4f}" for x in b[name]) + f" | mean over k {sum(b[name]) / len(b[name]):.4f}")
         print(f"baseline {split:6s} {greedy_verdict(b)}")
-    atomic_save(result, os.path.join(args.run_dir, "baselines.json"))
-    print(f"wrote {os.path.join(args.run_dir, 'baselines.json')}")
-    return result
+    return frame.write_result(result, args, "baselines.json")
 
 def main(argv=None):
-    cli(run, lambda a: parse_config(BaselinesConfig, a, __doc__), argv)
+    frame.command(BaselinesConfig, run, __doc__, argv)
 
 if __name__ == "__main__":
     main()

@@ -15,26 +15,23 @@ stretched to the longest context just for timing.
 import copy
 import itertools
 import os
-import sys
 import time
 from dataclasses import dataclass
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # dtr.py sits one folder up
-import torch  # noqa: E402
+import frame  # first: it puts the project's root on sys.path
+import torch
 
-import dtr  # noqa: E402
-from plumbing import DtrError, atomic_save, choose_device, cli, load_file, machine, opt, parse_config  # noqa: E402
-from train_teacher import GPT, Cache, GPTConfig  # noqa: E402
+import dtr
+from plumbing import DtrError, choose_device, load_file, machine, opt
+from train_teacher import GPT, Cache, GPTConfig
 
 @dataclass
-class BenchConfig:
+class BenchConfig(frame.RunConfig):
     """the decoding benchmark"""
-    run_dir: str = opt("", "a finished run's folder, e.g. out/shakespeare_char-cpu/gla", positional=True)
     contexts: str = opt("512,1024,2048,4096,8192,16384", "comma-separated prompt lengths in tokens")
     new_tokens: int = opt(32, "tokens decoded after each prefill", ">0")
     repeats: int = opt(5, "timed repeats (median)", ">0")
     batch: int = opt(8, "sequences decoded at once in the batched timing", ">0")
-    device: str = opt("auto", "where to run", ("auto", "cpu", "cuda", "mps"))
 
     def check(self):
         if not all(c.strip().isdigit() and int(c) > 0 for c in self.contexts.split(",")):
@@ -117,6 +114,35 @@ def compiled_decoder(model, batch, device, context=70):
         return None
     return step
 
+def markdown(bench, report):
+    """RESULTS.md's tables: speed and cache per model and context, then all_linear's and M_opt's
+    speed-ups against the teacher."""
+    batch, L = bench["batch"], bench["n_layer"]
+    speeds = [("decode_tok_s", "eager, 1 sequence"), (f"decode_tok_s_batch{batch}", f"eager, batch {batch}")]
+    if bench.get("compiled"):
+        speeds += [(key + "_compiled", label.replace("eager", "compiled")) for key, label in speeds]
+    out = [f"Decoding speed and cache memory ({L} layers, {bench['n_embd']} wide, {bench['new_tokens']} new tokens, "
+           f"median of {bench['repeats']} runs, {bench['machine']}):", "",
+           "| context | model | prefill s | " + " | ".join(f"tok/s, {label}" for _, label in speeds) + " | cache MiB |",
+           "|---" * (len(speeds) + 4) + "|"]
+    out += [f"| {w['context']} | {w['model']} | {w['prefill_s']:.3f} | " + " | ".join(f"{w[key]:.1f}" for key, _ in speeds)
+            + f" | {w['cache_bytes'] / 2**20:.2f} |" for w in bench["rows"]]
+    by = {(w["model"], w["context"]): w for w in bench["rows"]}
+    # speed-ups: eager against eager; and, with compiling, each model in its faster mode (the
+    # teacher's attention is not always faster compiled, and it should not be held back)
+    ratios = [(label, key, False) for key, label in speeds[:2]]
+    if bench.get("compiled"):
+        ratios += [(label.replace("eager", "faster mode"), key, True) for key, label in speeds[:2]]
+    tok_s = lambda w, key, best: max(w[key], w[key + "_compiled"]) if best else w[key]
+    for name, k in (("all_linear", L), ("m_opt", len(report["m_opt"]["linear_layers"]))):
+        out += ["", f"{name} ({k}/{L} layers linear) against the teacher, same run:", "",
+                "| context | " + " | ".join(f"speed-up, {label}" for label, _, _ in ratios) + " | cache smaller by |",
+                "|---" * (len(ratios) + 2) + "|"]
+        out += [f"| {n} | " + " | ".join(f"{tok_s(by[name, n], key, best) / tok_s(by['teacher', n], key, best):.1f}x"
+                                         for _, key, best in ratios)
+                + f" | {by['teacher', n]['cache_bytes'] / by[name, n]['cache_bytes']:.0f}x |" for n in sorted({c for _, c in by})]
+    return out + [""]
+
 def run(args):
     device, _ = choose_device(args.device)
     report = load_file(os.path.join(args.run_dir, "report.json"), "run python dtr.py first", ("config", "m_opt"))
@@ -126,12 +152,10 @@ def run(args):
     patterns = {"teacher": [], "m_opt": report["m_opt"]["linear_layers"], "all_linear": list(range(cfg.n_layer))}
     contexts = [int(c) for c in args.contexts.split(",")]
     result = bench_decode(cfg, model_args, device, patterns, contexts, args.new_tokens, args.repeats, args.batch)
-    atomic_save(result, os.path.join(args.run_dir, "decode_bench.json"))
-    print(f"wrote {os.path.join(args.run_dir, 'decode_bench.json')}")
-    return result
+    return frame.write_result(result, args, "decode_bench.json")
 
 def main(argv=None):
-    cli(run, lambda a: parse_config(BenchConfig, a, __doc__), argv)
+    frame.command(BenchConfig, run, __doc__, argv)
 
 if __name__ == "__main__":
     main()

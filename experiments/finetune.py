@@ -6,23 +6,19 @@ learning rate; loss on the test batches before and after. The run's own files ar
     python experiments/finetune.py out/shakespeare_char-cpu/gla --iters 200   # writes finetune.json there
 """
 import copy
-import os
-import sys
 from dataclasses import dataclass
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # dtr.py sits one folder up
-import torch  # noqa: E402
+import frame  # first: it puts the project's root on sys.path
+import torch
 
-import dtr  # noqa: E402
-from plumbing import atomic_save, autocast, choose_device, cli, opt, parse_config  # noqa: E402
-from train_teacher import get_batch, val_loss  # noqa: E402
+import dtr
+from plumbing import autocast, opt
+from train_teacher import get_batch, val_loss
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(frame.RunConfig):
     """the finetune"""
-    run_dir: str = opt("", "a finished run's folder, e.g. out/shakespeare_char-cpu/gla", positional=True)
     iters: int = opt(200, "finetuning steps, for M_opt and for the teacher", ">0")
-    device: str = opt("auto", "where to run", ("auto", "cpu", "cuda", "mps"))
 
 def finetune(model, layers, students, train, val_b, cfg, iters, device="cpu", bf16=False):
     """Train a copy of the model with `layers` linear, end to end, at the teacher's final learning
@@ -43,20 +39,23 @@ def finetune(model, layers, students, train, val_b, cfg, iters, device="cpu", bf
         optimizer.step()
     return {"before": before, "after": val_loss(tuned.eval(), val_b, device, bf16)}
 
+def markdown(f):
+    """RESULTS.md's line: test loss before and after, for the teacher and M_opt."""
+    return [f"Finetuning {f['iters']} steps end to end (`python experiments/finetune.py <run folder>`), test loss: "
+            f"teacher {f['teacher']['before']:.4f} -> {f['teacher']['after']:.4f}, "
+            f"M_opt {f['m_opt']['before']:.4f} -> {f['m_opt']['after']:.4f}.", ""]
+
 def run(args):
-    device, bf16 = choose_device(args.device)
-    cfg, report, model, students, (train, val, _) = dtr.load_run(args.run_dir, device)
+    device, bf16, cfg, report, model, students, (train, val, _) = frame.open_run(args)
     val_b = dtr.lm_batches(cfg, val, device, test=True)  # the held-out test batches
     result = {"iters": args.iters, **{name: finetune(model, layers, students, train, val_b, cfg, args.iters, device, bf16)
                                       for name, layers in (("teacher", []), ("m_opt", report["m_opt"]["linear_layers"]))}}
     print(f"finetune {args.iters} steps | " + " | ".join(
         f"{n} {v['before']:.4f} -> {v['after']:.4f}" for n, v in result.items() if n != "iters"))
-    atomic_save(result, os.path.join(args.run_dir, "finetune.json"))
-    print(f"wrote {os.path.join(args.run_dir, 'finetune.json')}")
-    return result
+    return frame.write_result(result, args, "finetune.json")
 
 def main(argv=None):
-    cli(run, lambda a: parse_config(FinetuneConfig, a, __doc__), argv)
+    frame.command(FinetuneConfig, run, __doc__, argv)
 
 if __name__ == "__main__":
     main()

@@ -1,48 +1,74 @@
 """
-Regenerate the results from finished runs: the full tables in RESULTS.md, the headline table in
-README.md, and the pictures in assets/, never typed by hand.
+Regenerate the results from finished runs, never typed by hand: the headline table, the full
+tables, and the pictures (drawn by pictures.py).
 
     python experiments/readme.py out/shakespeare_char-cpu/gla,out/shakespeare_char-cpu/hedgehog,...
+    python experiments/readme.py out/shakespeare_char-cpu/gla --update_project   # this checkout's own files
+
+By default it writes RESULTS.md (the headline table, then the full tables) and assets/ beside the
+run (for several runs, in the folder they share), or in --out. Only --update_project rewrites the
+project's own RESULTS.md, README.md's headline table and assets/, in the checkout that holds this script.
 
 Each run folder holds report.json (python dtr.py) and, where the experiments ran on it,
-baselines.json, finetune.json and decode_bench.json. Pictures are named after the run they show.
+baselines.json, finetune.json, decode_bench.json, oracle.json and layer_selectors.json. Pictures are named after the run they show.
 """
 import os
-import sys
 from dataclasses import dataclass
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # dtr.py sits one folder up
-import dtr  # noqa: E402
-from baselines import greedy_verdict  # noqa: E402
-from plumbing import DtrError, cli, load_file, opt, parse_config  # noqa: E402
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import frame  # first: it puts the project's root on sys.path
+import baselines
+import bench_decode
+import dtr
+import finetune
+import layer_selectors
+import oracle
+import pictures
+from plumbing import DtrError, load_file, opt
 
 @dataclass
 class ReadmeConfig:
     """the results to regenerate"""
     run_dirs: str = opt("", "comma-separated finished run folders, in the order to show them", positional=True)
+    out: str = opt("", "folder to write RESULTS.md and assets/ into (default: beside the run, or the runs' shared folder)")
+    update_project: bool = opt(False, "rewrite this checkout's own RESULTS.md, README.md's headline table and assets/ instead")
+
+    def check(self):
+        if self.out and self.update_project:
+            raise DtrError("--out and --update_project name two places to write; give one of them")
 
 # ---- reading the runs ----
 
+# what the tables read from each file; a file from an older version of the project lacks some
+NEEDS = {"report": ("config", "trajectory", "test", "metric", "tolerance", "m_best", "m_opt", "teacher", "distill", "timings_s"),
+         "baselines": ("search", "test"), "finetune": ("iters", "teacher", "m_opt"), "decode_bench": ("rows", "batch"),
+         "oracle": ("per_k", "rounds", "bootstrap"), "layer_selectors": ("test", "vs_greedy_test")}
+
+def read(d, name, fix):
+    """<d>/<name>.json, refused with one line if it comes from an older version of the project."""
+    path = os.path.join(d, name + ".json")
+    obj = load_file(path, fix)
+    missing = [k for k in NEEDS[name] if not isinstance(obj, dict) or k not in obj]
+    if missing:
+        raise DtrError(f"{path} comes from an older version of this project (it has no {', '.join(missing)}); {fix}")
+    return obj
+
 def load_runs(run_dirs):
-    """One dict per run: its report, plus baselines / finetune / decode_bench where present."""
+    """One dict per run: its report, plus baselines / finetune / decode_bench where present, and
+    the run's label and slug (which names its pictures)."""
     if not run_dirs:
         raise DtrError("give at least one finished run folder, e.g. out/shakespeare_char-cpu/gla")
     runs = []
     for d in run_dirs:
-        r = load_file(os.path.join(d, "report.json"), f"run python dtr.py for {d} first", ("config", "trajectory"))
-        for extra in ("baselines", "finetune", "decode_bench"):
-            path = os.path.join(d, extra + ".json")
-            if os.path.exists(path):
-                r[extra] = load_file(path, f"delete it and rerun experiments/{extra}.py")
-        r["slug"] = os.path.relpath(d, "out").strip("./").replace(os.sep, "-")  # names its pictures
+        r = read(d, "report", f"rerun the python dtr.py command that made {d} with this version to rewrite it")
+        for extra in ("baselines", "finetune", "decode_bench", "oracle", "layer_selectors"):
+            if os.path.exists(os.path.join(d, extra + ".json")):
+                script = "bench_decode" if extra == "decode_bench" else extra
+                r[extra] = read(d, extra, f"rerun python experiments/{script}.py {d}")
+        copy_frac = r["config"].get("copy_frac", 0.0)
+        r["label"] = f"`{r['student']}` student on {r['dataset']}" + (f", teacher trained with copy_frac {copy_frac}" if copy_frac else "")
+        r["slug"] = os.path.relpath(d, "out").strip("./").replace(os.sep, "-")
         runs.append(r)
     return runs
-
-def label(r):
-    copy_frac = r["config"].get("copy_frac", 0.0)
-    return f"`{r['student']}` student on {r['dataset']}" + (f", teacher trained with copy_frac {copy_frac}" if copy_frac else "")
 
 def pct(loss, ref):
     return f"{100 * (loss / ref - 1):+.2f}%"
@@ -54,22 +80,23 @@ def conversion_share(r):
 
 # ---- markdown ----
 
-def headline(runs, pictures=()):
-    """README's table: one line per run, on the held-out test batches (chosen on the search batches)."""
+def headline(runs, shown=(), more="Full tables: [RESULTS.md](RESULTS.md)."):
+    """README's table: one line per run, on the held-out test batches (chosen on the search batches);
+    then `more`, and the pictures `shown` (paths as the markdown links them)."""
     out = ["| run | command | teacher | all-linear | M_opt (tolerance) | M_best | conversion cost |", "|---" * 7 + "|"]
     for r in runs:
         test, L, share = r["test"], r["n_layer"], conversion_share(r)
         t, last = test[0]["loss"], test[-1]["loss"]
         m = lambda name: f"{len(r[name]['linear_layers'])}/{L} linear, {r[name]['test_loss']:.4f} ({pct(r[name]['test_loss'], t)})"
-        out.append(f"| {label(r)} | `{r['command']}` | {t:.4f} | {last:.4f} ({pct(last, t)}) | {m('m_opt')} ({r['tolerance']:.0%}) "
+        out.append(f"| {r['label']} | `{r['command']}` | {t:.4f} | {last:.4f} ({pct(last, t)}) | {m('m_opt')} ({r['tolerance']:.0%}) "
                    f"| {m('m_best')} | " + (f"{100 * share:.0f}% of the teacher's training |" if share else "|"))
     gaps = [gap(r) for r in runs]
     return out + ["", f"Test loss on held-out batches that the search never saw; M_opt and M_best were chosen on "
                       f"the search batches, and their relative change against the teacher differs between the two "
                       f"sets by at most {max(gaps):.2f} percentage points over all k ({', '.join(f'{g:.2f}' for g in gaps)} "
                       f"per run). Measured on {'; '.join(sorted({r['machine'] for r in runs}))}, "
-                      f"{', '.join(sorted({r['date'] for r in runs}))}. Full tables: [RESULTS.md](RESULTS.md).", ""] + \
-        [f"![{os.path.splitext(os.path.basename(p))[0]}]({p})" for p in pictures]
+                      f"{', '.join(sorted({r['date'] for r in runs}))}. {more}", ""] + \
+        [f"![{os.path.splitext(os.path.basename(p))[0]}]({p})" for p in shown]
 
 def gap(r):
     """The largest difference, in percentage points, between the search and the test batches'
@@ -81,7 +108,7 @@ def run_markdown(r):
     """RESULTS.md's section for one run: the trajectory on search and test batches, M_best/M_opt,
     and each experiment on it."""
     t, L, m, test = r["timings_s"], r["n_layer"], r["metric"], r["test"]
-    out = [f"### {label(r)} (preset `{r['config']['preset']}`)", "",
+    out = [f"### {r['label']} (preset `{r['config']['preset']}`)", "",
            f"`{r['command']}` on {r['machine']}, {r['date']}: teacher {t['teacher']:.0f} s, distillation "
            f"{t['distill']:.0f} s, greedy {t['greedy']:.0f} s, total {t['total']:.0f} s"
            + ("" if t["teacher"] else f" (teacher reused: it trained in {r['teacher']['train_s'] or 0:.0f} s"
@@ -99,22 +126,19 @@ def run_markdown(r):
             "Distillation, relative MSE per layer: " + ", ".join(f"L{i} {x:.3f}" for i, x in enumerate(r["distill"]["rel_mse"])), ""]
     if conversion_share(r):
         out += [f"Distillation + greedy took {100 * conversion_share(r):.0f}% of the teacher's training time.", ""]
-    for split, b in r.get("baselines", {}).items():
-        out += [f"Placement baselines (`python experiments/baselines.py <run folder>`), loss on the {split} batches at k linear layers:", "",
-                "| placement | " + " | ".join(f"k={k}" for k in range(1, L + 1)) + " | mean |", "|---" * (L + 2) + "|"]
-        out += [f"| {n} | " + " | ".join(f"{x:.4f}" for x in b[n]) + f" | {sum(b[n]) / L:.4f} |"
-                for n in ("greedy", "uniform", "importance", "random_mean")]
-        out += ["", f"Placement on the {split} batches: {greedy_verdict(b)} (random: mean of {len(b['random_orders'])} orders).", ""]
+    if "baselines" in r:
+        out += baselines.markdown(r["baselines"])
     if "finetune" in r:
-        f = r["finetune"]
-        out += [f"Finetuning {f['iters']} steps end to end (`python experiments/finetune.py <run folder>`), test loss: "
-                f"teacher {f['teacher']['before']:.4f} -> {f['teacher']['after']:.4f}, "
-                f"M_opt {f['m_opt']['before']:.4f} -> {f['m_opt']['after']:.4f}.", ""]
+        out += finetune.markdown(r["finetune"])
+    if "oracle" in r:
+        out += oracle.markdown(r["oracle"])
+    if "layer_selectors" in r:
+        out += layer_selectors.markdown(r["layer_selectors"])
     if "tasks" in r:
         out += [f"One search per target task (`--task {r['config']['task']}`), same teacher and students, test batches:", ""] + \
                tasks_markdown(r, r["tolerance"], L, m) + [""]
     if "decode_bench" in r:
-        out += decode_markdown(r["decode_bench"], r)
+        out += bench_decode.markdown(r["decode_bench"], r)
     return out
 
 def tasks_markdown(report, tolerance, n_layer, metric="loss"):
@@ -171,162 +195,6 @@ def students_markdown(runs):
                 ", ".join(f"`{a['student']}`-`{b['student']}` {rho(a, b):+.2f}" for a, b in pairs) + ".", ""]
     return out
 
-def decode_markdown(bench, r):
-    batch, L = bench["batch"], bench["n_layer"]
-    speeds = [("decode_tok_s", "eager, 1 sequence"), (f"decode_tok_s_batch{batch}", f"eager, batch {batch}")]
-    if bench.get("compiled"):
-        speeds += [(key + "_compiled", label.replace("eager", "compiled")) for key, label in speeds]
-    out = [f"Decoding speed and cache memory ({L} layers, {bench['n_embd']} wide, {bench['new_tokens']} new tokens, "
-           f"median of {bench['repeats']} runs, {bench['machine']}):", "",
-           "| context | model | prefill s | " + " | ".join(f"tok/s, {label}" for _, label in speeds) + " | cache MiB |",
-           "|---" * (len(speeds) + 4) + "|"]
-    out += [f"| {w['context']} | {w['model']} | {w['prefill_s']:.3f} | " + " | ".join(f"{w[key]:.1f}" for key, _ in speeds)
-            + f" | {w['cache_bytes'] / 2**20:.2f} |" for w in bench["rows"]]
-    by = {(w["model"], w["context"]): w for w in bench["rows"]}
-    # speed-ups: eager against eager; and, with compiling, each model in its faster mode (the
-    # teacher's attention is not always faster compiled, and it should not be held back)
-    ratios = [(label, key, False) for key, label in speeds[:2]]
-    if bench.get("compiled"):
-        ratios += [(label.replace("eager", "faster mode"), key, True) for key, label in speeds[:2]]
-    tok_s = lambda w, key, best: max(w[key], w[key + "_compiled"]) if best else w[key]
-    for name, k in (("all_linear", L), ("m_opt", len(r["m_opt"]["linear_layers"]))):
-        out += ["", f"{name} ({k}/{L} layers linear) against the teacher, same run:", "",
-                "| context | " + " | ".join(f"speed-up, {label}" for label, _, _ in ratios) + " | cache smaller by |",
-                "|---" * (len(ratios) + 2) + "|"]
-        out += [f"| {n} | " + " | ".join(f"{tok_s(by[name, n], key, best) / tok_s(by['teacher', n], key, best):.1f}x"
-                                         for _, key, best in ratios)
-                + f" | {by['teacher', n]['cache_bytes'] / by[name, n]['cache_bytes']:.0f}x |" for n in sorted({c for _, c in by})]
-    return out + [""]
-
-# ---- pictures ----
-
-def pyplot():
-    """matplotlib, drawing to files only; None (with a note) where it is not installed."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")  # write files, never open a window
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("plots    matplotlib is not installed, so no pictures (pip install matplotlib)")
-        return None
-    return plt
-
-def save_figure(plt, fig, path):
-    fig.tight_layout()
-    fig.savefig(path + ".tmp", format="png", dpi=110)
-    os.replace(path + ".tmp", path)
-    plt.close(fig)
-    return path
-
-def overlaps(curves):
-    """Notes for curves drawn on top of each other, so that none hides silently: 'b = a at k = ...'."""
-    names, notes = list(curves), []
-    same = lambda x, y: abs(x - y) <= 1e-6 * abs(y)
-    for j, b in enumerate(names):
-        for a in names[:j]:
-            ks = [k + 1 for k, (x, y) in enumerate(zip(curves[a], curves[b])) if same(x, y)]
-            if len(ks) > len(curves[b]) // 2:  # mostly hidden
-                notes.append(f"{b} = {a}" + (" at every k" if len(ks) == len(curves[b]) else f" at k = {', '.join(map(str, ks))}"))
-                break
-    return notes
-
-def draw(runs, folder):
-    """Per run: <slug>-baselines.png, <slug>-tasks.png, <slug>-decode.png where it has them; for all
-    runs, m_opt-layers.png. Returns the paths."""
-    plt = pyplot()
-    if plt is None:
-        return []
-    os.makedirs(folder, exist_ok=True)
-    paths = []
-    for r in runs:
-        title, ks, L = label(r).replace("`", ""), range(1, r["n_layer"] + 1), r["n_layer"]
-        if "baselines" in r:
-            fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
-            for ax, (split, b) in zip(axes, r["baselines"].items()):
-                for name, style in (("uniform", ":"), ("importance", "--"), ("greedy", "-")):
-                    ax.plot(ks, b[name], marker="o", ls=style, lw=2.5 if name == "greedy" else 1.5, label=name, zorder=3)
-                ax.errorbar(ks, b["random_mean"], yerr=b["random_std"], marker="o", capsize=3,
-                            label=f"random (mean, std of {len(b['random_orders'])})")
-                ax.axhline(r["test"][0]["loss"] if split == "test" else r["teacher"]["val_loss"], color="gray", ls="--", label="teacher")
-                notes = overlaps({n: b[n] for n in ("greedy", "importance", "uniform", "random_mean")})
-                ax.set(title=f"{split} batches" + "".join(f"\n{n}" for n in notes),
-                       xlabel="layers replaced by linear attention (k)", ylabel="loss", xticks=list(ks))
-                ax.legend(fontsize=8)
-            fig.suptitle(f"Placement, paper Fig. 4: {title}", fontsize=11)
-            paths.append(save_figure(plt, fig, os.path.join(folder, f"{r['slug']}-baselines.png")))
-        if "tasks" in r:
-            paths.append(draw_tasks(plt, r, title, os.path.join(folder, f"{r['slug']}-tasks.png")))
-        if "decode_bench" in r:
-            paths.append(draw_decode(plt, r, title, os.path.join(folder, f"{r['slug']}-decode.png")))
-    L = max(r["n_layer"] for r in runs)
-    fig, ax = plt.subplots(figsize=(5 + 0.9 * L, 1.4 + 0.5 * len(runs)))
-    grid = [[float("nan") if i >= r["n_layer"] else 0.0 if i in r["m_opt"]["linear_layers"] else 1.0 for i in range(L)] for r in runs]
-    ax.imshow(grid, cmap="Blues", vmin=-0.5, vmax=1.5, aspect="auto")
-    for row, cells in enumerate(grid):
-        for i, full in enumerate(cells):
-            if full == full:  # not nan
-                ax.text(i, row, "full" if full else "linear", ha="center", va="center", fontsize=8)
-    ax.set(xticks=range(L), xticklabels=[f"L{i}" for i in range(L)], yticks=range(len(runs)), xlabel="layer",
-           title="M_opt of each run: which layers keep full attention (paper Fig. 3)")
-    ax.set_yticklabels([f"{label(r).replace('`', '').replace(' student on', ',')} ({r['tolerance']:.0%})" for r in runs])
-    paths.append(save_figure(plt, fig, os.path.join(folder, "m_opt-layers.png")))
-    return paths
-
-def draw_tasks(plt, r, title, path):
-    """Each task's loss vs k relative to its own teacher, and which layers its M_opt keeps full."""
-    tasks, tol, L = r["tasks"], r["tolerance"], r["n_layer"]
-    names = list(tasks)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [2, 1]})
-    m = r["metric"]
-    rel = {name: [100 * (s[m] / t["test"][0][m] - 1) for s in t["test"]] for name, t in tasks.items()}  # k = 0..L
-    for name, curve in rel.items():
-        ax1.plot(range(L + 1), curve, marker="o", label=name)
-    ax1.plot([0, L], [100 * tol * dtr.METRICS[m]] * 2, color="gray", ls="--", label=f"tolerance {tol:.0%}")
-    ax1.set(xlabel="layers replaced, in each task's greedy order (k)", ylabel=f"test {m} vs the task's teacher (%)",
-            title="each task's own greedy search")
-    fig.suptitle(f"Task-specific hybrids, paper §4: {title}", fontsize=11)
-    if max(abs(x) for curve in rel.values() for x in curve) > 50:
-        ax1.set_yscale("symlog", linthresh=5)  # a task whose loss explodes would flatten the others
-    ax1.legend(fontsize=8)
-    full = [[i not in tasks[n]["m_opt"]["linear_layers"] for n in names] for i in range(L)]  # (layer, task)
-    ax2.imshow(full, cmap="Greys", vmin=0, vmax=1.6, aspect="auto")
-    for i, row in enumerate(full):
-        for j, f in enumerate(row):
-            ax2.text(j, i, "full" if f else "linear", ha="center", va="center", color="white" if f else "black")
-    ax2.set(xticks=range(len(names)), xticklabels=names, yticks=range(L), yticklabels=[f"L{i}" for i in range(L)],
-            title=f"each task's M_opt (tolerance {tol:.0%})")
-    return save_figure(plt, fig, path)
-
-def draw_decode(plt, r, title, path):
-    """Decoding tokens/s (1 sequence solid, batch dashed) and cache memory against context."""
-    bench = r["decode_bench"]
-    batch, L, modes = bench["batch"], bench["n_layer"], ["eager"] + (["compiled"] if bench.get("compiled") else [])
-    same = len(r["m_opt"]["linear_layers"]) == L  # M_opt is the all-linear model: one curve, said so
-    names = {"teacher": "teacher (full attention)", "all_linear": "all-linear" + (" = M_opt" if same else "")}
-    if not same:
-        names["m_opt"] = f"M_opt ({len(r['m_opt']['linear_layers'])}/{L} linear)"
-    fig, axes = plt.subplots(1, len(modes) + 1, figsize=(5.2 * (len(modes) + 1), 4.2))
-    for n, (name, shown) in enumerate(names.items()):
-        rows = [w for w in bench["rows"] if w["model"] == name]
-        ctx = [w["context"] for w in rows]
-        for ax, mode in zip(axes, modes):
-            tail = "" if mode == "eager" else "_compiled"
-            ax.plot(ctx, [w["decode_tok_s" + tail] for w in rows], marker="o", color=f"C{n}", label=f"{shown}, 1 sequence")
-            ax.plot(ctx, [w[f"decode_tok_s_batch{batch}" + tail] for w in rows], marker="s", ls="--", color=f"C{n}",
-                    label=f"{shown}, batch {batch}")
-        axes[-1].plot(ctx, [w["cache_bytes"] / 2**20 for w in rows], marker="o", color=f"C{n}", label=shown)
-    for ax, mode in zip(axes, modes):
-        ax.set(xscale="log", yscale="log", xlabel="context (tokens)", ylabel="decoded tokens/s", title=f"decoding, {mode}")
-        ax.legend(fontsize=7)
-    axes[-1].set(xscale="log", yscale="log", xlabel="context (tokens)", ylabel="cache MiB", title="cache memory")
-    axes[-1].legend(fontsize=7)
-    contexts = sorted({w["context"] for w in bench["rows"]})
-    for ax in axes:  # the measured contexts as plain numbers
-        ax.set_xticks(contexts, [str(c) for c in contexts])
-        ax.set_xticks([], minor=True)
-    fig.suptitle(f"Decoding, paper Fig. 2: {title} ({bench['machine']})", fontsize=10)
-    return save_figure(plt, fig, path)
-
 # ---- writing ----
 
 def fill(path, marker, lines):
@@ -336,23 +204,36 @@ def fill(path, marker, lines):
     if start not in text or end not in text:
         raise DtrError(f"{path} has no {start} ... {end} markers to fill; restore them from git")
     head, rest = text.split(start)
+    write(path, head + start + "\n" + "\n".join(lines) + "\n" + end + rest.split(end)[1])
+
+def write(path, text):
     with open(path + ".tmp", "w") as f:
-        f.write(head + start + "\n" + "\n".join(lines) + "\n" + end + rest.split(end)[1])
+        f.write(text)
     os.replace(path + ".tmp", path)
 
 def run(args):
-    runs = load_runs([d for d in args.run_dirs.split(",") if d])
-    pictures = [os.path.relpath(p, ROOT) for p in draw(runs, os.path.join(ROOT, "assets"))]
+    dirs = [d for d in args.run_dirs.split(",") if d]
+    runs = load_runs(dirs)
+    folder = frame.ROOT if args.update_project else args.out or os.path.commonpath([os.path.abspath(d) for d in dirs])
+    paths = pictures.draw(runs, os.path.join(folder, "assets"))
+    shown = [os.path.relpath(p, folder) for p in paths]  # as the markdown beside assets/ links them
     results = students_markdown(runs)
     for r in runs:
         results += run_markdown(r)
-    results += [f"![{os.path.splitext(os.path.basename(p))[0]}]({p})" for p in pictures]
-    fill(os.path.join(ROOT, "RESULTS.md"), "results", results)
-    fill(os.path.join(ROOT, "README.md"), "headline", headline(runs, pictures))
-    print(f"rewrote RESULTS.md and README.md's headline from {len(runs)} run(s); pictures: {', '.join(pictures)}")
+    results += [f"![{os.path.splitext(os.path.basename(p))[0]}]({p})" for p in shown]
+    if args.update_project:
+        fill(os.path.join(folder, "RESULTS.md"), "results", results)
+        fill(os.path.join(folder, "README.md"), "headline", headline(runs, shown))
+        written = [os.path.join(folder, "RESULTS.md"), os.path.join(folder, "README.md") + " (its headline table)"]
+    else:
+        head = headline(runs, more="The full tables follow.")
+        write(os.path.join(folder, "RESULTS.md"), "\n".join(["# Results", ""] + head + results) + "\n")
+        written = [os.path.join(folder, "RESULTS.md")]
+    print(f"wrote {', '.join(written + paths)} from {len(runs)} run(s)"
+          + ("" if args.update_project else "; the project's own files are untouched (--update_project rewrites them)"))
 
 def main(argv=None):
-    cli(run, lambda a: parse_config(ReadmeConfig, a, __doc__), argv)
+    frame.command(ReadmeConfig, run, __doc__, argv)
 
 if __name__ == "__main__":
     main()

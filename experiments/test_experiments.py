@@ -1,12 +1,13 @@
 """
 Tests of the experiments: python -m pytest -q experiments/test_experiments.py (CPU, a minute).
-The placement baselines choose the layers they say on a constructed case; each script runs on a
-finished tiny run from its documented command; the README's speed-up table compares each model
-in its faster mode.
+The placement baselines choose the layers they say on a constructed case; the README's speed-up
+table compares each model in its faster mode; each script runs on a finished tiny run from its
+documented command; readme.py writes beside the run unless told to update the project, and
+refuses files of an older version in one line.
 """
 import json
 import os
-import subprocess
+import shutil
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -15,11 +16,14 @@ sys.path[:0] = [ROOT, HERE]  # dtr.py sits one folder up; conftest.py has set up
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from conftest import launch, refused, tiny_gpt  # noqa: E402
 
 import baselines  # noqa: E402
+import bench_decode  # noqa: E402
 import dtr  # noqa: E402
+import layer_selectors  # noqa: E402
+import oracle  # noqa: E402
 import train_teacher  # noqa: E402
-import readme  # noqa: E402
 
 class Zero(torch.nn.Module):
     """A stand-in student that removes its layer's attention."""
@@ -29,8 +33,7 @@ class Zero(torch.nn.Module):
 def test_placement_baselines_choose_the_stated_layers():
     # a 4-layer model whose "students" zero their layer's attention: each baseline's layer choices
     # are known in advance, and each of its losses is the plain val loss of the model it names
-    torch.manual_seed(2)
-    model = train_teacher.GPT(train_teacher.GPTConfig(block_size=32, vocab_size=20, n_layer=4, n_head=2, n_embd=16)).eval()
+    model = tiny_gpt(n_layer=4, seed=2)
     teacher_attn = [block.attn for block in model.transformer.h]
     students = [Zero() for _ in range(4)]
     batches = train_teacher.fixed_batches(torch.randint(20, (2000,), generator=torch.Generator().manual_seed(0)), 32, 4, 2, "cpu")
@@ -53,38 +56,180 @@ def test_decode_speedups_compare_each_model_in_its_faster_mode():
                                                  "decode_tok_s_compiled": compiled, "decode_tok_s_batch8_compiled": 8 * compiled}
     bench = {"n_layer": 6, "n_embd": 128, "new_tokens": 32, "repeats": 5, "machine": "test", "batch": 8, "compiled": True,
              "rows": [row("teacher", 100.0, 80.0, 1000), row("m_opt", 150.0, 200.0, 500), row("all_linear", 200.0, 400.0, 10)]}
-    text = "\n".join(readme.decode_markdown(bench, {"m_opt": {"linear_layers": [0, 1, 2]}}))
+    text = "\n".join(bench_decode.markdown(bench, {"m_opt": {"linear_layers": [0, 1, 2]}}))
     assert "| 8192 | 2.0x | 2.0x | 4.0x | 4.0x | 100x |" in text  # all_linear: 200 / 100 eager, 400 / 100 best
     assert "| 8192 | 1.5x | 1.5x | 2.0x | 2.0x | 2x |" in text  # m_opt
 
-def run_script(name, args):
-    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    r = subprocess.run([sys.executable, os.path.join(HERE, name)] + args, cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    return r.stdout
+def checkout_files():
+    """Every file of the checkout (git's own files and caches aside) with its time and size."""
+    files = {}
+    for d, dirs, names in os.walk(ROOT):
+        dirs[:] = [x for x in dirs if x not in (".git", "__pycache__", ".pytest_cache")]
+        for n in names:
+            st = os.stat(os.path.join(d, n))
+            files[os.path.join(d, n)] = (st.st_mtime_ns, st.st_size)
+    return files
 
-def test_experiments_on_a_finished_run(tmp_path):
-    """Each experiment from its documented command, on a finished tiny run, and the results
-    regenerated from what they wrote (into copies of README.md and RESULTS.md)."""
-    data = tmp_path / "data" / "shakespeare"
-    os.makedirs(data)
-    shared = os.path.join(ROOT, "..", "shared", "data", "shakespeare", "input.txt")
-    src = shared if os.path.exists(shared) else os.path.join(ROOT, "data", "shakespeare", "input.txt")
-    with open(src) as f, open(data / "input.txt", "w") as g:
-        g.write(f.read())
-    run_dir = str(tmp_path / "out" / "gla")
-    dtr.main(["--preset", "tiny", "--data_dir", str(tmp_path / "data"), "--out_dir", str(tmp_path / "out"),
-              "--task", "lm,copy", "--sample_tokens", "5"])
-    assert "greedy is" in run_script("baselines.py", [run_dir, "--n_random", "2"])
-    assert "finetune 3 steps" in run_script("finetune.py", [run_dir, "--iters", "3"])
-    run_script("bench_decode.py", [run_dir, "--contexts", "16,32", "--new_tokens", "2", "--repeats", "1", "--batch", "2"])
-    for name in ("baselines", "finetune", "decode_bench"):
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, data_dir):
+    """A finished tiny run with two tasks, and each experiment run on it from its documented command
+(the oracle before the selectors, which then read its table)."""
+    out = tmp_path_factory.mktemp("out")
+    dtr.main(["--preset", "tiny", "--data_dir", data_dir, "--out_dir", str(out), "--task", "lm,copy", "--sample_tokens", "5"])
+    run_dir = str(out / "gla")
+    assert "greedy is" in launch([sys.executable, "experiments/baselines.py", run_dir, "--n_random", "2"])
+    assert "finetune 3 steps" in launch([sys.executable, "experiments/finetune.py", run_dir, "--iters", "3"])
+    launch([sys.executable, "experiments/bench_decode.py", run_dir, "--contexts", "16,32", "--new_tokens", "2",
+            "--repeats", "1", "--batch", "2"])
+    assert "greedy rounds won by" in launch([sys.executable, "experiments/oracle.py", run_dir, "--draws", "20"])
+    assert "select   test" in launch([sys.executable, "experiments/layer_selectors.py", run_dir, "--n_random", "2"])
+    for name in ("baselines", "finetune", "decode_bench", "oracle", "layer_selectors"):
         assert os.path.exists(os.path.join(run_dir, name + ".json"))
-    runs = readme.load_runs([run_dir])
-    text = "\n".join(readme.run_markdown(runs[0]))
-    for part in ("| placement |", "Finetuning 3 steps", "| copy |", "speed-up, eager"):
-        assert part in text
-    with open(os.path.join(run_dir, "report.json")) as f:
+    return run_dir
+
+def test_results_are_written_beside_the_run_and_the_checkout_is_untouched(finished_run):
+    """python experiments/readme.py <run>, as a user types it: RESULTS.md and the pictures beside the
+    run, every experiment's table in it, and not one file of the checkout written."""
+    before = checkout_files()
+    said = launch([sys.executable, "experiments/readme.py", finished_run])
+    assert checkout_files() == before
+    assert "the project's own files are untouched" in said
+    with open(os.path.join(finished_run, "RESULTS.md")) as f:
+        text = f.read()
+    with open(os.path.join(finished_run, "report.json")) as f:
         report = json.load(f)
-    assert f"{report['test'][0]['loss']:.4f}" in "\n".join(readme.headline(runs))
+    for part in ("| placement |", "Finetuning 3 steps", "| copy |", "speed-up, eager", "(assets/m_opt-layers.png)",
+                 "| k | layouts | greedy: test loss |", "| reverse_greedy |", "-selectors.png)",
+                 f"| {report['test'][0]['loss']:.4f} |"):  # the headline table: the teacher's test loss
+        assert part in text
+    assert os.path.exists(os.path.join(finished_run, "assets", "m_opt-layers.png"))
+
+def test_update_project_fills_the_checkouts_own_files(finished_run, tmp_path):
+    """--update_project rewrites what sits between the markers of the checkout's README.md and
+    RESULTS.md (here a copy of the checkout), and nothing outside them."""
+    for f in ("dtr.py", "plumbing.py", "train_teacher.py", "kernel.py", "README.md", "RESULTS.md"):
+        shutil.copy(os.path.join(ROOT, f), tmp_path / f)
+    shutil.copytree(HERE, tmp_path / "experiments", ignore=shutil.ignore_patterns("__pycache__"))
+    launch([sys.executable, str(tmp_path / "experiments" / "readme.py"), finished_run, "--update_project"])
+    outside = lambda text, marker: text.split(f"<!-- {marker}:start -->")[0] + text.split(f"<!-- {marker}:end -->")[1]
+    with open(os.path.join(finished_run, "report.json")) as f:
+        command = f"`{json.load(f)['command']}`"  # names the run's temporary folder: in no committed file
+    for name, marker in (("README.md", "headline"), ("RESULTS.md", "results")):
+        with open(os.path.join(ROOT, name)) as f, open(tmp_path / name) as g:
+            old, new = f.read(), g.read()
+        assert outside(new, marker) == outside(old, marker) and command in new and command not in old
+    assert os.path.exists(tmp_path / "assets" / "m_opt-layers.png")
+
+@pytest.mark.parametrize("name,drop", [pytest.param("report", ("test", "metric"), id="report-before-test-batches"),
+                                       pytest.param("baselines", ("search", "test"), id="baselines-before-splits")])
+def test_files_of_an_older_version_are_refused_by_name(finished_run, tmp_path, name, drop):
+    """A report or result from an older version: one line saying so and what to do, no KeyError."""
+    old = tmp_path / "gla"
+    shutil.copytree(finished_run, old)
+    with open(old / f"{name}.json") as f:
+        obj = json.load(f)
+    with open(old / f"{name}.json", "w") as f:  # the older format: flat baselines, a report without test batches
+        json.dump({**{k: v for k, v in obj.items() if k not in drop}, **(obj["search"] if name == "baselines" else {})}, f)
+    err = refused([str(old)], "experiments/readme.py")
+    assert "comes from an older version" in err and f"{name}.json" in err and "rerun" in err
+
+# ---- the exhaustive oracle ----
+
+def oracle_case(n_layer=3):
+    """A random tiny GPT with its (undistilled) gla students, and two fixed batches."""
+    model = tiny_gpt(n_layer, seed=3)
+    students = dtr.make_students(model, "gla")
+    for s in students:  # a gate and feature maps away from their start, so each student changes its layer
+        torch.nn.init.normal_(s.fmap_q, std=0.5)
+    data = torch.randint(20, (3000,), generator=torch.Generator().manual_seed(1))
+    return model, students, train_teacher.fixed_batches(data, 32, 4, 2, "cpu")
+
+def test_oracle_scores_every_layout_as_a_plain_forward_would():
+    """The prefix-sharing walk against a plain loop that evaluates each of the 2^L hybrids from
+    scratch: the same loss and accuracy for every layout (rel 1e-6: the same fp32 ops in the same
+    order, so only summation order could differ), in 2^(L+1) - 2 block forwards per batch."""
+    model, students, batches = oracle_case()
+    teacher_attn = [block.attn for block in model.transformer.h]
+    rows, forwards = oracle.score_layouts(model, students, batches)
+    assert [block.attn for block in model.transformer.h] == teacher_attn
+    assert forwards == len(batches) * (2 ** 4 - 2)
+    losses = oracle.metric_table(rows, "loss")
+    assert len(set(losses)) == 8  # every layout its own model
+    for mask in range(8):
+        with dtr.hybrid(model.transformer.h, oracle.layers_of(mask), students):
+            plain = dtr.evaluate(model, batches)
+        assert losses[mask] == pytest.approx(plain["loss"], rel=1e-6)
+        assert oracle.metric_table(rows, "accuracy")[mask] == pytest.approx(plain["accuracy"], rel=1e-6)
+
+def test_greedy_replayed_on_the_table_is_greedy():
+    model, students, batches = oracle_case()
+    rows, _ = oracle.score_layouts(model, students, batches)
+    teacher, trajectory = dtr.greedy_replace(model, students, batches)
+    replayed_teacher, replayed = oracle.replay_greedy(rows, "loss")
+    assert [t["layer"] for t in replayed] == [t["layer"] for t in trajectory]
+    assert [t["val_loss"] for t in replayed] == pytest.approx([t["val_loss"] for t in trajectory], rel=1e-6)
+    assert replayed_teacher == pytest.approx(teacher, rel=1e-6)
+
+def test_oracle_ranks_and_noise_on_a_built_table():
+    """Three layers, two batches, losses chosen by hand: layouts 0b011 and 0b101 tie for the
+    best pair on search, 0b110 is best on test; greedy's order [1, 0, 2] reaches 0b011."""
+    search = {0: 1.0, 0b001: 1.3, 0b010: 1.1, 0b100: 1.2, 0b011: 1.4, 0b101: 1.4, 0b110: 1.5, 0b111: 2.0}
+    test = {**search, 0b110: 1.35, 0b010: 1.25}
+    ks = oracle.per_k(search, test, [1, 0, 2], "loss")
+    assert [p["n_layouts"] for p in ks] == [1, 3, 3, 1]
+    assert ks[1]["greedy"] == {"layers": [1], "search": 1.1, "test": 1.25, "rank_search": 1, "rank_test": 2}
+    assert ks[2]["greedy"]["rank_search"] == 1 and ks[2]["best_by_search"]["layers"] == [0, 1]  # the tie: lower mask
+    assert ks[2]["best_on_test"]["layers"] == [1, 2] and ks[2]["greedy"]["rank_test"] == 2
+    # per batch: the round-1 winner L1 beats the runner-up L2 by 0.1 and 0.1 (se 0), round 2's L0
+    # beats L2 by +0.3 and -0.1 (mean 0.1, paired se 0.2): one round of two within 2 se
+    rows = [[(v, 0, 1), (v, 0, 1)] for v in (search[m] for m in range(8))]
+    rows[0b011] = [(1.2, 0, 1), (1.6, 0, 1)]
+    rows[0b110] = [(1.5, 0, 1), (1.5, 0, 1)]
+    n = oracle.noise(rows, "loss", tolerance=0.5, draws=20)  # greedy on these rows: [1, 0, 2] again
+    assert [(r["winner"], r["runner_up"]) for r in n["rounds"]] == [(1, 2), (0, 2)]
+    assert n["rounds"][0]["margin"] == pytest.approx(0.1) and n["rounds"][0]["paired_se"] == pytest.approx(0)
+    assert n["rounds"][1]["margin"] == pytest.approx(0.1) and n["rounds"][1]["paired_se"] == pytest.approx(0.2)
+    assert n["within_2se"] == 1
+
+def test_oracle_on_a_finished_run(finished_run):
+    with open(os.path.join(finished_run, "oracle.json")) as f:
+        r = json.load(f)
+    assert r["greedy_reproduced"] < 1e-6  # the run's own greedy losses, from the table
+    for p in r["per_k"]:
+        assert p["best_by_search"]["search"] <= p["greedy"]["search"] and p["best_on_test"]["test"] <= p["greedy"]["test"]
+        assert 1 <= p["greedy"]["rank_test"] <= p["n_layouts"]
+    assert r["block_forwards"]["oracle"] == sum(r["batches"].values()) * (2 ** (r["n_layer"] + 1) - 2)
+
+# ---- the layer selectors ----
+
+def test_each_selector_picks_the_layers_its_rule_names():
+    """Three layers and a hand-built metric table where the rules disagree: restoring L1 alone
+    helps most (restore_one keeps it), but after it, restoring L2 beats L0 (reverse greedy keeps
+    L1, then L2); distillation error and importance read their own numbers."""
+    table = {(): 1.0, (0,): 1.1, (1,): 1.05, (2,): 1.3, (0, 1): 1.6, (0, 2): 1.4, (1, 2): 1.5, (0, 1, 2): 2.0}
+    score = lambda layers: table[tuple(sorted(layers))]
+    report = {"trajectory": [{"layer": 2, "candidates": [1.2, 1.05, 1.1]}, {"layer": 0}, {"layer": 1}],
+              "distill": {"rel_mse": [0.5, 0.1, 0.3]}}
+    s = layer_selectors.select(report, score, 3, "loss", n_random=3, seed=0)
+    assert s["greedy"] == [[2], [0, 2], [0, 1, 2]]
+    assert s["importance"] == [[1], [1, 2], [0, 1, 2]]
+    assert s["uniform"] == [[1], [0, 2], [0, 1, 2]]
+    assert s["restore_one"] == [[2], [0, 2], [0, 1, 2]]  # all-linear minus L2 is the worst: L2 helps least
+    assert s["reverse_greedy"] == [[0], [0, 2], [0, 1, 2]]  # restored L1, then L2 (1.1 < 1.3), then L0
+    assert s["distill_error"] == [[1], [1, 2], [0, 1, 2]]
+    assert all(s[f"random{n}"][-1] == [0, 1, 2] and len({tuple(x) for x in s[f"random{n}"]}) == 3 for n in range(3))
+
+def test_selector_scores_from_the_oracle_table_equal_a_forward():
+    model, students, batches = oracle_case()
+    rows, _ = oracle.score_layouts(model, students, batches)
+    table = torch.tensor(rows, dtype=torch.float64)
+    from_table, direct = (layer_selectors.Scores(model, students, batches, t) for t in (table, None))
+    for layers in ([], [1], [0, 2], [0, 1, 2]):
+        assert [r[0] for r in from_table(layers)] == pytest.approx([r[0] for r in direct(layers)], rel=1e-6)
+
+def test_selectors_on_a_finished_run(finished_run):
+    with open(os.path.join(finished_run, "layer_selectors.json")) as f, open(os.path.join(finished_run, "report.json")) as g:
+        r, report = json.load(f), json.load(g)
+    assert r["from_oracle_table"] == {"search": True, "test": True}
+    assert r["test"]["greedy"] == pytest.approx([t["loss"] for t in report["test"][1:]], rel=1e-6)  # the run's own numbers
+    assert len({round(r["test"][n][-1], 6) for n in layer_selectors.NAMES}) == 1  # k = L: every selector is all-linear

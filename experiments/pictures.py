@@ -1,0 +1,160 @@
+"""
+The pictures of the results, drawn with matplotlib from finished runs (loaded by readme.py, which
+also writes the tables): per run, the placement baselines (paper Fig. 4), the task-specific
+hybrids (§4) and decoding speed (Fig. 2) where it has them; for all runs, M_opt's layers (Fig. 3).
+"""
+import os
+
+import frame  # noqa: F401  first: it puts the project's root on sys.path
+import dtr
+
+def pyplot():
+    """matplotlib, drawing to files only; None (with a note) where it is not installed."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")  # write files, never open a window
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("plots    matplotlib is not installed, so no pictures (pip install matplotlib)")
+        return None
+    return plt
+
+def save_figure(plt, fig, path):
+    fig.tight_layout()
+    fig.savefig(path + ".tmp", format="png", dpi=110)
+    os.replace(path + ".tmp", path)
+    plt.close(fig)
+    return path
+
+def overlaps(curves):
+    """Notes for curves drawn on top of each other, so that none hides silently: 'b = a at k = ...'."""
+    names, notes = list(curves), []
+    same = lambda x, y: abs(x - y) <= 1e-6 * abs(y)
+    for j, b in enumerate(names):
+        for a in names[:j]:
+            ks = [k + 1 for k, (x, y) in enumerate(zip(curves[a], curves[b])) if same(x, y)]
+            if len(ks) > len(curves[b]) // 2:  # mostly hidden
+                notes.append(f"{b} = {a}" + (" at every k" if len(ks) == len(curves[b]) else f" at k = {', '.join(map(str, ks))}"))
+                break
+    return notes
+
+def draw(runs, folder):
+    """Per run: <slug>-baselines.png, -selectors.png, -tasks.png, -decode.png where it has them; for all
+    runs, m_opt-layers.png. Returns the paths."""
+    plt = pyplot()
+    if plt is None:
+        return []
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for r in runs:
+        title, ks, L = r["label"].replace("`", ""), range(1, r["n_layer"] + 1), r["n_layer"]
+        if "baselines" in r:
+            fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
+            for ax, (split, b) in zip(axes, r["baselines"].items()):
+                for name, style in (("uniform", ":"), ("importance", "--"), ("greedy", "-")):
+                    ax.plot(ks, b[name], marker="o", ls=style, lw=2.5 if name == "greedy" else 1.5, label=name, zorder=3)
+                ax.errorbar(ks, b["random_mean"], yerr=b["random_std"], marker="o", capsize=3,
+                            label=f"random (mean, std of {len(b['random_orders'])})")
+                ax.axhline(r["test"][0]["loss"] if split == "test" else r["teacher"]["val_loss"], color="gray", ls="--", label="teacher")
+                notes = overlaps({n: b[n] for n in ("greedy", "importance", "uniform", "random_mean")})
+                ax.set(title=f"{split} batches" + "".join(f"\n{n}" for n in notes),
+                       xlabel="layers replaced by linear attention (k)", ylabel="loss", xticks=list(ks))
+                ax.legend(fontsize=8)
+            fig.suptitle(f"Placement, paper Fig. 4: {title}", fontsize=11)
+            paths.append(save_figure(plt, fig, os.path.join(folder, f"{r['slug']}-baselines.png")))
+        if "layer_selectors" in r:
+            paths.append(draw_selectors(plt, r, title, os.path.join(folder, f"{r['slug']}-selectors.png")))
+        if "tasks" in r:
+            paths.append(draw_tasks(plt, r, title, os.path.join(folder, f"{r['slug']}-tasks.png")))
+        if "decode_bench" in r:
+            paths.append(draw_decode(plt, r, title, os.path.join(folder, f"{r['slug']}-decode.png")))
+    L = max(r["n_layer"] for r in runs)
+    fig, ax = plt.subplots(figsize=(5 + 0.9 * L, 1.4 + 0.5 * len(runs)))
+    grid = [[float("nan") if i >= r["n_layer"] else 0.0 if i in r["m_opt"]["linear_layers"] else 1.0 for i in range(L)] for r in runs]
+    ax.imshow(grid, cmap="Blues", vmin=-0.5, vmax=1.5, aspect="auto")
+    for row, cells in enumerate(grid):
+        for i, full in enumerate(cells):
+            if full == full:  # not nan
+                ax.text(i, row, "full" if full else "linear", ha="center", va="center", fontsize=8)
+    ax.set(xticks=range(L), xticklabels=[f"L{i}" for i in range(L)], yticks=range(len(runs)), xlabel="layer",
+           title="M_opt of each run: which layers keep full attention (paper Fig. 3)")
+    ax.set_yticklabels([f"{r['label'].replace('`', '').replace(' student on', ',')} ({r['tolerance']:.0%})" for r in runs])
+    paths.append(save_figure(plt, fig, os.path.join(folder, "m_opt-layers.png")))
+    return paths
+
+def draw_selectors(plt, r, title, path):
+    """Every selector's test metric against k, and the same minus a reference (the oracle's best on
+    the test batches where it ran, else greedy's), where the small gaps show."""
+    sel = r["layer_selectors"]
+    test, m, ks = sel["test"], sel["metric"], range(1, r["n_layer"] + 1)
+    curves = {name: test[name] for name in ("greedy", "importance", "uniform", "random_mean", "restore_one", "distill_error", "reverse_greedy")}
+    if "oracle" in sel:
+        curves.update({"oracle, best by search": sel["oracle"]["test_best_by_search"], "oracle, best on test": sel["oracle"]["test_best_on_test"]})
+    ref_name = "oracle, best on test" if "oracle" in sel else "greedy"
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
+    for n, (name, curve) in enumerate(curves.items()):
+        style = dict(color="black", ls="--" if name.endswith("test") else ":") if name.startswith("oracle") else dict(color=f"C{n}")
+        for ax, ys in zip(axes, (curve, [y - ref for y, ref in zip(curve, curves[ref_name])])):
+            ax.plot(ks, ys, marker="o", lw=2.5 if name == "greedy" else 1.5, label=name, **style)
+    notes = overlaps(curves)  # curves drawn on top of each other, said in the title
+    axes[0].set(title="test batches" + "".join(f"\n{n}" for n in notes), xlabel="layers replaced by linear attention (k)", ylabel=f"test {m}", xticks=list(ks))
+    axes[1].set(title=f"minus {ref_name}", xlabel="layers replaced by linear attention (k)", ylabel=f"test {m} difference", xticks=list(ks))
+    axes[1].legend(fontsize=7)
+    fig.suptitle(f"Layer selectors (each chose on the search batches): {title}", fontsize=11)
+    return save_figure(plt, fig, path)
+
+def draw_tasks(plt, r, title, path):
+    """Each task's loss vs k relative to its own teacher, and which layers its M_opt keeps full."""
+    tasks, tol, L = r["tasks"], r["tolerance"], r["n_layer"]
+    names = list(tasks)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [2, 1]})
+    m = r["metric"]
+    rel = {name: [100 * (s[m] / t["test"][0][m] - 1) for s in t["test"]] for name, t in tasks.items()}  # k = 0..L
+    for name, curve in rel.items():
+        ax1.plot(range(L + 1), curve, marker="o", label=name)
+    ax1.plot([0, L], [100 * tol * dtr.METRICS[m]] * 2, color="gray", ls="--", label=f"tolerance {tol:.0%}")
+    ax1.set(xlabel="layers replaced, in each task's greedy order (k)", ylabel=f"test {m} vs the task's teacher (%)",
+            title="each task's own greedy search")
+    fig.suptitle(f"Task-specific hybrids, paper §4: {title}", fontsize=11)
+    if max(abs(x) for curve in rel.values() for x in curve) > 50:
+        ax1.set_yscale("symlog", linthresh=5)  # a task whose loss explodes would flatten the others
+    ax1.legend(fontsize=8)
+    full = [[i not in tasks[n]["m_opt"]["linear_layers"] for n in names] for i in range(L)]  # (layer, task)
+    ax2.imshow(full, cmap="Greys", vmin=0, vmax=1.6, aspect="auto")
+    for i, row in enumerate(full):
+        for j, f in enumerate(row):
+            ax2.text(j, i, "full" if f else "linear", ha="center", va="center", color="white" if f else "black")
+    ax2.set(xticks=range(len(names)), xticklabels=names, yticks=range(L), yticklabels=[f"L{i}" for i in range(L)],
+            title=f"each task's M_opt (tolerance {tol:.0%})")
+    return save_figure(plt, fig, path)
+
+def draw_decode(plt, r, title, path):
+    """Decoding tokens/s (1 sequence solid, batch dashed) and cache memory against context."""
+    bench = r["decode_bench"]
+    batch, L, modes = bench["batch"], bench["n_layer"], ["eager"] + (["compiled"] if bench.get("compiled") else [])
+    same = len(r["m_opt"]["linear_layers"]) == L  # M_opt is the all-linear model: one curve, said so
+    names = {"teacher": "teacher (full attention)", "all_linear": "all-linear" + (" = M_opt" if same else "")}
+    if not same:
+        names["m_opt"] = f"M_opt ({len(r['m_opt']['linear_layers'])}/{L} linear)"
+    fig, axes = plt.subplots(1, len(modes) + 1, figsize=(5.2 * (len(modes) + 1), 4.2))
+    for n, (name, shown) in enumerate(names.items()):
+        rows = [w for w in bench["rows"] if w["model"] == name]
+        ctx = [w["context"] for w in rows]
+        for ax, mode in zip(axes, modes):
+            tail = "" if mode == "eager" else "_compiled"
+            ax.plot(ctx, [w["decode_tok_s" + tail] for w in rows], marker="o", color=f"C{n}", label=f"{shown}, 1 sequence")
+            ax.plot(ctx, [w[f"decode_tok_s_batch{batch}" + tail] for w in rows], marker="s", ls="--", color=f"C{n}",
+                    label=f"{shown}, batch {batch}")
+        axes[-1].plot(ctx, [w["cache_bytes"] / 2**20 for w in rows], marker="o", color=f"C{n}", label=shown)
+    for ax, mode in zip(axes, modes):
+        ax.set(xscale="log", yscale="log", xlabel="context (tokens)", ylabel="decoded tokens/s", title=f"decoding, {mode}")
+        ax.legend(fontsize=7)
+    axes[-1].set(xscale="log", yscale="log", xlabel="context (tokens)", ylabel="cache MiB", title="cache memory")
+    axes[-1].legend(fontsize=7)
+    contexts = sorted({w["context"] for w in bench["rows"]})
+    for ax in axes:  # the measured contexts as plain numbers
+        ax.set_xticks(contexts, [str(c) for c in contexts])
+        ax.set_xticks([], minor=True)
+    fig.suptitle(f"Decoding, paper Fig. 2: {title} ({bench['machine']})", fontsize=10)
+    return save_figure(plt, fig, path)
+
