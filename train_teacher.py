@@ -103,31 +103,23 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x, cache=None):
         B, T, C = x.size()
-        hs = C // self.n_head
+        hs, n = C // self.n_head, cache["n"] if cache is not None else 0  # n: the tokens seen before these
         q, k, v = self.c_attn(x).split([C, self.n_kv_head * hs, self.n_kv_head * hs], dim=2)
         q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         k, v = (t.view(B, T, self.n_kv_head, hs).transpose(1, 2) for t in (k, v))  # (B, n_kv, T, hs)
-        if self.rope:  # rotate q and k to their positions: after what the cache holds
-            start = cache["n"] if cache is not None else 0
-            q, k = rope(q, start, *self.rope), rope(k, start, *self.rope)
+        if self.rope:  # q and k turned to their positions n, n + 1, ...
+            q, k = rope(q, n, *self.rope), rope(k, n, *self.rope)
         if cache is not None:  # append to the cache, then attend over everything seen so far
-            n = cache["n"]
             cache["k"][:, :, n:n + T], cache["v"][:, :, n:n + T] = k, v
             cache["n"] = n + T
             k, v = cache["k"][:, :, :n + T], cache["v"][:, :, :n + T]
         if self.n_kv_head < self.n_head:  # query head h reads key/value head h // (nh / n_kv), as transformers' repeat_kv
-            k, v = (t.repeat_interleave(self.n_head // self.n_kv_head, dim=1) for t in (k, v))  # (B, nh, *, hs)
-        if cache is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale,
-                                               dropout_p=self.dropout if self.training else 0.0)
-        else:
-            # query i sees keys <= n + i: a plain causal mask for a prompt into an empty cache,
-            # none at all for a single new token, else the causal mask shifted by n
-            if n == 0 or T == 1:
-                y = F.scaled_dot_product_attention(q, k, v, is_causal=n == 0, scale=self.scale)
-            else:
-                mask = torch.ones(T, n + T, dtype=torch.bool, device=x.device).tril(diagonal=n)
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
+            k, v = (t.repeat_interleave(self.n_head // self.n_kv_head, dim=1) for t in (k, v))  # (B, nh, n + T, hs)
+        # query i sees keys <= n + i: the plain causal mask when nothing came before, none at all for
+        # a single new token, else the causal mask shifted by n
+        mask = None if n == 0 or T == 1 else torch.ones(T, n + T, dtype=torch.bool, device=x.device).tril(diagonal=n)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=n == 0, scale=self.scale,
+                                           dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return F.dropout(self.c_proj(y), self.dropout, self.training)
 
@@ -271,7 +263,7 @@ def init_name(init_from):
     """--init_from's name, for the data cache and the run folder: a hub name's last part (gpt2), or the
     folder's or the file's name (for nanoGPT's fixed ckpt.pt, its out_dir's)."""
     path = os.path.abspath(init_from) if os.path.exists(init_from) else init_from
-    stem = os.path.splitext(os.path.basename(path))[0]
+    stem = os.path.splitext(os.path.basename(path))[0] if os.path.isfile(path) else os.path.basename(path)  # Qwen2.5-0.5B whole
     return os.path.basename(os.path.dirname(path)) if stem == "ckpt" else stem
 
 def data_name(cfg):
@@ -483,7 +475,8 @@ def train(cfg, train_data, val_data, meta, device, bf16, ckpt_path):
     micro = cfg.batch_size // (cfg.grad_accum * world())  # sequences per forward pass
     torch.manual_seed(cfg.seed)
     model = GPT(GPTConfig(**model_args(cfg, meta))).to(device)
-    print(f"teacher  {cfg.n_layer} layers, {cfg.n_head} heads, {cfg.n_embd} wide, context {cfg.block_size}, "
+    shape = f" ({model.config.n_kv_head} key/value), rope, RMSNorm, SwiGLU" if cfg.arch == "llama" else ""
+    print(f"teacher  {cfg.n_layer} layers, {cfg.n_head} heads{shape}, {cfg.n_embd} wide, context {cfg.block_size}, "
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {cfg.max_iters} steps of {cfg.batch_size} sequences")
     # weight decay on matrices only, as in nanoGPT
     decay = [p for p in model.parameters() if p.dim() >= 2]
@@ -572,7 +565,7 @@ IGNORED = {"_name_or_path", "architectures", "model_type", "transformers_version
            "initializer_range", "bos_token_id", "eos_token_id", "pad_token_id", "attention_dropout", "resid_pdrop",
            "embd_pdrop", "attn_pdrop", "id2label", "label2id", "problem_type", "return_dict", "output_attentions",
            "output_hidden_states", "chunk_size_feed_forward", "tokenizer_class", "summary_type", "summary_use_proj",
-           "summary_activation", "summary_proj_to_labels", "summary_first_dropout"}
+           "summary_activation", "summary_proj_to_labels", "summary_first_dropout", "is_llama_config"}  # (SmolLM2's export tag)
 LLAMA3 = {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}
 
 def from_transformers(init_from):
@@ -593,24 +586,26 @@ def hf_config(c, name):
             refuse(f"{k}={v!r}")
     if kind == "gpt2":
         gelu = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"}
-        for k, bad in (("activation_function", c.activation_function not in gelu), ("add_cross_attention", c.add_cross_attention),
-                       ("scale_attn_by_inverse_layer_idx", c.scale_attn_by_inverse_layer_idx)):
-            if bad:
-                refuse(f"{k}={getattr(c, k)!r}")
+        unsupported = {"activation_function": c.activation_function not in gelu, "add_cross_attention": c.add_cross_attention,
+                       "scale_attn_by_inverse_layer_idx": c.scale_attn_by_inverse_layer_idx}
+    else:
+        rope = dict(getattr(c, "rope_parameters", None) or {"rope_theta": getattr(c, "rope_theta", 1e4), **(getattr(c, "rope_scaling", None) or {})})
+        rope_type, theta = rope.pop("rope_type", rope.pop("type", "default")), rope.pop("rope_theta", 1e4)
+        if rope.get("partial_rotary_factor") == 1.0:
+            del rope["partial_rotary_factor"]
+        layer_types = getattr(c, "layer_types", None) or ["sliding_attention" if getattr(c, "sliding_window", None) else "full_attention"]
+        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        unsupported = {"hidden_act": c.hidden_act != "silu", "head_dim": head_dim * c.num_attention_heads != c.hidden_size,
+                       "attention_bias": getattr(c, "attention_bias", False), "mlp_bias": getattr(c, "mlp_bias", False),
+                       "rope_parameters": (rope_type, set(rope)) not in (("default", set()), ("llama3", LLAMA3)),
+                       "layer_types": set(layer_types) - {"full_attention", "sliding_attention"}}
+    for k, bad in unsupported.items():
+        if bad:
+            refuse(f"{k}={getattr(c, k, None)!r}")
+    if kind == "gpt2":
         return GPTConfig(n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, block_size=c.n_positions, vocab_size=c.vocab_size,
                          gelu=gelu[c.activation_function], mlp_hidden=c.n_inner or 0, norm_eps=c.layer_norm_epsilon,
                          scale_attn=c.scale_attn_weights, tie_embeddings=c.tie_word_embeddings), {"model_type": kind}
-    rope = dict(getattr(c, "rope_parameters", None) or {"rope_theta": getattr(c, "rope_theta", 1e4), **(getattr(c, "rope_scaling", None) or {})})
-    rope_type, theta = rope.pop("rope_type", rope.pop("type", "default")), rope.pop("rope_theta", 1e4)
-    if rope.get("partial_rotary_factor") == 1.0:
-        del rope["partial_rotary_factor"]
-    layer_types = getattr(c, "layer_types", None) or ["sliding_attention" if getattr(c, "sliding_window", None) else "full_attention"]
-    for k, bad in (("hidden_act", c.hidden_act != "silu"), ("head_dim", (getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads)
-                   * c.num_attention_heads != c.hidden_size), ("attention_bias", getattr(c, "attention_bias", False)),
-                   ("mlp_bias", getattr(c, "mlp_bias", False)), ("rope_parameters", (rope_type, set(rope)) not in (("default", set()), ("llama3", LLAMA3))),
-                   ("layer_types", set(layer_types) - {"full_attention", "sliding_attention"})):
-        if bad:
-            refuse(f"{k}={getattr(c, k)!r}")
     return GPTConfig(n_layer=c.num_hidden_layers, n_head=c.num_attention_heads, n_embd=c.hidden_size, vocab_size=c.vocab_size,
                      block_size=c.max_position_embeddings, bias=False, n_kv_head=c.num_key_value_heads, qkv_bias=kind == "qwen2",
                      norm="rmsnorm", norm_eps=c.rms_norm_eps, mlp="swiglu", mlp_hidden=c.intermediate_size, pos="rope",
