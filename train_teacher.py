@@ -734,7 +734,8 @@ def import_teacher(cfg, val_data, meta, device, bf16, path):
                  "config": dataclasses.asdict(cfg), "val_loss": vl, "init_sha256": init_sha256(cfg), **info}, path)
     barrier()  # the other processes read teacher.pt next
     said = f" (nanoGPT's best_val_loss {info['best_val_loss']:.4f} at iter {info['iter_num']:.0f})" if "best_val_loss" in info else ""
-    print(f"teacher  imported {cfg.init_from}: {cfg.n_layer} layers, {cfg.n_head} heads, {cfg.n_embd} wide, "
+    kv = f" ({model.config.n_kv_head} key/value)" if model.config.n_kv_head not in (0, cfg.n_head) else ""
+    print(f"teacher  imported {cfg.init_from}: {cfg.n_layer} layers, {cfg.n_head} heads{kv}, {cfg.n_embd} wide, "
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, val loss {vl:.4f}{said}, saved {path}")
     return model
 
