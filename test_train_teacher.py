@@ -2,8 +2,10 @@
 Tests of the teacher and the plumbing it holds (train_teacher.py): python -m pytest -q test_train_teacher.py
 
 What is where: the copying rows it can train on -> data (the splits, the cache, BPE) -> a teacher
-you already have (--init_from a nanoGPT checkpoint or GPT-2) -> torchrun training one step like
-one process. CPU only; the helpers that run the real command line live in test_dtr.py.
+you already have (--init_from a nanoGPT checkpoint or GPT-2) -> the families (Llama, Qwen2, Mistral
+and GPT-2's switches: transformers' logits, refusals, a Llama folder end to end, --arch llama) ->
+torchrun training one step like one process. CPU only; the helpers that run the real command line
+live in conftest.py.
 """
 import importlib.util
 import os
@@ -268,6 +270,8 @@ def test_unsupported_models_are_refused(tmp_path):
         transformers.AutoConfig.for_model(kind, **switches).save_pretrained(tmp_path / str(i))
         line = refused(base + ["--init_from", str(tmp_path / str(i)), "--block_size", "32"])
         assert says in line and "not implement" in line, line
+    transformers.AutoConfig.for_model("llama", **size).save_pretrained(tmp_path / "fine")  # a teacher brings its own shape
+    assert "brings its own" in refused(base + ["--init_from", str(tmp_path / "fine"), "--arch", "llama"])
 
 def test_arch_llama_trains_a_llama_shaped_teacher(tmp_path, data_dir):
     train_teacher.main(["--arch", "llama", "--preset", "tiny", "--max_iters", "2", "--data_dir", data_dir, "--out_dir", str(tmp_path)])
