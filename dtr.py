@@ -37,7 +37,7 @@ from kernel import EPS, gated_delta_rule, gated_delta_rule_step, linear_attentio
 from plumbing import (DtrError, Pace, Partial, atomic_save, autocast, check_resumable, choose_device, claim, cli,
                       first_words, gather_dict, load_file, machine, my_share, opt, weights_sha256, world)
 from train_teacher import (PRESETS as TEACHER_PRESETS, TeacherConfig, configure, cosine_lr, decode, encode, fixed_batches,
-                           get_batch, load_data, load_model, load_or_train)
+                           get_batch, load_data, load_model, load_or_train, rope)
 
 # ---- settings: the teacher's (train_teacher.py), and the method's ----
 
@@ -124,16 +124,37 @@ def hedgehog_feature_map(x, w):
     x = x @ w  # each head its own map
     return torch.cat([x, -x], dim=-1).softmax(dim=-1)
 
+def own_kv_heads(attn):
+    """The teacher's c_attn with a key and a value head for every query head. Under grouped-query
+    attention query head h reads key/value head h // (nh / n_kv) (transformers' repeat_kv), so each
+    key/value head's block of hs rows is repeated for the query heads that read it; repeating each
+    row instead would hand head h rows of other heads. The student's heads may then part ways."""
+    c_attn, rep = copy.deepcopy(attn.c_attn), attn.n_head // attn.n_kv_head
+    if rep > 1:
+        C = c_attn.in_features
+        grow = lambda t: torch.cat([t[:C]] + [kv.unflatten(0, (attn.n_kv_head, -1)).repeat_interleave(rep, dim=0).flatten(0, 1)
+                                              for kv in t[C:].chunk(2)])  # (C + 2 C / rep, ...) -> (3 C, ...)
+        c_attn.weight = nn.Parameter(grow(c_attn.weight.detach()))
+        c_attn.bias = None if c_attn.bias is None else nn.Parameter(grow(c_attn.bias.detach()))
+        c_attn.out_features = 3 * C
+    return c_attn
+
 class LinearAttention(nn.Module):
     """Drop-in student for CausalSelfAttention (same forward(x, cache)). q/k/v/o start as copies
-    of the teacher's; softmax(q.k) becomes phi(q).phi(k) with a learned Hedgehog feature map (per
-    head, W initialised to the identity). gated=True adds a data-dependent per-head decay
-    g_t in (0, 1] (our compact GLA), initialised close to 1, so it starts close to the plain one."""
+    of the teacher's (a key and value head per query head: own_kv_heads); softmax(q.k) becomes
+    phi(q).phi(k) with a learned Hedgehog feature map (per head, W initialised to the identity).
+    gated=True adds a data-dependent per-head decay g_t in (0, 1] (our compact GLA), initialised
+    close to 1, so it starts close to the plain one.
+    Positions: a teacher with learned positions has them in x already. A rotary teacher's q.k sees
+    positions only through rotating q and k, so the student rotates them the same way before the
+    feature map: phi(q) and phi(k) then start from the very vectors the teacher compares, and its
+    attention keeps the teacher's sense of relative position (where phi's softmax lets it), in
+    training, prefill and decoding alike (the cache counts the tokens it has seen)."""
 
     def __init__(self, teacher_attn, gated):
         super().__init__()
-        self.n_head = teacher_attn.n_head
-        self.c_attn = copy.deepcopy(teacher_attn.c_attn)
+        self.n_head, self.rope = teacher_attn.n_head, teacher_attn.rope
+        self.c_attn = own_kv_heads(teacher_attn)
         self.c_proj = copy.deepcopy(teacher_attn.c_proj)
         C = self.c_attn.in_features
         eye = torch.eye(C // self.n_head).repeat(self.n_head, 1, 1)  # (nh, hs, hs)
@@ -148,13 +169,18 @@ class LinearAttention(nn.Module):
     def new_cache(self, batch_size, max_len):
         """The recurrent state (with the normaliser as its last column): fixed size, whatever the context."""
         hs = self.c_attn.in_features // self.n_head
-        return {"state": torch.zeros(batch_size, self.n_head, 2 * hs, hs + 1, device=self.c_proj.weight.device)}
+        return {"state": torch.zeros(batch_size, self.n_head, 2 * hs, hs + 1, device=self.c_proj.weight.device), "n": 0}
 
-    def features(self, x):
+    def features(self, x, cache=None):
         """x (B, T, C) -> feature-mapped q, k (B, nh, T, 2 hs), v (B, nh, T, hs), log_g (B, nh, T) or None."""
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        start = 0 if cache is None else cache["n"]  # the first position: after the tokens the cache has seen
+        if self.rope:  # the teacher's rotations
+            q, k = rope(q, start, *self.rope), rope(k, start, *self.rope)
+        if cache is not None:
+            cache["n"] = start + T
         q, k = hedgehog_feature_map(q, self.fmap_q), hedgehog_feature_map(k, self.fmap_k)  # (B, nh, T, 2 hs)
         log_g = None
         if self.gate is not None:
@@ -163,7 +189,7 @@ class LinearAttention(nn.Module):
 
     def forward(self, x, cache=None):
         B, T, C = x.size()
-        q, k, v, log_g = self.features(x)
+        q, k, v, log_g = self.features(x, cache)
         if cache is None:
             y = linear_attention(q, k, v, log_g)  # (B, nh, T, hs)
         elif T == 1:  # decoding: the recurrent step, constant work per token
@@ -205,7 +231,7 @@ class GatedDeltaNet(LinearAttention):
 
     def forward(self, x, cache=None):
         B, T, C = x.size()
-        q, k, v, log_g = self.features(x)
+        q, k, v, log_g = self.features(x, cache)
         q, k = q.float(), F.normalize(k, dim=-1)  # fp32 q: an fp32 ratio below
         v = F.pad(v, (0, 1), value=1.0)  # (B, nh, T, hs + 1): the ones column whose read is q.z
         beta = torch.sigmoid(self.beta(x).float()).transpose(1, 2)  # (B, nh, T)
@@ -593,7 +619,8 @@ def run(cfg):
                      {**distill_key, "val_batches": cfg.val_batches, "batch_size": cfg.batch_size, "metric": cfg.metric})
     lm = algorithm_1(model, students, *tasks["lm"], cfg, device, bf16, resume)
     t_greedy = time.time() - t0
-    for name in ("m_best", "m_opt"):
+    for name in ("m_best", "m_opt"):  # with the layout as Hugging Face-style hybrid configs spell it
+        lm[name]["layer_types"] = ["linear_attention" if i in lm[name]["linear_layers"] else "full_attention" for i in range(cfg.n_layer)]
         with hybrid(model.transformer.h, lm[name]["linear_layers"], students):
             atomic_save({"model_args": dataclasses.asdict(model.config), "state_dict": model.state_dict(),
                          "config": dataclasses.asdict(cfg), "meta": meta, "student": cfg.student,

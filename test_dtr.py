@@ -124,6 +124,58 @@ def test_generate_equals_uncached_sampling(kind, linear):
     want = reference_generate(model, start, 50, torch.Generator().manual_seed(3))
     assert torch.equal(got, want)
 
+# ---- the students of a Llama-shaped teacher: grouped-query attention and rotary positions ----
+
+def llama_gpt(block_size=100, seed=0):
+    """A random Llama-shaped GPT: 4 query heads reading 2 key/value heads, rope, RMSNorm, SwiGLU, q/k/v biases."""
+    torch.manual_seed(seed)
+    return train_teacher.GPT(train_teacher.GPTConfig(block_size=block_size, vocab_size=20, n_layer=3, n_head=4, n_embd=32, n_kv_head=2,
+                                                     pos="rope", norm="rmsnorm", mlp="swiglu", mlp_hidden=48, bias=False, qkv_bias=True)).eval()
+
+@pytest.mark.parametrize("kind", dtr.STUDENTS)
+def test_student_heads_start_as_the_teachers_heads(kind):
+    # query head h reads key/value head h // 2 (transformers' repeat_kv): the student's own k and v of
+    # head h must be that block of rows. A row-wise repeat (each row twice) would give head 0 the
+    # first 4 rows of kv head 0 twice each: the check below then fails by ~1 relative.
+    model = llama_gpt()
+    attn, student = model.transformer.h[0].attn, dtr.make_students(model, kind)[0]
+    hs, C = 8, 32
+    w, b = attn.c_attn.weight, attn.c_attn.bias
+    for h in range(4):
+        for part, (rows, start) in enumerate([(range(h * hs, (h + 1) * hs), 0),  # q: its own rows
+                                              (range((h // 2) * hs, (h // 2 + 1) * hs), C),  # k: kv head h // 2
+                                              (range((h // 2) * hs, (h // 2 + 1) * hs), C + 16)]):  # v: the same kv head
+            mine = slice(part * C + h * hs, part * C + (h + 1) * hs)
+            assert torch.equal(student.c_attn.weight[mine], w[[start + r for r in rows]])
+            assert torch.equal(student.c_attn.bias[mine], b[[start + r for r in rows]])
+    # so softmax attention over the student's q, k, v (one key/value head per query head) is the teacher's attention
+    plain = train_teacher.CausalSelfAttention(dataclasses.replace(model.config, n_kv_head=0))
+    plain.c_attn, plain.c_proj = student.c_attn, student.c_proj
+    x = torch.randn(2, 32, C)
+    assert rel_err(plain(x), attn(x)) < 1e-6
+
+@pytest.mark.parametrize("kind", ["gla", "gdn"])
+def test_rope_students_decode_as_they_train(kind):
+    # a rotary teacher's students rotate q and k at each token's position: prefill past a chunk
+    # boundary, a few tokens at once, then one at a time must give the uncached forward's logits, and
+    # sampling with the cache the uncached sampler's tokens (through several window refreshes)
+    model = llama_gpt()
+    students = dtr.make_students(model, kind)
+    for s in students:
+        for gate in (s.gate, getattr(s, "beta", s.gate)):
+            torch.nn.init.normal_(gate.weight, std=1.0)
+    dtr.swap_in(model.transformer.h, [0, 2], students)
+    idx = torch.randint(20, (2, 100))
+    cache = Cache(model, 2, 100)
+    steps = [model(idx[:, :70], cache=cache)[0], model(idx[:, 70:75], cache=cache)[0]]
+    steps += [model(idx[:, t:t + 1], cache=cache)[0] for t in range(75, 100)]
+    assert rel_err(torch.cat(steps, dim=1), model(idx)[0]) < 1e-5
+    small = llama_gpt(block_size=16)
+    dtr.swap_in(small.transformer.h, [0, 1, 2], dtr.make_students(small, kind))
+    start = torch.zeros(1, 1, dtype=torch.long)
+    got = small.generate(start, 50, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(got, reference_generate(small, start, 50, torch.Generator().manual_seed(3)))
+
 # ---- greedy replacement on a constructed case ----
 
 def periodic_gpt(n_layer):

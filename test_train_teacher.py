@@ -2,10 +2,11 @@
 Tests of the teacher (train_teacher.py) and the plumbing (plumbing.py): python -m pytest -q test_train_teacher.py
 
 What is where: the copying rows it can train on -> data (the splits, the cache, BPE) -> a teacher
-you already have (--init_from a nanoGPT checkpoint or GPT-2) -> torchrun training one step like
-one process -> no silently wrong result (window starts on huge splits, failed writes, a busy
-folder, changed settings, older files, resume states, shared checks). CPU only; the helpers that
-run the real command line live in conftest.py.
+you already have (--init_from a nanoGPT checkpoint or GPT-2) -> the families (Llama, Qwen2, Mistral
+and GPT-2's switches: transformers' logits, refusals, a Llama folder end to end, --arch llama) ->
+torchrun training one step like one process -> no silently wrong result (window starts on huge
+splits, failed writes, a busy folder, changed settings, older files, resume states, shared checks).
+CPU only; the helpers that run the real command line live in conftest.py.
 """
 import importlib.util
 import inspect
@@ -179,6 +180,119 @@ def test_text_the_teacher_cannot_read_is_refused(tmp_path):
                           "--data_dir", str(tmp_path / "d")])
     with pytest.raises(DtrError, match="contains 'r' and 1 more, which the vocabulary of"):
         train_teacher.load_data(cfg)
+
+# ---- the families: Llama, Qwen2, Mistral and GPT-2's switches, through transformers ----
+# Tiny random models saved by save_pretrained, with a byte-level BPE trained here (no downloads). Weights
+# are drawn wider than transformers' init (norm weights and biases far from 1 and 0), so that a switch
+# read wrongly moves the logits by far more than rounding (fp32 rounding gives ~1e-7 relative).
+
+def hf_folder(path, kind, vocab_size=320, **switches):
+    """A random transformers model of family `kind` saved at `path` with our tiny tokenizer; returns the model."""
+    transformers = pytest.importorskip("transformers", reason="the families are imported through Hugging Face transformers")
+    size = dict(n_layer=2, n_head=2, n_embd=32, n_positions=64) if kind == "gpt2" else \
+        dict(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, hidden_size=32, intermediate_size=48, max_position_embeddings=64)
+    config = transformers.AutoConfig.for_model(kind, vocab_size=vocab_size, **{**size, **switches})
+    torch.manual_seed(0)
+    hf = transformers.AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.normal_(1.0 if p.dim() == 1 else 0.0, 0.3)
+    hf.tie_weights()  # (a no-op when untied)
+    hf.save_pretrained(path)
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    tok.train_from_iterator([SAMPLE_TEXT], trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                                show_progress=False))
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tok).save_pretrained(path)
+    return hf
+
+SAMPLE_TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 40
+
+LLAMA3_ROPE = dict(rope_type="llama3", rope_theta=5e5, factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                   original_max_position_embeddings=16)  # wavelengths of 6, 168, ... tokens: all three regimes of the ramp
+
+@pytest.mark.parametrize("kind,switches", [
+    pytest.param("llama", dict(tie_word_embeddings=False), id="llama-gqa-untied"),
+    pytest.param("llama", dict(num_key_value_heads=1, rope_parameters=LLAMA3_ROPE), id="llama3-rope-scaling"),
+    pytest.param("qwen2", dict(tie_word_embeddings=True), id="qwen2-qkv-bias-tied"),
+    pytest.param("mistral", dict(sliding_window=64, head_dim=8), id="mistral"),
+    pytest.param("gpt2", dict(tie_word_embeddings=False), id="gpt2-untied"),
+    pytest.param("gpt2", dict(scale_attn_weights=False, layer_norm_epsilon=1e-2, n_inner=48), id="gpt2-unscaled-eps-n_inner"),
+])
+def test_our_gpt_computes_the_families_logits(tmp_path, kind, switches):
+    hf = hf_folder(tmp_path / kind, kind, **switches)
+    model, info = train_teacher.import_model(str(tmp_path / kind))
+    idx = torch.randint(320, (2, 64))
+    with torch.no_grad():
+        assert rel_err(model(idx)[0], hf(idx).logits) < 1e-5 and info["model_type"] == kind
+        if kind != "gpt2":  # one query head per key/value head, as our GPT's switch says
+            assert model.transformer.h[0].attn.n_kv_head == hf.config.num_key_value_heads
+
+def test_an_import_that_is_not_the_model_is_refused(tmp_path, capsys):
+    hf = hf_folder(tmp_path / "llama", "llama")
+    model, _ = train_teacher.import_model(str(tmp_path / "llama"))
+    assert "teacher  import checked: logits match transformers' (max abs diff" in capsys.readouterr().out
+    model.transformer.h[1].attn.rope = (5e5, None)  # a switch read wrongly: another rope theta
+    with pytest.raises(DtrError, match="logits differ from transformers'"):
+        train_teacher.check_logits(model, hf, "llama")
+
+def test_gpt2_untied_and_unscaled_import_exactly_through_the_command_line(tmp_path):
+    # issue 21: both once converted with rc 0 and logits off by up to 40 and 0.78
+    (tmp_path / "mine.txt").write_text("the quick brown fox jumps over the lazy dog. " * 200)
+    for name, switch in (("untied", dict(tie_word_embeddings=False)), ("unscaled", dict(scale_attn_weights=False))):
+        hf = hf_folder(tmp_path / name, "gpt2", vocab_size=50257, **switch)
+        out = launch([sys.executable, "train_teacher.py", "--init_from", str(tmp_path / name), "--dataset", str(tmp_path / "mine.txt"),
+                      "--preset", "tiny", "--data_dir", str(tmp_path / "d"), "--out_dir", str(tmp_path / name / "o")])
+        assert "teacher  import checked: logits match transformers'" in out
+        model, _ = train_teacher.load_model(str(tmp_path / name / "o" / "teacher.pt"), "cpu", "")
+        idx = torch.randint(50257, (2, 64))
+        with torch.no_grad():
+            assert rel_err(model(idx)[0], hf(idx).logits) < 1e-5
+
+def test_a_llama_folder_converts_end_to_end(tmp_path, capsys):
+    hf_folder(tmp_path / "llama", "llama", tie_word_embeddings=False)
+    (tmp_path / "mine.txt").write_text(SAMPLE_TEXT * 3)
+    args = ["--init_from", str(tmp_path / "llama"), "--dataset", str(tmp_path / "mine.txt"), "--preset", "tiny", "--block_size", "32",
+            "--distill_iters", "3", "--sample_tokens", "10", "--data_dir", str(tmp_path / "data"), "--out_dir", str(tmp_path / "o")]
+    cfg = dtr.parse_args(args)
+    train, _, meta = train_teacher.load_data(cfg)
+    tok = train_teacher.auto_tokenizer(str(tmp_path / "llama"))
+    assert cfg.tokenizer == "auto" and train[:30].tolist() == tok.encode(SAMPLE_TEXT, add_special_tokens=False)[:30]  # its own ids
+    report = dtr.run(cfg)
+    assert "teacher  import checked" in capsys.readouterr().out
+    types = report["m_opt"]["layer_types"]
+    assert types == ["linear_attention" if i in report["m_opt"]["linear_layers"] else "full_attention" for i in range(2)]
+    assert torch.load(tmp_path / "o" / "gla" / "m_opt.pt", weights_only=False)["layer_types"] == types
+    sampled = launch([sys.executable, "dtr.py", "--sample", str(tmp_path / "o" / "gla" / "m_opt.pt"), "--sample_tokens", "20"])
+    assert "linear layers" in sampled and "Traceback" not in sampled
+
+def test_unsupported_models_are_refused(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    (tmp_path / "mine.txt").write_text(SAMPLE_TEXT)
+    base = ["--dataset", str(tmp_path / "mine.txt"), "--preset", "tiny", "--data_dir", str(tmp_path / "d"), "--out_dir", str(tmp_path / "o")]
+    size = dict(num_hidden_layers=2, num_attention_heads=4, hidden_size=32, intermediate_size=48, vocab_size=320)
+    cases = [  # (what is saved, what the one line names); only config.json is read before refusing
+        ("qwen3", dict(**size), "model_type 'qwen3'"),  # q/k norms
+        ("llama", dict(**size, rope_parameters=dict(rope_type="yarn", rope_theta=1e4, factor=2.0)), "rope_parameters="),
+        ("llama", dict(**size, attention_bias=True), "attention_bias=True"),
+        ("mistral", dict(**size, sliding_window=16), "sliding window of 16 tokens"),
+        ("llama", dict(**size, some_new_switch=3), "some_new_switch=3"),
+        ("gpt2", dict(n_layer=2, n_embd=32, n_head=2, scale_attn_by_inverse_layer_idx=True), "scale_attn_by_inverse_layer_idx=True"),
+    ]
+    for i, (kind, switches, says) in enumerate(cases):
+        transformers.AutoConfig.for_model(kind, **switches).save_pretrained(tmp_path / str(i))
+        line = refused(base + ["--init_from", str(tmp_path / str(i)), "--block_size", "32"])
+        assert says in line and "not implement" in line, line
+    transformers.AutoConfig.for_model("llama", **size).save_pretrained(tmp_path / "fine")  # a teacher brings its own shape
+    assert "brings its own" in refused(base + ["--init_from", str(tmp_path / "fine"), "--arch", "llama"])
+
+def test_arch_llama_trains_a_llama_shaped_teacher(tmp_path, data_dir):
+    train_teacher.main(["--arch", "llama", "--preset", "tiny", "--max_iters", "2", "--data_dir", data_dir, "--out_dir", str(tmp_path)])
+    args = torch.load(tmp_path / "teacher.pt", weights_only=False)["model_args"]
+    assert (args["pos"], args["n_kv_head"], args["norm"], args["mlp"], args["bias"]) == ("rope", 1, "rmsnorm", "swiglu", False)
+    with pytest.raises(DtrError, match="written with arch=llama but this run has arch=gpt2"):  # not reused as another shape
+        dtr.run(dtr.parse_args(["--preset", "tiny", "--data_dir", data_dir, "--out_dir", str(tmp_path)]))
 
 # ---- torchrun ----
 

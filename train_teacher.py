@@ -15,9 +15,11 @@ Read in nanoGPT's order: the model, the data, training, a teacher you already ha
 plumbing every script shares (settings, errors, files, device, torchrun) is in plumbing.py.
 """
 import dataclasses
+import functools
 import hashlib
 import math
 import os
+import re
 import time
 import types
 import urllib.request
@@ -33,6 +35,9 @@ from plumbing import (DtrError, Pace, Partial, atomic_save, autocast, barrier, c
                       first_words, load_file, opt, parse_flags, rank, validate, world)
 
 # ---- the model (nanoGPT's, module names kept) ----
+# One GPT for GPT-2, Llama, Qwen2 and Mistral, as litgpt has it: the switches below the line in
+# GPTConfig change norm, MLP, positions and key/value heads, each in a few lines where it acts.
+# With their defaults this is nanoGPT's GPT, parameter for parameter.
 
 @dataclass
 class GPTConfig:
@@ -44,41 +49,77 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = True  # biases in the Linears and LayerNorms (nanoGPT's own checkpoints usually have none)
     gelu: str = "none"  # F.gelu's approximation: "tanh" in GPT-2 itself
+    # -- the families' switches
+    n_kv_head: int = 0  # key/value heads for grouped-query attention, each read by n_head / n_kv_head query heads; 0: n_head
+    qkv_bias: bool = False  # biases on q, k and v even where `bias` is off (Qwen2)
+    scale_attn: bool = True  # softmax(q.k / sqrt(hs)); False: softmax(q.k) (GPT-2's scale_attn_weights=False)
+    norm: str = "layernorm"  # or "rmsnorm" (Llama): x / rms(x) * weight, no mean, no bias
+    norm_eps: float = 1e-5
+    mlp: str = "gelu"  # or "swiglu" (Llama): c_proj(silu(x W_gate) * x W_up)
+    mlp_hidden: int = 0  # the MLP's hidden width; 0: 4 n_embd
+    pos: str = "learned"  # or "rope": rotary embeddings of q and k in every layer instead of wpe
+    rope_theta: float = 10000.0
+    rope_scaling: dict | None = None  # Llama 3.1's: factor, low_freq_factor, high_freq_factor, original_max_position_embeddings
+    tie_embeddings: bool = True  # lm_head and wte share one matrix
+
+def rope(x, start, theta, scaling=None):
+    """Rotary position embedding (RoFormer) in Llama's layout: channel i of a head's first half and
+    channel i of its second half turn together, by the angle position x inv_freq[i]; q.k then
+    depends on positions only through their difference. x (B, nh, T, hs), positions start..start+T-1."""
+    hs, T = x.size(-1), x.size(-2)
+    inv_freq = 1.0 / theta ** (torch.arange(0, hs, 2, device=x.device).float() / hs)  # (hs / 2,)
+    if scaling:  # Llama 3.1: wavelengths past the original context slowed by `factor`, short ones kept, a ramp between
+        ramp = (scaling["original_max_position_embeddings"] * inv_freq / (2 * math.pi) - scaling["low_freq_factor"]) / \
+               (scaling["high_freq_factor"] - scaling["low_freq_factor"])
+        ramp = ramp.clamp(0, 1)
+        inv_freq = (1 - ramp) * inv_freq / scaling["factor"] + ramp * inv_freq
+    angle = torch.arange(start, start + T, device=x.device).float()[:, None] * inv_freq  # (T, hs / 2)
+    cos, sin = angle.cos(), angle.sin()
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
+
+def norm(config):
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(config.n_embd, eps=config.norm_eps)
+    return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
 
 class CausalSelfAttention(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.n_head = config.n_head
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v for all heads
+        self.n_head, self.n_kv_head = config.n_head, config.n_kv_head or config.n_head
+        kv = self.n_kv_head * (config.n_embd // config.n_head)
+        self.c_attn = nn.Linear(config.n_embd, config.n_embd + 2 * kv, bias=config.bias or config.qkv_bias)  # q, k, v
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
+        self.scale = None if config.scale_attn else 1.0  # None: scaled_dot_product_attention's 1 / sqrt(hs)
+        self.rope = (config.rope_theta, config.rope_scaling) if config.pos == "rope" else None
 
     def new_cache(self, batch_size, max_len):
         """KV cache for generation: keys and values of every token seen, so it grows with context."""
         hs = self.c_attn.in_features // self.n_head
-        kv = self.c_proj.weight.new_zeros(batch_size, self.n_head, max_len, hs)
+        kv = self.c_proj.weight.new_zeros(batch_size, self.n_kv_head, max_len, hs)
         return {"k": kv, "v": kv.clone(), "n": 0}
 
     def forward(self, x, cache=None):
         B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
-        if cache is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
-                                               dropout_p=self.dropout if self.training else 0.0)
-        else:  # append to the cache, then attend over everything seen so far
-            n = cache["n"]
+        hs, n = C // self.n_head, cache["n"] if cache is not None else 0  # n: the tokens seen before these
+        q, k, v = self.c_attn(x).split([C, self.n_kv_head * hs, self.n_kv_head * hs], dim=2)
+        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k, v = (t.view(B, T, self.n_kv_head, hs).transpose(1, 2) for t in (k, v))  # (B, n_kv, T, hs)
+        if self.rope:  # q and k turned to their positions n, n + 1, ...
+            q, k = rope(q, n, *self.rope), rope(k, n, *self.rope)
+        if cache is not None:  # append to the cache, then attend over everything seen so far
             cache["k"][:, :, n:n + T], cache["v"][:, :, n:n + T] = k, v
             cache["n"] = n + T
-            # query i sees keys <= n + i: a plain causal mask for a prompt into an empty cache,
-            # none at all for a single new token, else the causal mask shifted by n
             k, v = cache["k"][:, :, :n + T], cache["v"][:, :, :n + T]
-            if n == 0 or T == 1:
-                y = F.scaled_dot_product_attention(q, k, v, is_causal=n == 0)
-            else:
-                mask = torch.ones(T, n + T, dtype=torch.bool, device=x.device).tril(diagonal=n)
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        if self.n_kv_head < self.n_head:  # query head h reads key/value head h // (nh / n_kv), as transformers' repeat_kv
+            k, v = (t.repeat_interleave(self.n_head // self.n_kv_head, dim=1) for t in (k, v))  # (B, nh, n + T, hs)
+        # query i sees keys <= n + i: the plain causal mask when nothing came before, none at all for
+        # a single new token, else the causal mask shifted by n
+        mask = None if n == 0 or T == 1 else torch.ones(T, n + T, dtype=torch.bool, device=x.device).tril(diagonal=n)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=n == 0, scale=self.scale,
+                                           dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return F.dropout(self.c_proj(y), self.dropout, self.training)
 
@@ -86,21 +127,25 @@ class MLP(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        hidden, self.swiglu = config.mlp_hidden or 4 * config.n_embd, config.mlp == "swiglu"
+        self.c_fc = nn.Linear(config.n_embd, hidden * (2 if self.swiglu else 1), bias=config.bias)  # swiglu: gate, then up
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
         self.gelu = config.gelu
 
     def forward(self, x):
+        if self.swiglu:
+            gate, up = self.c_fc(x).chunk(2, dim=-1)
+            return self.dropout(self.c_proj(F.silu(gate) * up))
         return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate=self.gelu)))
 
 class Block(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = norm(config)
         self.attn = CausalSelfAttention(config)  # dtr.py swaps a linear student in here (setattr)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = norm(config)
         self.mlp = MLP(config)
 
     def forward(self, x, cache=None):
@@ -122,13 +167,14 @@ class GPT(nn.Module):
         self.config = config
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
-            wpe=nn.Embedding(config.block_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd) if config.pos == "learned" else None,
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+            ln_f=norm(config),
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.transformer.wte.weight = self.lm_head.weight  # weight tying
+        if config.tie_embeddings:
+            self.transformer.wte.weight = self.lm_head.weight  # weight tying
         self.apply(self._init_weights)
         for pn, p in self.named_parameters():  # GPT-2's scaled init of the residual projections
             if pn.endswith("c_proj.weight"):
@@ -143,8 +189,10 @@ class GPT(nn.Module):
     def embed(self, idx, start=0):
         T = idx.size(1)
         assert start + T <= self.config.block_size, f"position {start + T} is past the context of {self.config.block_size}"
-        pos = torch.arange(start, start + T, device=idx.device)
-        return self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        x = self.transformer.wte(idx)  # (B, T, C)
+        if self.transformer.wpe is not None:  # learned positions; rope turns q and k in every layer instead
+            x = x + self.transformer.wpe(torch.arange(start, start + T, device=idx.device))
+        return self.transformer.drop(x)
 
     def head(self, x, targets=None):
         logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab)
@@ -184,7 +232,14 @@ class GPT(nn.Module):
 MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "block_size")
 
 def model_args(cfg, meta):
-    return dict(vocab_size=len(meta["vocab"]), dropout=cfg.dropout, **{f: getattr(cfg, f) for f in MODEL_FIELDS})
+    """The GPTConfig of a teacher trained here: --arch gpt2 is nanoGPT's; llama has rotary positions,
+    half as many key/value heads as query heads, RMSNorm, a SwiGLU MLP of about the same size
+    (3 matrices of 8/3 n_embd instead of 2 of 4 n_embd) and no biases."""
+    args = dict(vocab_size=len(meta["vocab"]), dropout=cfg.dropout, **{f: getattr(cfg, f) for f in MODEL_FIELDS})
+    if cfg.arch == "llama":
+        n_kv = max(d for d in range(1, cfg.n_head // 2 + 1) if cfg.n_head % d == 0) if cfg.n_head > 1 else 1
+        args.update(pos="rope", n_kv_head=n_kv, norm="rmsnorm", mlp="swiglu", mlp_hidden=32 * round(8 * cfg.n_embd / 96), bias=False)
+    return args
 
 def load_model(path, device, fix, prepare=None):
     """The one loader of models: rebuild the GPT in a checkpoint (prepare(model, ckpt) may swap
@@ -208,7 +263,7 @@ def init_name(init_from):
     """--init_from's name, for the data cache and the run folder: a hub name's last part (gpt2), or the
     folder's or the file's name (for nanoGPT's fixed ckpt.pt, its out_dir's)."""
     path = os.path.abspath(init_from) if os.path.exists(init_from) else init_from
-    stem = os.path.splitext(os.path.basename(path))[0]
+    stem = os.path.splitext(os.path.basename(path))[0] if os.path.isfile(path) else os.path.basename(path)  # Qwen2.5-0.5B whole
     return os.path.basename(os.path.dirname(path)) if stem == "ckpt" else stem
 
 def data_name(cfg):
@@ -227,10 +282,42 @@ def gpt2_encoding():
         raise DtrError(f"could not load GPT-2's BPE through tiktoken ({type(e).__name__}); connect to the internet "
                        f"once, or set TIKTOKEN_CACHE_DIR to a folder that holds its cache") from None
 
+def transformers_load(kind, name, **kwargs):
+    """AutoConfig, AutoModelForCausalLM or AutoTokenizer from Hugging Face transformers, an optional dependency."""
+    try:
+        import transformers
+    except ImportError:
+        raise DtrError(f"--init_from {name} loads through Hugging Face transformers, which is not "
+                       f"installed; pip install transformers") from None
+    transformers.logging.disable_progress_bar()
+    transformers.logging.set_verbosity_error()  # our log says what happened; its notes on token lengths are not for us
+    try:
+        return getattr(transformers, kind).from_pretrained(name, **kwargs)
+    except Exception as e:  # offline and not cached, or a folder that holds no such model
+        raise DtrError(f"transformers could not load {name} ({type(e).__name__}: {first_words(e)}); "
+                       f"download it once while online (it is cached in ~/.cache/huggingface), or pass a folder "
+                       f"saved by save_pretrained") from None
+
+@functools.cache
+def auto_tokenizer(name):
+    """An imported Llama, Qwen2 or Mistral's own tokenizer: a hub name, or a save_pretrained folder's path."""
+    return transformers_load("AutoTokenizer", name)
+
+def tokenize(text, tokenizer):
+    """text -> characters, or the ids of GPT-2's BPE or of an imported model's own tokenizer (its name)."""
+    if tokenizer == "char":
+        return list(text)
+    if tokenizer == "gpt2":
+        return gpt2_encoding().encode_ordinary(text)
+    return auto_tokenizer(tokenizer).encode(text, add_special_tokens=False)
+
 GPT2_VOCAB = 50257
 
 def teacher_vocab(cfg):
-    """The imported teacher's tokens in id order: its meta.pkl's characters, or all of GPT-2's ids as they are."""
+    """The imported teacher's tokens in id order: its meta.pkl's characters, or all ids of its own
+    tokenizer (Llama, Qwen2, Mistral) or of GPT-2's, as they are."""
+    if cfg.tokenizer == "auto":
+        return list(range(len(auto_tokenizer(cfg.init_from))))
     if not cfg.meta:
         return list(range(GPT2_VOCAB))
     meta = load_file(cfg.meta, "pass --meta the meta.pkl of the data the model was trained on", ("itos", "vocab_size"), ours=False)
@@ -242,7 +329,7 @@ def teacher_vocab(cfg):
 
 def encode(text, meta, what="the text"):
     """Text -> ids in our compact vocabulary; a character (or GPT-2 token) it lacks is a DtrError."""
-    pieces = list(text) if meta["tokenizer"] == "char" else gpt2_encoding().encode_ordinary(text)
+    pieces = tokenize(text, meta["tokenizer"])
     ids = {t: i for i, t in enumerate(meta["vocab"])}  # character or GPT-2 id -> compact id
     missing = next((p for p in pieces if p not in ids), None)
     if missing is not None:
@@ -253,7 +340,9 @@ def encode(text, meta, what="the text"):
 
 def decode(ids, meta):
     tokens = [meta["vocab"][i] for i in ids if i < len(meta["vocab"])]  # nanoGPT pads GPT-2's 50,257 ids to 50,304 rows
-    return "".join(tokens) if meta["tokenizer"] == "char" else gpt2_encoding().decode(tokens)
+    if meta["tokenizer"] in ("char", "gpt2"):
+        return "".join(tokens) if meta["tokenizer"] == "char" else gpt2_encoding().decode(tokens)
+    return auto_tokenizer(meta["tokenizer"]).decode(tokens)
 
 def download(url, path):
     print(f"downloading {url} -> {path}")
@@ -278,11 +367,13 @@ def raw_ids(text, tokenizer, size=1 << 20):
     parts, start = [np.zeros(0, dtype=np.uint32)], 0  # (an empty text has no tokens)
     while start < len(text):
         end = min(len(text), start + size)
+        if tokenizer not in ("char", "gpt2"):  # an imported model's own tokenizer: the whole text at once
+            end = len(text)
         while tokenizer == "gpt2" and end < len(text) and not (text[end] == "\n" and not text[end - 1].isspace()):
             end = text.find("\n", end + 1) if text.find("\n", end + 1) >= 0 else len(text)
         part = text[start:end]
         parts.append(np.frombuffer(part.encode("utf-32-le"), dtype=np.uint32) if tokenizer == "char" else
-                     np.array(gpt2_encoding().encode_ordinary(part), dtype=np.uint32))
+                     np.array(tokenize(part, tokenizer), dtype=np.uint32))
         start = end
     return parts
 
@@ -297,7 +388,8 @@ def read_cache(folder, src, sha, tokenizer, vocab):
     this tokenizer and vocabulary and the lengths match; else None (no cache or a broken one: encode again)."""
     try:
         meta = load_file(os.path.join(folder, "meta.json"), "", ("source_sha256", "tokenizer", "n_train", "n_val"))
-        splits = [np.fromfile(os.path.join(folder, s + ".bin"), dtype=np.uint16) for s in ("train", "val")]
+        dtype = np.uint16 if len(meta.get("vocab", [])) <= 1 << 16 else np.uint32
+        splits = [np.fromfile(os.path.join(folder, s + ".bin"), dtype=dtype) for s in ("train", "val")]
     except (DtrError, OSError):
         return None
     if meta["source_sha256"] == sha and meta["tokenizer"] == tokenizer and vocab in (None, meta.get("vocab")) and \
@@ -316,8 +408,6 @@ def encode_splits(cfg, text, src, sha, tokenizer, vocab):
     raw = np.flatnonzero(sum(np.bincount(p, minlength=size) for parts in splits for p in parts))  # the ids that occur
     if vocab is None:  # only the ids that occur: 11,706 rows for Shakespeare in GPT-2's BPE
         vocab = [chr(c) for c in raw] if tokenizer == "char" else raw.tolist()
-    if len(vocab) > 65535:
-        raise DtrError(f"{src} has {len(vocab)} distinct tokens, more than the 65,535 we store; use --tokenizer gpt2")
     known = [ord(t) if tokenizer == "char" else t for t in vocab]
     row = np.full(max([size] + [k + 1 for k in known]), -1, dtype=np.int32)  # raw id -> its row in vocab
     row[known] = np.arange(len(vocab))
@@ -326,7 +416,8 @@ def encode_splits(cfg, text, src, sha, tokenizer, vocab):
         raise DtrError(f"{src} contains {shown[0]!r}{f' and {len(shown) - 1} more' if len(shown) > 1 else ''}, "
                        f"which the vocabulary of {cfg.init_from} ({cfg.meta}) lacks; remove it, or use text like "
                        f"the text that model was trained on")
-    train, val = (np.concatenate([np.take(row.astype(np.uint16), p) for p in parts]) for parts in splits)
+    dtype = np.uint16 if len(vocab) <= 1 << 16 else np.uint32  # Llama 3's and Qwen2's vocabularies need 32 bits
+    train, val = (np.concatenate([np.take(row.astype(dtype), p) for p in parts]) for parts in splits)
     folder = os.path.join(cfg.data_dir, data_name(cfg))
     meta = {"dataset": data_name(cfg), "tokenizer": tokenizer, "vocab": vocab, "source": os.path.abspath(src),
             "source_sha256": sha, "n_train": len(train), "n_val": len(val)}
@@ -355,6 +446,8 @@ def load_data(cfg):
     except (OSError, UnicodeDecodeError) as e:
         raise DtrError(f"cannot read {src} as UTF-8 text ({e}); pass a readable UTF-8 file") from None
     tokenizer, vocab = (cfg.tokenizer, teacher_vocab(cfg)) if cfg.init_from else (tokenizer, None)
+    if tokenizer == "auto":  # the imported model's own, by a name that --sample finds again from any folder
+        tokenizer = os.path.abspath(cfg.init_from) if os.path.isdir(cfg.init_from) else cfg.init_from
     folder = os.path.join(cfg.data_dir, data_name(cfg))
     sha = hashlib.sha256(text.encode()).hexdigest()
     cached = read_cache(folder, src, sha, tokenizer, vocab)
@@ -420,7 +513,7 @@ def teacher_key(cfg, meta, fields=MODEL_FIELDS + ("copy_frac",)):
     """What a teacher must share with this run: the data first (the likeliest difference), then the
     model; a half-trained one (teacher.partial.pt) its schedule too."""
     return {"dataset": meta["dataset"], "tokenizer": meta["tokenizer"], "data_sha256": meta["source_sha256"],
-            "init_from": getattr(cfg, "init_from", ""), **{f: getattr(cfg, f) for f in fields}}
+            "init_from": getattr(cfg, "init_from", ""), "arch": getattr(cfg, "arch", "gpt2"), **{f: getattr(cfg, f) for f in fields}}
 
 @torch.no_grad()
 def val_loss(model, batches, device="cpu", bf16=False):
@@ -435,7 +528,8 @@ def train(cfg, train_data, val_data, meta, device, bf16, ckpt_path):
     micro = cfg.batch_size // (cfg.grad_accum * world())  # sequences per forward pass
     torch.manual_seed(cfg.seed)
     model = GPT(GPTConfig(**model_args(cfg, meta))).to(device)
-    print(f"teacher  {cfg.n_layer} layers, {cfg.n_head} heads, {cfg.n_embd} wide, context {cfg.block_size}, "
+    shape = f" ({model.config.n_kv_head} key/value), rope, RMSNorm, SwiGLU" if cfg.arch == "llama" else ""
+    print(f"teacher  {cfg.n_layer} layers, {cfg.n_head} heads{shape}, {cfg.n_embd} wide, context {cfg.block_size}, "
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {cfg.max_iters} steps of {cfg.batch_size} sequences")
     # weight decay on matrices only, as in nanoGPT
     decay = [p for p in model.parameters() if p.dim() >= 2]
@@ -495,9 +589,11 @@ def train(cfg, train_data, val_data, meta, device, bf16, ckpt_path):
     print(f"teacher  val loss {vl:.4f}, saved {ckpt_path}")
     return model, train_s
 
-# ---- a teacher you already have (--init_from): a nanoGPT checkpoint, or GPT-2 ----
+# ---- a teacher you already have (--init_from): nanoGPT's, GPT-2, or a Llama, Qwen2 or Mistral ----
 # Our GPT keeps nanoGPT's module names, so a nanoGPT checkpoint's weights are our state_dict as they
-# are, and GPT-2's are too once the four matrices its Conv1D layers store as (in, out) are transposed.
+# are; GPT-2's once the four matrices its Conv1D layers store as (in, out) are transposed; the Llama
+# family's once q, k, v (and gate, up) are stacked into c_attn (and c_fc). Every switch a transformers
+# config sets is read into GPTConfig or refused, and the import is checked against transformers' logits.
 
 GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 
@@ -505,41 +601,96 @@ CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_
 
 NANOGPT_ARGS = MODEL_FIELDS + ("vocab_size",)
 
-INIT_FIX = "pass the ckpt.pt nanoGPT's train.py writes, gpt2 (-medium, -large, -xl), or a folder saved by save_pretrained"
+INIT_FIX = ("pass the ckpt.pt nanoGPT's train.py writes, or a GPT-2, Llama, Qwen2 or Mistral model: a folder saved "
+            "by save_pretrained, or its hub name")
+
+# what a transformers config may set: the switches read below, and what never changes the logits of a
+# model in eval mode (dropout, token ids, labels, ...); any other switch that is on is refused, by name
+READ = {"gpt2": {"vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "n_inner", "activation_function", "layer_norm_epsilon",
+                 "scale_attn_weights", "scale_attn_by_inverse_layer_idx", "add_cross_attention", "tie_word_embeddings",
+                 "reorder_and_upcast_attn"},  # (only computes in fp32, which we do anyway)
+        "llama": {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                  "head_dim", "hidden_act", "max_position_embeddings", "rms_norm_eps", "tie_word_embeddings", "rope_parameters",
+                  "rope_theta", "rope_scaling", "attention_bias", "mlp_bias", "sliding_window", "use_sliding_window",
+                  "max_window_layers", "layer_types", "pretraining_tp"}}  # (pretraining_tp: the same matmuls, split)
+READ["qwen2"] = READ["mistral"] = READ["llama"]
+IGNORED = {"_name_or_path", "architectures", "model_type", "transformers_version", "dtype", "torch_dtype", "use_cache",
+           "initializer_range", "bos_token_id", "eos_token_id", "pad_token_id", "attention_dropout", "resid_pdrop",
+           "embd_pdrop", "attn_pdrop", "id2label", "label2id", "problem_type", "return_dict", "output_attentions",
+           "output_hidden_states", "chunk_size_feed_forward", "tokenizer_class", "summary_type", "summary_use_proj",
+           "summary_activation", "summary_proj_to_labels", "summary_first_dropout", "is_llama_config"}  # (SmolLM2's export tag)
+LLAMA3 = {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}
 
 def from_transformers(init_from):
-    return init_from in GPT2_NAMES or os.path.isdir(init_from)
+    """A folder saved by save_pretrained, or a hub name (gpt2, or owner/name)."""
+    return init_from in GPT2_NAMES or os.path.isdir(init_from) or \
+        (not os.path.exists(init_from) and re.fullmatch(r"[\w.-]+/[\w.-]+", init_from) and not init_from.endswith(".pt"))
 
-def transformers_load(kind, init_from):
-    """GPT2Config or GPT2LMHeadModel from Hugging Face transformers, an optional dependency."""
-    try:
-        import transformers
-    except ImportError:
-        raise DtrError(f"--init_from {init_from} loads GPT-2 through Hugging Face transformers, which is not "
-                       f"installed; pip install transformers") from None
-    transformers.logging.disable_progress_bar()
-    try:
-        return getattr(transformers, kind).from_pretrained(init_from)
-    except Exception as e:  # offline and not cached, or a folder that holds no GPT-2
-        raise DtrError(f"transformers could not load {init_from} ({type(e).__name__}: {first_words(e)}); "
-                       f"download it once while online (it is cached in ~/.cache/huggingface), or pass a folder "
-                       f"saved by save_pretrained") from None
+def hf_config(c, name):
+    """A transformers config as (GPTConfig, what else it says: model_type, sliding_window)."""
+    def refuse(what):
+        raise DtrError(f"{name} has {what}, which this project does not implement; {INIT_FIX}")
+    kind = getattr(c, "model_type", "?")
+    if kind not in READ:
+        refuse(f"model_type {kind!r} (not gpt2, llama, qwen2 or mistral)")
+    default = type(c)().to_dict()
+    for k, v in c.to_dict().items():  # subtle: a switch we do not know is refused unless off or at its default
+        if k not in READ[kind] | IGNORED and v not in (None, False, default.get(k)):
+            refuse(f"{k}={v!r}")
+    if kind == "gpt2":
+        gelu = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"}
+        unsupported = {"activation_function": c.activation_function not in gelu, "add_cross_attention": c.add_cross_attention,
+                       "scale_attn_by_inverse_layer_idx": c.scale_attn_by_inverse_layer_idx}
+    else:
+        rope = dict(getattr(c, "rope_parameters", None) or {"rope_theta": getattr(c, "rope_theta", 1e4), **(getattr(c, "rope_scaling", None) or {})})
+        rope_type, theta = rope.pop("rope_type", rope.pop("type", "default")), rope.pop("rope_theta", 1e4)
+        if rope.get("partial_rotary_factor") == 1.0:
+            del rope["partial_rotary_factor"]
+        layer_types = getattr(c, "layer_types", None) or ["sliding_attention" if getattr(c, "sliding_window", None) else "full_attention"]
+        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        unsupported = {"hidden_act": c.hidden_act != "silu", "head_dim": head_dim * c.num_attention_heads != c.hidden_size,
+                       "attention_bias": getattr(c, "attention_bias", False), "mlp_bias": getattr(c, "mlp_bias", False),
+                       "rope_parameters": (rope_type, set(rope)) not in (("default", set()), ("llama3", LLAMA3)),
+                       "layer_types": set(layer_types) - {"full_attention", "sliding_attention"}}
+    for k, bad in unsupported.items():
+        if bad:
+            refuse(f"{k}={getattr(c, k, None)!r}")
+    if kind == "gpt2":
+        return GPTConfig(n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, block_size=c.n_positions, vocab_size=c.vocab_size,
+                         gelu=gelu[c.activation_function], mlp_hidden=c.n_inner or 0, norm_eps=c.layer_norm_epsilon,
+                         scale_attn=c.scale_attn_weights, tie_embeddings=c.tie_word_embeddings), {"model_type": kind}
+    return GPTConfig(n_layer=c.num_hidden_layers, n_head=c.num_attention_heads, n_embd=c.hidden_size, vocab_size=c.vocab_size,
+                     block_size=c.max_position_embeddings, bias=False, n_kv_head=c.num_key_value_heads, qkv_bias=kind == "qwen2",
+                     norm="rmsnorm", norm_eps=c.rms_norm_eps, mlp="swiglu", mlp_hidden=c.intermediate_size, pos="rope",
+                     rope_theta=theta, rope_scaling=rope or None, tie_embeddings=c.tie_word_embeddings), \
+        {"model_type": kind, "sliding_window": c.sliding_window if "sliding_attention" in layer_types else None}
+
+def hf_state_dict(sd, config):
+    """A Llama-family state_dict under our names: q, k, v stacked into c_attn, gate and up into c_fc."""
+    out = {"transformer.wte.weight": sd["model.embed_tokens.weight"], "transformer.ln_f.weight": sd["model.norm.weight"],
+           "lm_head.weight": sd.get("lm_head.weight", sd["model.embed_tokens.weight"])}
+    for i in range(config.n_layer):
+        hf, ours = f"model.layers.{i}.", f"transformer.h.{i}."
+        out[ours + "ln_1.weight"], out[ours + "ln_2.weight"] = sd[hf + "input_layernorm.weight"], sd[hf + "post_attention_layernorm.weight"]
+        for p in ("weight", "bias")[:1 + config.qkv_bias]:
+            out[ours + "attn.c_attn." + p] = torch.cat([sd[f"{hf}self_attn.{x}_proj.{p}"] for x in "qkv"])
+        out[ours + "attn.c_proj.weight"] = sd[hf + "self_attn.o_proj.weight"]
+        out[ours + "mlp.c_fc.weight"] = torch.cat([sd[hf + "mlp.gate_proj.weight"], sd[hf + "mlp.up_proj.weight"]])
+        out[ours + "mlp.c_proj.weight"] = sd[hf + "mlp.down_proj.weight"]
+    return out
 
 def read_source(init_from, weights=True):
-    """--init_from as (GPTConfig, its weights as our state_dict or None, what nanoGPT recorded: the
-    dataset it trained on, iter_num, best_val_loss)."""
-    if from_transformers(init_from):  # GPT-2, as nanoGPT's GPT.from_pretrained takes it
-        c = transformers_load("GPT2Config", init_from)
-        if getattr(c, "model_type", "") != "gpt2" or c.n_inner not in (None, 4 * c.n_embd) or \
-                c.scale_attn_by_inverse_layer_idx or c.activation_function not in ("gelu_new", "gelu_pytorch_tanh", "gelu"):
-            raise DtrError(f"{init_from} is not a plain GPT-2 (model_type {getattr(c, 'model_type', '?')}, "
-                           f"activation {getattr(c, 'activation_function', '?')}); {INIT_FIX}")
-        config = GPTConfig(n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, block_size=c.n_positions,
-                           vocab_size=c.vocab_size, gelu="none" if c.activation_function == "gelu" else "tanh")
+    """--init_from as (GPTConfig, its weights as our state_dict or None, what the source says: nanoGPT's
+    dataset, iter_num and best_val_loss; transformers' model_type, sliding window, and the model itself, "hf")."""
+    if from_transformers(init_from):
+        c = transformers_load("AutoConfig", init_from)
+        config, info = hf_config(c, init_from)
         if not weights:
-            return config, None, {}
-        sd = transformers_load("GPT2LMHeadModel", init_from).state_dict()
-        return config, {k: v.t() if k.endswith(CONV1D) else v for k, v in sd.items()}, {}
+            return config, None, info
+        hf = transformers_load("AutoModelForCausalLM", init_from, dtype=torch.float32).eval()
+        sd = hf.state_dict()
+        sd = {k: v.t() if k.endswith(CONV1D) else v for k, v in sd.items()} if c.model_type == "gpt2" else hf_state_dict(sd, config)
+        return config, sd, {**info, "hf": hf}
     if not os.path.isfile(init_from):
         raise DtrError(f"--init_from {init_from} is neither a file nor a folder; {INIT_FIX}")
     ckpt = load_file(init_from, INIT_FIX, ours=False)
@@ -555,11 +706,24 @@ def read_source(init_from, weights=True):
 
 def import_settings(cfg):
     """--init_from decides the model and the tokenizer, checked before any work: its size replaces
-    ours, the context is at most its own, and its vocabulary is a character model's meta.pkl (given,
-    or found where nanoGPT keeps it) or else GPT-2's BPE."""
+    ours, the context is at most its own (and within its sliding window), and its vocabulary is a character
+    model's meta.pkl (given, or found where nanoGPT keeps it), a Llama family model's own tokenizer, or else GPT-2's BPE."""
+    if cfg.arch != "gpt2":
+        raise DtrError(f"--arch {cfg.arch} is the shape of a teacher trained here; --init_from {cfg.init_from} brings its own")
     config, _, info = read_source(cfg.init_from, weights=False)
     cfg.n_layer, cfg.n_head, cfg.n_embd = config.n_layer, config.n_head, config.n_embd
     cfg.block_size = min(cfg.block_size, config.block_size)
+    if info.get("sliding_window") and info["sliding_window"] < cfg.block_size:
+        raise DtrError(f"{cfg.init_from} attends within a sliding window of {info['sliding_window']} tokens, which this "
+                       f"project does not implement; pass --block_size {info['sliding_window']} or less")
+    if info.get("model_type", "gpt2") != "gpt2":  # its own tokenizer, every id as it is
+        if cfg.meta:
+            raise DtrError(f"--meta is the tokenizer of a nanoGPT checkpoint; {cfg.init_from} brings its own")
+        cfg.tokenizer = "auto"
+        if len(teacher_vocab(cfg)) > config.vocab_size:
+            raise DtrError(f"{cfg.init_from}'s tokenizer has {len(teacher_vocab(cfg)):,} tokens, more than its model's "
+                           f"{config.vocab_size:,} rows; pass a folder whose tokenizer is the model's")
+        return
     here, looked = os.path.dirname(os.path.abspath(cfg.init_from)), []
     if not cfg.meta and not from_transformers(cfg.init_from):  # nanoGPT: out-dir/ckpt.pt, data/<dataset>/meta.pkl
         looked = [os.path.join(here, "meta.pkl")]
@@ -575,15 +739,30 @@ def import_settings(cfg):
         raise DtrError(f"{cfg.init_from} has a vocabulary of {config.vocab_size}, fewer than GPT-2's {GPT2_VOCAB:,}, and no "
                        f"meta.pkl {'at ' + ' or '.join(looked) if looked else 'was given'}; pass --meta path/to/meta.pkl")
 
+def check_logits(model, hf, name):
+    """An import is the model only if it computes what the model does: our GPT against transformers'
+    own forward on a few tokens (fp32; a wrong switch moves logits by 1e-1 and more, rounding by 1e-5)."""
+    idx = torch.randint(model.config.vocab_size, (2, min(16, model.config.block_size)), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours, theirs = model(idx)[0], hf(idx).logits.float()
+    diff = (ours - theirs).abs().max().item()
+    if not diff <= 1e-4 * max(1.0, theirs.abs().max().item()):  # (not <=: a NaN is refused too)
+        raise DtrError(f"{name}: our model's logits differ from transformers' by up to {diff:.3g}, so some setting of "
+                       f"its config is not one we implement; {INIT_FIX}")
+    print(f"teacher  import checked: logits match transformers' (max abs diff {diff:.1g})")
+
 def import_model(init_from):
-    """--init_from's weights in our GPT, in eval mode on the CPU; and what nanoGPT recorded with them."""
+    """--init_from's weights in our GPT, in eval mode on the CPU, checked against transformers' logits
+    where it came through transformers; and what the source says (read_source)."""
     config, sd, info = read_source(init_from)
-    model = GPT(config)
+    hf, model = info.pop("hf", None), GPT(config)
     sd.setdefault("lm_head.weight", sd.get("transformer.wte.weight"))  # tied to wte; some save it once
     try:  # a missing or misshapen weight fails; unused buffers (GPT-2's attention masks) are dropped
         model.load_state_dict({k: v for k, v in sd.items() if k in model.state_dict()})
     except RuntimeError as e:
         raise DtrError(f"{init_from}'s weights do not fit the model it describes ({first_words(e)}); {INIT_FIX}") from None
+    if hf is not None:
+        check_logits(model.eval(), hf, init_from)
     return model.eval(), info
 
 def init_sha256(cfg):
@@ -600,13 +779,16 @@ def import_teacher(cfg, val_data, meta, device, bf16, path):
     """--init_from written as this run's teacher.pt, so the rest of the pipeline (and a rerun's reuse
     check) takes it like a teacher trained here."""
     model, info = import_model(cfg.init_from)
+    if model.config.pos == "rope":  # no table of positions to fit: its context is this run's, not the 128k it allows
+        model.config.block_size = cfg.block_size
     model.to(device)
     vl = val_loss(model, fixed_batches(val_data, cfg.block_size, cfg.batch_size, cfg.val_batches, device), device, bf16)
     atomic_save({"model_args": dataclasses.asdict(model.config), "state_dict": model.state_dict(), "meta": meta,
                  "config": dataclasses.asdict(cfg), "val_loss": vl, "init_sha256": init_sha256(cfg), **info}, path)
     barrier()  # the other processes read teacher.pt next
     said = f" (nanoGPT's best_val_loss {info['best_val_loss']:.4f} at iter {info['iter_num']:.0f})" if "best_val_loss" in info else ""
-    print(f"teacher  imported {cfg.init_from}: {cfg.n_layer} layers, {cfg.n_head} heads, {cfg.n_embd} wide, "
+    kv = f" ({model.config.n_kv_head} key/value)" if model.config.n_kv_head not in (0, cfg.n_head) else ""
+    print(f"teacher  imported {cfg.init_from}: {cfg.n_layer} layers, {cfg.n_head} heads{kv}, {cfg.n_embd} wide, "
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, val loss {vl:.4f}{said}, saved {path}")
     return model
 
@@ -617,7 +799,7 @@ class TeacherConfig:
     """the teacher: its data, model and training (train_teacher.py)"""
     # data
     dataset: str = opt("shakespeare_char", "shakespeare (GPT-2 BPE), shakespeare_char, or path/to/your.txt")
-    tokenizer: str = opt("char", "how to tokenize your own text file", ("char", "gpt2"))
+    tokenizer: str = opt("char", "how to tokenize your own text file (auto: an --init_from model's own)", ("char", "gpt2", "auto"))
     data_dir: str = opt("data", "where datasets are downloaded and their encoded splits cached")
     out_dir: str = opt("", "default out/<dataset>-<preset>: teacher.pt there, a run per student below it")
     init_from: str = opt("", "a teacher you already have instead of training one: nanoGPT's ckpt.pt, gpt2 (-medium, "
@@ -627,6 +809,8 @@ class TeacherConfig:
     device: str = opt("auto", "where to run", ("auto", "cpu", "cuda", "mps"))
     seed: int = opt(1337, "random seed", ">=0")
     # the model (nanoGPT's)
+    arch: str = opt("gpt2", "the teacher trained here: gpt2 (nanoGPT's), or llama (rotary positions, half as many "
+                            "key/value heads, RMSNorm, SwiGLU)", ("gpt2", "llama"))
     n_layer: int = opt(6, "transformer blocks", ">0")
     n_head: int = opt(4, "attention heads per block (must divide n_embd)", ">0")
     n_embd: int = opt(128, "model width", ">0")
@@ -652,6 +836,10 @@ class TeacherConfig:
         for flag in ("out_dir", "data_dir"):
             if os.path.exists(getattr(self, flag)) and not os.path.isdir(getattr(self, flag)):
                 raise DtrError(f"--{flag} {getattr(self, flag)} is a file, not a folder; pick a folder (it is created if missing)")
+        if self.arch == "llama" and self.n_embd // self.n_head % 2:
+            raise DtrError(f"--arch llama turns pairs of channels (rope): --n_embd {self.n_embd} / --n_head {self.n_head} must be even")
+        if self.tokenizer == "auto" and not self.init_from:
+            raise DtrError("--tokenizer auto is the tokenizer of an --init_from Llama, Qwen2 or Mistral; pick char or gpt2")
         if self.meta and not self.init_from:
             raise DtrError("--meta is the tokenizer of an --init_from checkpoint; give both, or neither")
         if self.n_embd % self.n_head:
@@ -693,7 +881,7 @@ def configure(cls, argv, description, presets):
     cfg = cls(**{**presets[preset], **(BPE_OVERRIDES.get(preset, {}) if bpe else {}), **args, "preset": preset})
     if cfg.init_from:
         import_settings(cfg)
-    cfg.out_dir = cfg.out_dir or os.path.join("out", f"{data_name(cfg)}-{preset}")
+    cfg.out_dir = cfg.out_dir or os.path.join("out", f"{data_name(cfg)}-{preset}" + ("-llama" if cfg.arch == "llama" else ""))
     return validate(cfg)
 
 def load_or_train(cfg, train_data, val_data, meta, device, bf16):
