@@ -255,6 +255,81 @@ def test_each_task_keeps_the_layer_it_needs():
         assert cross["loss"][1 - i][i] > 1.5 * res[name]["test"][0]["loss"]
     assert res["copy"]["teacher_plain"]["accuracy"] > 0.9  # targets aligned with the passage: off by one gives ~0
 
+def test_choice_scores_by_hand():
+    # two items, log-likelihoods given: rows ((item, choice, gold, chars, tokens), ll)
+    rows = [((0, 0, 1, 2, 2), -1.0), ((0, 1, 1, 6, 6), -1.2),  # item 0, gold 1: acc picks 0 (-1.0 > -1.2),
+            ((1, 0, 1, 3, 3), -3.0), ((1, 1, 1, 4, 4), -2.0), ((1, 2, 1, 1, 1), -2.5)]  # acc_norm 1 (-0.2 > -0.5)
+    # item 1, gold 1: acc picks 1 (-2.0 the largest); acc_norm -1.0, -0.5, -2.5 picks 1 too
+    assert dtr.choice_scores(rows) == {"accuracy": 0.5, "acc_norm": 1.0, "loss": pytest.approx((1.2 + 2.0) / (6 + 4)), "n": 2}
+    assert dtr.choice_scores(rows[::-1])["accuracy"] == 0.5  # the order rows come in does not matter
+    tie = [((0, 0, 1, 1, 1), -1.0), ((0, 1, 1, 1, 1), -1.0)]
+    assert dtr.choice_scores(tie)["accuracy"] == 0  # a tie goes to the first choice, as numpy's argmax
+
+CHARS = "abcdefghijklmnopqrst"  # the 20 tokens of tiny_gpt
+META = {"tokenizer": "char", "vocab": list(CHARS), "dataset": "test"}
+
+def write_items(path, items):
+    path.write_text("".join(json.dumps(i) + "\n" for i in items))
+    return str(path)
+
+def test_choice_batches_score_each_choice_given_its_context(tmp_path):
+    # the rows a model scores are LM-Evaluation-Harness's: log p(choice | context) summed over the
+    # choice's tokens, from one forward of the (left-cut) context + choice; here against that
+    # formula computed row by row, on a random GPT whose window (32) is shorter than item 1's context
+    items = [{"context": "abcde", "choices": ["fg", "hij", "k"], "gold": 1},
+             {"context": "st" * 20, "choices": ["abc", "s"], "gold": 0},  # 40 + 3 tokens: cut to 33 from the left
+             {"context": "q", "choices": ["rstabc", "ttt"], "gold": 1}]
+    path = write_items(tmp_path / "mc.jsonl", items)
+    read, cut = dtr.read_items(path, META, 32)
+    assert cut == 1 and [i["where"] for i in read] == [1, 2, 3]
+    model = tiny_gpt()
+    batches = dtr.choice_batches(read, 32, 4, "cpu")  # 7 rows: batches of 4 and 3, an item split between them
+    assert [len(c) for _, _, c in batches] == [4, 3]
+    want = []
+    for i, item in enumerate(items):
+        for j, choice in enumerate(item["choices"]):
+            ids = [CHARS.index(c) for c in item["context"] + choice][-33:]  # the harness's (context + choice)[-(T + 1):]
+            logp = torch.log_softmax(model(torch.tensor([ids[:-1]]))[0][0], -1)  # (T, vocab)
+            n = len(choice)
+            ll = sum(logp[len(ids) - 1 - n + t, ids[len(ids) - n + t]].item() for t in range(n))
+            want.append(((i, j, item["gold"], len(choice), n), ll))
+    got = dtr.evaluate(model, batches)
+    ref = dtr.choice_scores(want)
+    for metric in dtr.METRICS:
+        assert got[metric] == pytest.approx(ref[metric], rel=1e-5)
+    lls = [r for x, y, c in batches for r in dtr.batch_scores(*model(x, y), y, c)[3]]
+    assert rel_err(torch.tensor([ll for _, ll in lls]), torch.tensor([ll for _, ll in want])) < 1e-5
+
+def test_file_task_is_split_into_disjoint_search_and_test_items(tmp_path):
+    items = [{"context": CHARS[i % 20], "choices": ["ab", "cd"], "gold": i % 2} for i in range(11)]
+    read, _ = dtr.read_items(write_items(tmp_path / "mc.jsonl", items), META, 32)
+    search, test = dtr.split_items(read)
+    lines = [[i["where"] for i in part] for part in (search, test)]
+    assert (len(search), len(test)) == (6, 5) and not set(lines[0]) & set(lines[1])
+    assert sorted(lines[0] + lines[1]) == list(range(1, 12)) and lines[0] != list(range(1, 7))  # shuffled, then halved
+    assert [[i["where"] for i in part] for part in dtr.split_items(read)] == lines  # the same split every time
+
+def test_cloze_items_come_from_the_validation_split_in_disjoint_halves():
+    g = torch.Generator().manual_seed(0)
+    val = torch.randint(20, (6000,), generator=g)
+    val[torch.randint(6000, (300,), generator=g)] = CHARS.index("t")  # "t" plays the newline
+    meta = {**META, "vocab": list(CHARS[:-1]) + ["\n"]}
+    search, test = dtr.cloze_items(val, meta, 41, 64)
+    assert (len(search), len(test)) == (21, 20)
+    half, span = len(val) // 2, dtr.CLOZE_SPAN
+    for part, lo, hi in ((search, 0, half), (test, half, len(val))):
+        for item in part:
+            p = item["where"]
+            assert lo <= p - dtr.CLOZE_CONTEXT and p + span <= hi  # the passage and its continuation in its half
+            assert item["context"] == val[p - dtr.CLOZE_CONTEXT:p].tolist() and item["choices"][item["gold"]] == val[p:p + span].tolist()
+            assert len(item["choices"]) == 4 and all(len(c) == span for c in item["choices"]) and item["chars"] == [span] * 4
+            assert val[p - 1] != 19 and val[p] != 19  # the cut is inside a line
+            for c in item["choices"]:  # distractors from the same half: found there, never the true continuation
+                assert c == item["choices"][item["gold"]] or any(val[lo:hi][q:q + span].tolist() == c for q in range(hi - lo - span + 1))
+            assert sum(c == item["choices"][item["gold"]] for c in item["choices"]) == 1
+    assert len({i["gold"] for i in search}) == 4  # the right answer's place is random
+    assert dtr.cloze_items(val, meta, 41, 64) == [search, test]  # fixed seed: the same items every run
+
 # ---- end to end (tiny preset) ----
 
 @pytest.fixture(scope="session")
