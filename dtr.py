@@ -385,7 +385,7 @@ def n_scored(batches):
 
 def batch_scores(logits, loss, y, choices=None):
     """One batch's share of the metrics: (mean loss, exact predictions, scored targets), and for
-    a multiple-choice batch (x, y, choices) also [(row's choice, its log-likelihood)] (section 5)."""
+    a multiple-choice batch (x, y, choices: section 5) also [(row's choice, its log-likelihood)]."""
     scored = y != -1
     out = (loss.item(), ((logits.argmax(-1) == y) & scored).sum().item(), scored.sum().item())
     if choices is None:
@@ -395,7 +395,7 @@ def batch_scores(logits, loss, y, choices=None):
 
 def reduce(rows, metric):
     """Loss: the mean of the batches' mean losses. Accuracy (and acc_norm): exact predictions over
-    scored targets. Multiple-choice batches: choice_scores (section 5), over all the items."""
+    scored targets. Multiple-choice batches: choice_scores, over all the items."""
     if len(rows[0]) == 4:
         return choice_scores([r for row in rows for r in row[3]])[metric]
     if metric == "loss":
@@ -498,16 +498,17 @@ def print_trajectory(result, cfg):
     accuracy with its standard error sqrt(p (1 - p) / n) over the n items (or scored tokens) it
     averages: two hybrids' accuracies differ meaningfully when they are more than ~2.8 (2 sqrt 2)
     standard errors apart (a little less, as they are scored on the same items)."""
-    metric, test, n = cfg.metric, result["test"], result.get("n", {})
-    err = metric != "loss" and bool(n)
+    metric, test, n, teacher = cfg.metric, result["test"], result.get("n", {}), result["teacher_" + cfg.metric]
+    err = metric != "loss" and bool(n)  # an accuracy: its standard error, and changes in points
     show = lambda p, split: f"{p:.4f}" + (f" ± {math.sqrt(p * (1 - p) / n[split]):.4f}" if err else "")
-    w = 24 if err else 15
-    print(f"\n  k | replaced | {'search ' + metric:>{w}s} | vs teacher | {'test ' + metric:>{w}s} | vs teacher"
+    vs = lambda p, p0: f"{100 * (p - p0):+7.2f} pt" if err else f"{100 * (p - p0) / (abs(p0) or 1):+9.2f}%"
+    ws, wt = (24, 24) if err else (15, 13)
+    print(f"\n  k | replaced | {'search ' + metric:{ws}s} | vs teacher | {'test ' + metric:{wt}s} | vs teacher"
           + (f"   ({n['search']} search / {n['test']} test {'items' if result.get('multiple_choice') else 'targets'})" if n else "") +
-          f"\n  0 |        - | {show(result['teacher_' + metric], 'search'):>{w}s} |            | {show(test[0][metric], 'test'):>{w}s} |")
+          f"\n  0 |        - | {show(teacher, 'search'):>{ws}s} |            | {show(test[0][metric], 'test'):>{wt}s} |")
     for t in result["trajectory"]:
-        print(f"{t['k']:3d} |       L{t['layer']} | {show(t['val_' + metric], 'search'):>{w}s} | {100 * t['rel_change']:+9.2f}% | "
-              f"{show(test[t['k']][metric], 'test'):>{w}s} | {100 * (test[t['k']][metric] - test[0][metric]) / (abs(test[0][metric]) or 1):+9.2f}%")
+        print(f"{t['k']:3d} |       L{t['layer']} | {show(t['val_' + metric], 'search'):>{ws}s} | {vs(t['val_' + metric], teacher)} | "
+              f"{show(test[t['k']][metric], 'test'):>{wt}s} | {vs(test[t['k']][metric], test[0][metric])}")
     for name, m in (("M_best", result["m_best"]), (f"M_opt (tolerance {cfg.tolerance:.0%})", result["m_opt"])):
         print(f"{name}: linear layers {m['linear_layers']}, search {metric} {m['val_' + metric]:.4f}, "
               f"test loss {m['test_loss']:.4f}, test accuracy {m['test_accuracy']:.4f}" +
@@ -710,7 +711,7 @@ def run_tasks(model, students, tasks, cfg, device="cpu", bf16=False, done=None):
     names, cross = list(tasks), []
     for row in names:  # is a hybrid chosen for one task still good at the others?
         with hybrid(model.transformer.h, results[row]["m_opt"]["linear_layers"], students):
-            cross.append([evaluate(model, tasks[col][1], device, bf16)[cfg.metric] for col in names])
+            cross.append([evaluate(model, tasks[col][1], device, bf16) for col in names])
     w = max(10, *map(len, names))
     full = {n: " ".join(f"L{i}" for i in range(len(students)) if i not in results[n]["m_opt"]["linear_layers"]) or "-"
             for n in names}
@@ -719,8 +720,9 @@ def run_tasks(model, students, tasks, cfg, device="cpu", bf16=False, done=None):
           f"attention) scored on each task's test items (a column): test {cfg.metric}")
     print(f"tasks    {'M_opt of':{w}s} | {'full layers':{fw}s} | " + " | ".join(f"{c:>{w}s}" for c in names))
     for name, row in zip(names, cross):
-        print(f"tasks    {name:{w}s} | {full[name]:{fw}s} | " + " | ".join(f"{p:>{w}.4f}" for p in row))
-    return {"tasks": results, "tasks_cross_eval": {"rows": names, "cols": names, cfg.metric: cross}}
+        print(f"tasks    {name:{w}s} | {full[name]:{fw}s} | " + " | ".join(f"{p[cfg.metric]:>{w}.4f}" for p in row))
+    return {"tasks": results, "tasks_cross_eval": {"rows": names, "cols": names,  # every metric, the table printed one
+                                                   **{m: [[p[m] for p in row] for row in cross] for m in METRICS}}}
 
 # ---- 6. the pipeline ----
 
@@ -763,9 +765,9 @@ def run(cfg):
     torch.manual_seed(cfg.seed)
     train, val, meta = load_data(cfg)
     fixed_batches(train, cfg.block_size, 1, 1, device, "training")  # long enough for a window
+    print(f"data     {meta['dataset']}: {len(train):,} train / {len(val):,} val tokens, vocab {len(meta['vocab']):,}")
     tasks = task_batches(cfg, val, meta, device)  # {task: (search batches, test batches)}
     val_b = tasks["lm"][0]
-    print(f"data     {meta['dataset']}: {len(train):,} train / {len(val):,} val tokens, vocab {len(meta['vocab']):,}")
 
     # 0. the teacher, reused or trained
     model, teacher_train_s, t_teacher = load_or_train(cfg, train, val, meta, device, bf16)

@@ -575,3 +575,81 @@ def test_killed_runs_resume_to_the_same_result(tiny_run, tmp_path):
     assert rel_err(weights(run_dir / "students.pt", "students"),
                    weights(os.path.join(out, "gla", "students.pt"), "students")) < 1e-6
     assert [f for _, _, fs in os.walk(tmp_path) for f in fs if f.endswith(".tmp") or ".partial." in f] == []
+
+# ---- target tasks end to end: multiple choice, your own file, names that must not collide ----
+
+def shakespeare_items(data_dir, n=24):
+    """A multiple-choice file from tiny Shakespeare: a passage, its next 12 characters among two spans from elsewhere."""
+    text = open(os.path.join(data_dir, "shakespeare", "input.txt")).read()[:20000]
+    g = torch.Generator().manual_seed(0)
+    items = []
+    for i in range(n):
+        p, *q = (100 + torch.randint(len(text) - 300, (3,), generator=g)).tolist()
+        context = text[p - (90 if i == 0 else 40):p]  # the first is longer than the tiny window (64): cut from the left
+        items.append({"context": context, "choices": [text[p:p + 12]] + [text[r:r + 12] for r in q], "gold": 0})
+    return items
+
+def test_multiple_choice_tasks_end_to_end(tiny_run, data_dir, tmp_path, capsys):
+    # lm, copy, your file and cloze through one interface, searched by accuracy: one search each,
+    # each task's M_best and M_opt saved and scoring what the report says, every M_opt on every task
+    args, out, _ = tiny_run
+    mine = write_items(tmp_path / "mine.jsonl", shakespeare_items(data_dir))
+    cfg = dtr.parse_args(args + ["--task", f"lm,copy,{mine},cloze", "--metric", "accuracy", "--cloze_items", "60"])
+    r = dtr.run(cfg)
+    log = capsys.readouterr().out
+    names = ["lm", "copy", "mine.jsonl", "cloze"]
+    assert list(r["tasks"]) == r["tasks_cross_eval"]["rows"] == names
+    assert "task     mine.jsonl: 1 of 24 contexts cut from the left to fit the 64-token window" in log
+    assert r["tasks"]["cloze"]["n"] == {"search": 30, "test": 30} and r["tasks"]["mine.jsonl"]["n"] == {"search": 12, "test": 12}
+    assert "(30 search / 30 test items)" in log and " ± " in log  # accuracies with their standard error
+    tasks = dtr.task_batches(cfg, train_teacher.load_data(cfg)[1], train_teacher.load_data(cfg)[2], "cpu")
+    for i, name in enumerate(names):
+        t = r["tasks"][name]
+        assert t["m_opt"]["val_accuracy"] >= (1 - cfg.tolerance) * t["teacher_accuracy"] - 1e-9
+        assert r["tasks_cross_eval"]["accuracy"][i][i] == pytest.approx(t["m_opt"]["test_accuracy"], rel=1e-6)
+        for m in ("m_best", "m_opt"):
+            path = os.path.join(out, "gla", *(["tasks", name] if name != "lm" else []), m + ".pt")
+            model, ckpt = dtr.load_hybrid(path, "cpu")
+            assert ckpt["task"] == name and ckpt["linear_layers"] == t[m]["linear_layers"]
+            assert dtr.evaluate(model, tasks[name][1])["accuracy"] == pytest.approx(t[m]["test_accuracy"], rel=1e-6)
+    # the cross table: a header that names its columns, every "|" in line however long the names
+    table = [line[len("tasks    "):] for line in log.splitlines() if line.startswith("tasks    ")][1:]
+    assert table[0].split("|")[0].strip() == "M_opt of" and [c.strip() for c in table[0].split("|")[2:]] == names
+    assert len({tuple(i for i, ch in enumerate(line) if ch == "|") for line in table}) == 1
+
+@pytest.mark.parametrize("line,says", [
+    ('{"context": "to be", "choices": [" or", " not"], "gold": 0', "line 2 is not JSON"),
+    ('{"context": "to be", "choices": [" or", " not"]}', "line 2 has no 'gold'"),
+    ('{"context": "to be", "choices": [" or", " not"], "gold": 2}', "line 2: gold 2 is not the index of one of its 2 choices"),
+    ('{"context": "to be", "choices": [], "gold": 0}', "line 2 has no choices"),
+    ('{"context": "to be", "choices": ["", " not"], "gold": 0}', "line 2: choice 0 ('') is 0 tokens"),
+    ('{"context": "to be", "choices": ["' + "a" * 65 + '"], "gold": 0}', "is 65 tokens; a choice must be 1 to 64"),
+    ('{"context": "caf\u00e9", "choices": [" or"], "gold": 0}', "line 2, its context, contains '\u00e9'"),
+    ('{"context": "", "choices": [" or"], "gold": 0}', "line 2 has an empty context"),
+])
+def test_a_bad_task_file_is_one_line_naming_the_line(tiny_run, tmp_path, line, says):
+    args, out, _ = tiny_run
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"context": "to be", "choices": [" or", " not"], "gold": 1}\n' + line + "\n")
+    before = fingerprint(out)
+    err = refused(args + ["--task", f"lm,{bad}"])
+    assert says in err and str(bad) in err
+    assert fingerprint(out) == before  # refused before the teacher is even read
+
+def test_task_names_never_collide(tiny_run, tmp_path):
+    # issue 21: a file named like a built-in task (or like another file's task) would replace that
+    # task's search, m_opt.pt and report: refused before any work, through the real command line
+    args = with_out_dir(tiny_run[0], tmp_path / "o")
+    for name in ("lm", "copy", "cloze"):
+        os.makedirs(tmp_path / name)
+        (tmp_path / name / name).write_text("to be or not to be\n" * 20)
+    (tmp_path / "lm" / "q.jsonl").write_text("")
+    (tmp_path / "copy" / "q.jsonl").write_text("")
+    assert "--task_text {} would be the task 'lm', the name of the built-in task lm".format(tmp_path / "lm" / "lm") in \
+        refused(args + ["--task_text", str(tmp_path / "lm" / "lm")])
+    assert "would be the task 'copy', the name of the built-in task copy" in refused(args + ["--task", f"lm,{tmp_path / 'copy' / 'copy'}"])
+    assert "'q.jsonl', the name of {}".format(tmp_path / "lm" / "q.jsonl") in \
+        refused(args + ["--task", f"{tmp_path / 'lm' / 'q.jsonl'},{tmp_path / 'copy' / 'q.jsonl'}"])
+    with pytest.raises(DtrError, match="the name of the built-in task cloze"):
+        dtr.parse_args(args + ["--task", f"cloze,{tmp_path / 'cloze' / 'cloze'}"])
+    assert not (tmp_path / "o").exists()
