@@ -11,7 +11,8 @@ Distill-then-Replace (DtR, arXiv 2601.11667) in one file, in the paper's order:
    validation ("search") batches least, all the way to the all-linear model;
 4. M_best (the best seen) and M_opt (the most linear layers within a tolerance), chosen on the
    search batches and reported on held-out test batches, as Algorithm 1 ends;
-5. target tasks (§4): with --task lm,copy one search per task on the same students.
+5. target tasks (§4): with --task lm,copy,cloze,your.jsonl one search per task on the same students;
+   multiple-choice tasks scored as LM-Evaluation-Harness scores them.
 
     python dtr.py --dataset shakespeare_char
     torchrun --standalone --nproc_per_node=2 dtr.py --dataset shakespeare_char   # same result, 2 processes
@@ -81,8 +82,8 @@ class Config(TeacherConfig):
             else:
                 raise DtrError(f"unknown --task {entry!r}; use a comma-separated list of {', '.join(TASKS)} or paths to "
                                f"your JSON Lines files" if flag == "--task" else f"--task_text {entry} is not a file")
-            if sources.setdefault(name, source) != source:
-                taken = f"the built-in task {name}" if sources[name][1] == "" else sources[name][1]
+            if (source[1] and name in TASKS) or sources.setdefault(name, source) != source:  # built-in names stay reserved
+                taken = f"the built-in task {name}" if name in TASKS else sources[name][1]
                 raise DtrError(f"{flag} {entry} would be the task {name!r}, the name of {taken}: tasks are named after "
                                f"their file, and one must not replace another's search and m_opt.pt; rename the file")
         return sources

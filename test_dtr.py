@@ -6,9 +6,11 @@ theirs (experiments/test_experiments.py); `python -m pytest -q` runs them all.
 
 What is where: the students (causal, exact where the teacher is trivially linear, cached decoding
 and sampling equal to the plain forward) -> greedy replacement and M_best/M_opt on constructed
-cases whose answer is known -> target tasks -> end to end on the tiny preset -> the
+cases whose answer is known -> target tasks (multiple choice against a hand computation and
+the harness's formula, disjoint search and test items) -> end to end on the tiny preset -> the
 command line: bad settings and broken files are one error line, torchrun and killed runs give
-the single-process result.
+the single-process result -> multiple-choice tasks end to end, bad task files, task names that
+must not collide.
 
 Floats are compared by relative error ||a - b|| / ||b||; 1e-5 unless said otherwise.
 """
