@@ -11,7 +11,8 @@ Distill-then-Replace (DtR, arXiv 2601.11667) in one file, in the paper's order:
    validation ("search") batches least, all the way to the all-linear model;
 4. M_best (the best seen) and M_opt (the most linear layers within a tolerance), chosen on the
    search batches and reported on held-out test batches, as Algorithm 1 ends;
-5. target tasks (§4): with --task lm,copy one search per task on the same students.
+5. target tasks (§4): with --task lm,copy,cloze,your.jsonl one search per task on the same students;
+   multiple-choice tasks scored as LM-Evaluation-Harness scores them.
 
     python dtr.py --dataset shakespeare_char
     torchrun --standalone --nproc_per_node=2 dtr.py --dataset shakespeare_char   # same result, 2 processes
@@ -22,6 +23,7 @@ tables) are scripts in experiments/ that read a finished run's folder.
 import contextlib
 import copy
 import dataclasses
+import json
 import math
 import os
 import shlex
@@ -42,7 +44,10 @@ from train_teacher import (PRESETS as TEACHER_PRESETS, TeacherConfig, configure,
 # ---- settings: the teacher's (train_teacher.py), and the method's ----
 
 STUDENTS = ("gla", "hedgehog", "gdn")
-TASKS = ("lm", "copy")
+TASKS = ("lm", "copy", "cloze")  # the built-in target tasks (section 5); --task also takes your own file
+# the cloze task's passage and true continuation, in tokens: on the default char teacher, 16
+# characters score ~70% (8: ~78%, 32: ~57%; a whole line against three others: 25%, chance)
+CLOZE_CONTEXT, CLOZE_SPAN = 48, 16
 
 @dataclass
 class Config(TeacherConfig):
@@ -52,21 +57,47 @@ class Config(TeacherConfig):
     distill_lr: float = opt(2e-3, "distillation peak learning rate", ">0")
     distill_batch_size: int = opt(8, "sequences per distillation step", ">0")
     metric: str = opt("loss", "the task metric P that greedy replacement and M_opt go by: loss (lower is better) "
-                              "or accuracy, the share of tokens predicted exactly (higher is better)", ("loss", "accuracy"))
+                              "or accuracy, the share of tokens predicted exactly, or of multiple-choice items "
+                              "answered right; acc_norm: choices scored per character (higher is better)",
+                      ("loss", "accuracy", "acc_norm"))
     tolerance: float = opt(0.02, "M_opt keeps P within this of the teacher's: loss <= (1 + tolerance) x, "
                                  "accuracy >= (1 - tolerance) x", "[0,1)")
-    task: str = opt("lm", "comma-separated target tasks, one greedy search each: lm (next token), copy (recall a repeated passage)")
+    task: str = opt("lm", "comma-separated target tasks, one greedy search each: lm (next token), copy (recall a "
+                          "repeated passage), cloze (pick a passage's continuation among 4), or path/to/your.jsonl: "
+                          'multiple choice, one item a line: {"context": "...", "choices": ["...", "..."], "gold": 0}')
     task_text: str = opt("", "path to your own validation text: one more target task, scored as next-token loss")
+    cloze_items: int = opt(400, "items of the cloze task: half search, half test", ">0")
     sample_tokens: int = opt(200, "tokens to generate from the teacher and M_opt at the end", ">=0")
     sample: str = opt("", "path to a checkpoint (teacher.pt, m_opt.pt, ...): generate from it and exit")
 
+    def task_sources(self):
+        """{task name: (kind, file)} for lm, --task and --task_text, in that order. A file's task is
+        named after the file; a name that two different tasks would share is refused, so that no
+        task ever replaces another's search, checkpoints or report."""
+        sources = {"lm": ("lm", "")}
+        for flag, entry in [("--task", t.strip()) for t in self.task.split(",")] + [("--task_text", self.task_text)] * bool(self.task_text):
+            if flag == "--task" and entry in TASKS:
+                name, source = entry, (entry, "")
+            elif os.path.isfile(entry):
+                name, source = os.path.basename(entry), ("choices" if flag == "--task" else "text", os.path.abspath(entry))
+            else:
+                raise DtrError(f"unknown --task {entry!r}; use a comma-separated list of {', '.join(TASKS)} or paths to "
+                               f"your JSON Lines files" if flag == "--task" else f"--task_text {entry} is not a file")
+            if (source[1] and name in TASKS) or sources.setdefault(name, source) != source:  # built-in names stay reserved
+                taken = f"the built-in task {name}" if name in TASKS else sources[name][1]
+                raise DtrError(f"{flag} {entry} would be the task {name!r}, the name of {taken}: tasks are named after "
+                               f"their file, and one must not replace another's search and m_opt.pt; rename the file")
+        return sources
+
     def check(self):
         super().check()
-        if any(n.strip() not in TASKS for n in self.task.split(",")):
-            raise DtrError(f"unknown --task {self.task!r}; use a comma-separated list of {', '.join(TASKS)}")
+        tasks = self.task_sources()  # unknown tasks and clashing names are refused here
+        if "cloze" in tasks and (self.block_size < 2 * CLOZE_SPAN or self.cloze_items < 2):
+            raise DtrError(f"the cloze task needs --block_size >= {2 * CLOZE_SPAN} (a passage and a {CLOZE_SPAN}-token "
+                           f"continuation) and --cloze_items >= 2; have {self.block_size} and {self.cloze_items}")
         if self.batch_size * self.val_batches < 2:
             raise DtrError("--batch_size x --val_batches must be at least 2: search and test batches each need a window")
-        if "copy" in self.task and self.block_size < 4:
+        if "copy" in tasks and self.block_size < 4:
             raise DtrError(f"the copy task shows a passage of block_size // 2 tokens twice; --block_size {self.block_size} is too short, use 4 or more")
         if world(before_init=True) > self.n_layer:
             raise DtrError(f"{world(before_init=True)} processes for {self.n_layer} blocks; start at most {self.n_layer} with torchrun")
@@ -350,14 +381,51 @@ def block_mse(model, students, batches, device="cpu", bf16=False):
 
 # ---- 3. greedy replacement (Algorithm 1) ----
 
-METRICS = {"loss": 1, "accuracy": -1}  # the sign that makes lower better
+METRICS = {"loss": 1, "accuracy": -1, "acc_norm": -1}  # the sign that makes lower better
 
-def batch_scores(logits, loss, y):
+def choice_scores(rows):
+    """Multiple-choice metrics as LM-Evaluation-Harness computes them, from one row per choice:
+    ((item, choice, gold, chars, tokens), ll), where ll is the choice's log-likelihood given its
+    item's context, ll_ij = sum over the choice's tokens t of log p(t | context, earlier tokens):
+
+        accuracy = 1/N sum_i [argmax_j ll_ij == gold_i]                  ("acc")
+        acc_norm = 1/N sum_i [argmax_j ll_ij / chars_ij == gold_i]       (chars: the choice's length in characters)
+        loss     = -(sum_i ll_i,gold_i) / (sum_i tokens_i,gold_i)        (per-token loss of the right answers)
+
+    over the N items; ties go to the first choice (numpy's argmax, as in the harness)."""
+    items = {}
+    for (item, j, gold, chars, tokens), ll in rows:
+        items.setdefault(item, []).append((j, gold, chars, tokens, ll))
+    acc = acc_norm = ll_gold = tokens_gold = 0
+    for choices in items.values():
+        choices.sort()
+        gold = choices[0][1]
+        acc += max(range(len(choices)), key=lambda j: (choices[j][4], -j)) == gold
+        acc_norm += max(range(len(choices)), key=lambda j: (choices[j][4] / choices[j][2], -j)) == gold
+        ll_gold, tokens_gold = ll_gold + choices[gold][4], tokens_gold + choices[gold][3]
+    return {"loss": -ll_gold / tokens_gold, "accuracy": acc / len(items), "acc_norm": acc_norm / len(items), "n": len(items)}
+
+def n_scored(batches):
+    """What a task's metric averages over: its items (multiple choice), else its scored targets."""
+    if len(batches[0]) == 3:
+        return len({c[0] for _, _, choices in batches for c in choices})
+    return sum((y != -1).sum().item() for _, y in batches)
+
+def batch_scores(logits, loss, y, choices=None):
+    """One batch's share of the metrics: (mean loss, exact predictions, scored targets), and for
+    a multiple-choice batch (x, y, choices: section 5) also [(row's choice, its log-likelihood)]."""
     scored = y != -1
-    return loss.item(), ((logits.argmax(-1) == y) & scored).sum().item(), scored.sum().item()
+    out = (loss.item(), ((logits.argmax(-1) == y) & scored).sum().item(), scored.sum().item())
+    if choices is None:
+        return out
+    logp = -F.cross_entropy(logits.float().transpose(1, 2), y, ignore_index=-1, reduction="none")  # (B, T), 0 where y = -1
+    return out + (list(zip(choices, logp.sum(1).tolist())),)
 
 def reduce(rows, metric):
-    """Loss: the mean of the batches' mean losses. Accuracy: exact predictions over scored targets."""
+    """Loss: the mean of the batches' mean losses. Accuracy (and acc_norm): exact predictions over
+    scored targets. Multiple-choice batches: choice_scores, over all the items."""
+    if len(rows[0]) == 4:
+        return choice_scores([r for row in rows for r in row[3]])[metric]
     if metric == "loss":
         return sum(r[0] for r in rows) / len(rows)
     return sum(r[1] for r in rows) / max(1, sum(r[2] for r in rows))
@@ -365,12 +433,13 @@ def reduce(rows, metric):
 @torch.no_grad()
 def evaluate(model, batches, device="cpu", bf16=False):
     """The task metrics P of a model on fixed batches (§4): {"loss": mean next-token loss over the
-    batches, "accuracy": the share of scored targets (not -1) its argmax predicts exactly}."""
+    batches, "accuracy" (= "acc_norm"): the share of scored targets (not -1) its argmax predicts
+    exactly}; on multiple-choice batches, LM-Evaluation-Harness's (choice_scores)."""
     rows = []
     with autocast(device, bf16):
-        for x, y in batches:
+        for x, y, *choices in batches:
             logits, loss = model(x, y)
-            rows.append(batch_scores(logits, loss, y))
+            rows.append(batch_scores(logits, loss, y, *choices))
     return {metric: reduce(rows, metric) for metric in METRICS}
 
 @torch.no_grad()
@@ -381,16 +450,16 @@ def greedy_round(model, students, batches, linear, device="cpu", bf16=False, met
     # the current hybrid is shared by every candidate up to the layer it swaps: run it once
     # and keep every layer's input, so a candidate only recomputes from its own layer on
     with autocast(device, bf16):
-        cached = [block_io(model, x)[0] for x, _ in batches]  # [batch][layer] -> (B, T, C)
+        cached = [block_io(model, x)[0] for x, *_ in batches]  # [batch][layer] -> (B, T, C)
         scores = {}
         for i in my_share([i for i in range(len(blocks)) if i not in linear]):  # torchrun: a share each
             rows = []
-            for (_, y), inputs in zip(batches, cached):
+            for (_, y, *choices), inputs in zip(batches, cached):
                 with hybrid(blocks, [i], students):
                     h = inputs[i]
                     for block in blocks[i:]:
                         h = block(h)
-                rows.append(batch_scores(*model.head(h, y), y))
+                rows.append(batch_scores(*model.head(h, y), y, *choices))
             scores[i] = reduce(rows, metric)
     return gather_dict(scores)  # the same on every process
 
@@ -419,7 +488,7 @@ def greedy_replace(model, students, batches, device="cpu", bf16=False, resume=No
             best = min(scores, key=lambda i: sign * scores[i])
             linear.append(best)
             swap_in(blocks, [best], students)
-            trajectory.append({"k": k, "layer": best, key: scores[best], "rel_change": scores[best] / teacher - 1,
+            trajectory.append({"k": k, "layer": best, key: scores[best], "rel_change": (scores[best] - teacher) / (abs(teacher) or 1),
                                "candidates": [scores.get(i) for i in range(len(blocks))]})
             print(f"greedy   round {k}/{len(blocks)} | " + " ".join(f"L{i} {l:.4f}" for i, l in scores.items()) +
                   f" | replace L{best} -> {scores[best]:.4f} ({100 * trajectory[-1]['rel_change']:+.2f}%)")
@@ -444,7 +513,7 @@ def select_models(teacher, trajectory, tolerance, metric="loss"):
 @torch.no_grad()
 def test_scores(model, students, trajectory, batches, device="cpu", bf16=False):
     """P^test: every model of the trajectory, k = 0 (the teacher) .. L, on test batches that the
-    search never saw, both metrics. M_best and M_opt are two of them (k = their linear layers)."""
+    search never saw, every metric. M_best and M_opt are two of them (k = their linear layers)."""
     order = [t["layer"] for t in trajectory]
     out = []
     for k in range(len(order) + 1):
@@ -453,16 +522,25 @@ def test_scores(model, students, trajectory, batches, device="cpu", bf16=False):
     return out
 
 def print_trajectory(result, cfg):
-    """Algorithm 1's outcome for one task: the metric on the search and on the test batches."""
-    metric, test = cfg.metric, result["test"]
-    print(f"\n  k | replaced | search {metric:8s} | vs teacher | test {metric:8s} | vs teacher\n"
-          f"  0 |        - | {result['teacher_' + metric]:15.4f} |            | {test[0][metric]:13.4f} |")
+    """Algorithm 1's outcome for one task: the metric on the search and on the test batches, an
+    accuracy with its standard error sqrt(p (1 - p) / n) over the n items (or scored tokens) it
+    averages: two hybrids' accuracies differ meaningfully when they are more than ~2.8 (2 sqrt 2)
+    standard errors apart (a little less, as they are scored on the same items)."""
+    metric, test, n, teacher = cfg.metric, result["test"], result.get("n", {}), result["teacher_" + cfg.metric]
+    err = metric != "loss" and bool(n)  # an accuracy: its standard error, and changes in points
+    show = lambda p, split: f"{p:.4f}" + (f" ± {math.sqrt(p * (1 - p) / n[split]):.4f}" if err else "")
+    vs = lambda p, p0: f"{100 * (p - p0):+7.2f} pt" if err else f"{100 * (p - p0) / (abs(p0) or 1):+9.2f}%"
+    ws, wt = (24, 24) if err else (15, 13)
+    print(f"\n  k | replaced | {'search ' + metric:{ws}s} | vs teacher | {'test ' + metric:{wt}s} | vs teacher"
+          + (f"   ({n['search']} search / {n['test']} test {'items' if result.get('multiple_choice') else 'targets'})" if n else "") +
+          f"\n  0 |        - | {show(teacher, 'search'):>{ws}s} |            | {show(test[0][metric], 'test'):>{wt}s} |")
     for t in result["trajectory"]:
-        print(f"{t['k']:3d} |       L{t['layer']} | {t['val_' + metric]:15.4f} | {100 * t['rel_change']:+9.2f}% | "
-              f"{test[t['k']][metric]:13.4f} | {100 * (test[t['k']][metric] / test[0][metric] - 1):+9.2f}%")
+        print(f"{t['k']:3d} |       L{t['layer']} | {show(t['val_' + metric], 'search'):>{ws}s} | {vs(t['val_' + metric], teacher)} | "
+              f"{show(test[t['k']][metric], 'test'):>{wt}s} | {vs(test[t['k']][metric], test[0][metric])}")
     for name, m in (("M_best", result["m_best"]), (f"M_opt (tolerance {cfg.tolerance:.0%})", result["m_opt"])):
         print(f"{name}: linear layers {m['linear_layers']}, search {metric} {m['val_' + metric]:.4f}, "
-              f"test loss {m['test_loss']:.4f}, test accuracy {m['test_accuracy']:.4f}")
+              f"test loss {m['test_loss']:.4f}, test accuracy {m['test_accuracy']:.4f}" +
+              (f", test acc_norm {m['test_acc_norm']:.4f}" if metric == "acc_norm" else ""))
 
 def algorithm_1(model, students, batches, test_batches, cfg, device="cpu", bf16=False, resume=None):
     """Algorithm 1 for one task: search on `batches`, select M_best and M_opt, score on `test_batches`.
@@ -472,14 +550,18 @@ def algorithm_1(model, students, batches, test_batches, cfg, device="cpu", bf16=
     test = test_scores(model, students, trajectory, test_batches, device, bf16)
     for m in (m_best, m_opt):
         m.update({f"test_{metric}": test[len(m["linear_layers"])][metric] for metric in METRICS})
-    result = {f"teacher_{cfg.metric}": teacher, "trajectory": trajectory, "m_best": m_best, "m_opt": m_opt, "test": test}
+    result = {f"teacher_{cfg.metric}": teacher, "trajectory": trajectory, "m_best": m_best, "m_opt": m_opt, "test": test,
+              "n": {"search": n_scored(batches), "test": n_scored(test_batches)}, "multiple_choice": len(batches[0]) == 3}
     print_trajectory(result, cfg)
     return result
 
 # ---- 5. target tasks (§4, Fig. 3) ----
 # Greedy replacement only needs fixed batches to score, so a target task is just its own
 # batches: one teacher and one set of distilled students serve every task, and each task's
-# search keeps the full-attention layers that task needs.
+# search keeps the full-attention layers that task needs. Token tasks are batches (x, y), y = -1
+# where not scored: lm, copy, your text (--task_text). Multiple-choice tasks, the paper's kind
+# (ARC, PIQA, ... through LM-Evaluation-Harness), are batches (x, y, choices) with one row per
+# (item, choice), scored by choice_scores: the built-in cloze, and your JSON Lines file (--task).
 
 def copy_batches(data, block_size, batch_size, n_batches, device, test=False):
     """In-context recall: each row is a held-out passage of block_size // 2 tokens shown twice.
@@ -495,14 +577,16 @@ def copy_batches(data, block_size, batch_size, n_batches, device, test=False):
         batches.append((x, y))
     return batches
 
-def text_batches(path, meta, cfg, device, test=False):
-    """The user's own validation text through the teacher's tokenizer, as next-token batches."""
+def read_text(path, flag):
     try:
         with open(path, encoding="utf-8") as f:
-            text = f.read()
+            return f.read()
     except (OSError, UnicodeDecodeError) as e:
-        raise DtrError(f"cannot read --task_text {path} as UTF-8 text ({e})") from None
-    ids = encode(text, meta, f"--task_text {path}")
+        raise DtrError(f"cannot read {flag} {path} as UTF-8 text ({e})") from None
+
+def text_batches(path, meta, cfg, device, test=False):
+    """The user's own validation text through the teacher's tokenizer, as next-token batches."""
+    ids = encode(read_text(path, "--task_text"), meta, f"--task_text {path}")
     if len(ids) < cfg.block_size + 2:
         raise DtrError(f"--task_text {path} has {len(ids)} tokens, fewer than the context "
                        f"({cfg.block_size}) + 2; use a longer text")
@@ -512,15 +596,131 @@ def lm_batches(cfg, val, device, test=False):
     """Next-token prediction on the validation split: the search batches, or with test=True the test ones."""
     return fixed_batches(val, cfg.block_size, cfg.batch_size, cfg.val_batches, device, test=test)
 
+def choice_batches(items, block_size, rows_per_batch, device):
+    """Multiple-choice items -> batches (x, y, choices), one row per (item, choice), built as
+    LM-Evaluation-Harness builds them: context + choice, cut from the left to the window's
+    block_size + 1 tokens (the choice itself always fits: read_items checks); x all but its last
+    token, y the choice's tokens where x predicts them and -1 elsewhere, so the row's summed
+    log-probability of y is the choice's log-likelihood. Rows are padded on the right, which by
+    causality changes nothing before the padding. choices: (item, choice, gold, chars, tokens) per row."""
+    rows = []
+    for i, item in enumerate(items):
+        for j, choice in enumerate(item["choices"]):
+            seq = (item["context"] + choice)[-(block_size + 1):]  # subtle: the cut drops the context's start
+            y = [-1] * (len(seq) - 1 - len(choice)) + choice  # y[t] = seq[t + 1] where that is the choice
+            rows.append((seq[:-1], y, (i, j, item["gold"], item["chars"][j], len(choice))))
+    batches = []
+    for b in range(0, len(rows), rows_per_batch):
+        chunk = rows[b:b + rows_per_batch]
+        T = max(len(x) for x, _, _ in chunk)
+        x = torch.tensor([x + [0] * (T - len(x)) for x, _, _ in chunk], device=device)  # (B, T)
+        y = torch.tensor([y + [-1] * (T - len(y)) for _, y, _ in chunk], device=device)  # (B, T)
+        batches.append((x, y, [c for _, _, c in chunk]))
+    return batches
+
+ITEM = '{"context": "...", "choices": ["...", "..."], "gold": 0}'
+
+def read_items(path, meta, block_size):
+    """Your multiple-choice task: a JSON Lines file, one item a line (blank lines skipped), ITEM
+    with gold the index of the right choice, tokenised with the teacher's tokenizer (context and
+    each choice apart, as the harness does). Every fault is one error naming its line. A context
+    too long for the window is cut from the left, as LM-Evaluation-Harness cuts it, and counted.
+    Returns ([{"where": line, "context", "choices", "gold", "chars"}], items cut)."""
+    items, cut = [], 0
+    for n, line in enumerate(read_text(path, "--task").splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"--task {path} line {n}"
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DtrError(f"{where} is not JSON ({e.msg}); each line is one item: {ITEM}") from None
+        missing = [k for k in ("context", "choices", "gold") if not isinstance(item, dict) or k not in item]
+        if missing:
+            raise DtrError(f"{where} has no {', '.join(repr(k) for k in missing)}; each line is one item: {ITEM}")
+        context, choices, gold = item["context"], item["choices"], item["gold"]
+        if not isinstance(context, str) or not isinstance(choices, list) or not all(isinstance(c, str) for c in choices):
+            raise DtrError(f"{where}: the context must be a string and the choices a list of strings: {ITEM}")
+        if not choices:
+            raise DtrError(f"{where} has no choices; give at least one (two to be a question)")
+        if not isinstance(gold, int) or isinstance(gold, bool) or not 0 <= gold < len(choices):
+            raise DtrError(f"{where}: gold {gold!r} is not the index of one of its {len(choices)} choices (0 to {len(choices) - 1})")
+        ids = [encode(c, meta, f"{where}, choice {j},") for j, c in enumerate(choices)]
+        context_ids = encode(context, meta, f"{where}, its context,")
+        if not context_ids:
+            raise DtrError(f"{where} has an empty context; the first token of a choice needs one before it")
+        for j, c in enumerate(ids):
+            if not 0 < len(c) <= block_size:
+                raise DtrError(f"{where}: choice {j} ({choices[j][:40]!r}) is {len(c)} tokens; a choice must be "
+                               f"1 to {block_size} (the window) tokens")
+        cut += len(context_ids) + max(len(c) for c in ids) > block_size + 1
+        items.append({"where": n, "context": context_ids, "choices": ids, "gold": gold, "chars": [len(c) for c in choices]})
+    if len(items) < 2:
+        raise DtrError(f"--task {path} has {len(items)} item(s); the search and the test need one each at least")
+    return items, cut
+
+def split_items(items):
+    """Algorithm 1 chooses on search items and reports on test items: a fixed shuffle (seed 0,
+    the same split in every run), the first half (rounded up) to search, the rest to test."""
+    order = torch.randperm(len(items), generator=torch.Generator().manual_seed(0)).tolist()
+    half = (len(items) + 1) // 2
+    return [items[i] for i in sorted(order[:half])], [items[i] for i in sorted(order[half:])]
+
+def cloze_items(val, meta, n_items, block_size):
+    """The built-in multiple-choice task, HellaSwag-style, from the validation split only (never
+    text the teacher trained on): a passage of CLOZE_CONTEXT tokens cut inside a line, its true
+    next CLOZE_SPAN tokens and three spans of the same length from elsewhere (each also starting
+    inside a line), in a random order; seed 0, the same items in every run. Search items come from
+    the split's first half, test items from its second: disjoint, distractors included."""
+    try:
+        newline = encode("\n", meta)[0]
+    except DtrError:
+        newline = -1  # a vocabulary without one: every cut is inside a "line"
+    context, span, gen = min(CLOZE_CONTEXT, block_size + 1 - CLOZE_SPAN), CLOZE_SPAN, torch.Generator().manual_seed(0)
+    halves = []
+    for offset, part in ((0, val[:len(val) // 2]), (len(val) // 2, val[len(val) // 2:])):
+        inside = (part[:-1] != newline) & (part[1:] != newline)  # inside[p - 1]: the cut before token p splits a line
+        starts = torch.nonzero(inside[context - 1:len(part) - span]).flatten() + context  # (n,) valid cuts
+        starts = starts[torch.randperm(len(starts), generator=gen)].tolist()
+        items, want = [], (n_items + 1) // 2 if offset == 0 else n_items // 2
+        while len(items) < want and len(starts) >= 4:
+            p, *others = starts[-4:]
+            del starts[-4:]
+            choices = [part[q:q + span].tolist() for q in [p] + others]
+            if any(abs(q - p) < span or c == choices[0] for q, c in zip(others, choices[1:])):
+                continue  # a distractor overlapping, or equal to, the true continuation
+            gold = int(torch.randint(4, (1,), generator=gen))
+            choices.insert(gold, choices.pop(0))
+            items.append({"where": offset + p, "context": part[p - context:p].tolist(), "choices": choices,
+                          "gold": gold, "chars": [len(decode(c, meta)) for c in choices]})
+        if len(items) < want:
+            raise DtrError(f"the validation split has room for {len(items)} of the {want} cloze items each half "
+                           f"needs; lower --cloze_items or use a longer text")
+        halves.append(items)
+    return halves
+
 def task_batches(cfg, val, meta, device):
-    """{task name: (search batches, test batches)} for --task and --task_text, built (and checked)
-    before training. lm is next-token prediction on the validation split."""
-    make = {"lm": lambda test: lm_batches(cfg, val, device, test),
-            "copy": lambda test: copy_batches(val, cfg.block_size, cfg.batch_size, cfg.val_batches, device, test)}
-    if cfg.task_text:
-        make[os.path.basename(cfg.task_text)] = lambda test: text_batches(cfg.task_text, meta, cfg, device, test)
-    names = [n.strip() for n in cfg.task.split(",")] + ([os.path.basename(cfg.task_text)] if cfg.task_text else [])
-    return {name: (make[name](False), make[name](True)) for name in dict.fromkeys(["lm"] + names)}
+    """{task name: (search batches, test batches)} for every task of the run (cfg.task_sources:
+    lm first), built (and checked) before training."""
+    tasks = {}
+    for name, (kind, path) in cfg.task_sources().items():
+        if kind in ("lm", "copy", "text"):
+            make = {"lm": lambda test: lm_batches(cfg, val, device, test),
+                    "copy": lambda test: copy_batches(val, cfg.block_size, cfg.batch_size, cfg.val_batches, device, test),
+                    "text": lambda test: text_batches(path, meta, cfg, device, test)}[kind]
+            tasks[name] = (make(False), make(True))
+            continue
+        if kind == "cloze":
+            search, test = cloze_items(val, meta, cfg.cloze_items, cfg.block_size)
+        else:
+            items, cut = read_items(path, meta, cfg.block_size)
+            search, test = split_items(items)
+            if cut:
+                print(f"task     {name}: {cut} of {len(items)} contexts cut from the left to fit the "
+                      f"{cfg.block_size}-token window (as LM-Evaluation-Harness does)")
+        tasks[name] = tuple(choice_batches(s, cfg.block_size, 4 * cfg.batch_size, device) for s in (search, test))
+        print(f"task     {name}: {len(search)} search / {len(test)} test items of multiple choice")
+    return tasks
 
 def run_tasks(model, students, tasks, cfg, device="cpu", bf16=False, done=None):
     """Per task: Algorithm 1 on its batches (or its result from `done`, {name: result}); then
@@ -539,12 +739,18 @@ def run_tasks(model, students, tasks, cfg, device="cpu", bf16=False, done=None):
     names, cross = list(tasks), []
     for row in names:  # is a hybrid chosen for one task still good at the others?
         with hybrid(model.transformer.h, results[row]["m_opt"]["linear_layers"], students):
-            cross.append([evaluate(model, tasks[col][1], device, bf16)[cfg.metric] for col in names])
-    print(f"\ntasks    M_opt of (row), test {cfg.metric} on (col): " + " | ".join(names))
+            cross.append([evaluate(model, tasks[col][1], device, bf16) for col in names])
+    w = max(10, *map(len, names))
+    full = {n: " ".join(f"L{i}" for i in range(len(students)) if i not in results[n]["m_opt"]["linear_layers"]) or "-"
+            for n in names}
+    fw = max(11, *map(len, full.values()))
+    print(f"\ntasks    each task's M_opt (a row: the task it was searched for, the layers it keeps full "
+          f"attention) scored on each task's test items (a column): test {cfg.metric}")
+    print(f"tasks    {'M_opt of':{w}s} | {'full layers':{fw}s} | " + " | ".join(f"{c:>{w}s}" for c in names))
     for name, row in zip(names, cross):
-        print(f"tasks    {name:8s} full {[i for i in range(len(students)) if i not in results[name]['m_opt']['linear_layers']]}: "
-              + " | ".join(f"{p:.4f}" for p in row))
-    return {"tasks": results, "tasks_cross_eval": {"rows": names, "cols": names, cfg.metric: cross}}
+        print(f"tasks    {name:{w}s} | {full[name]:{fw}s} | " + " | ".join(f"{p[cfg.metric]:>{w}.4f}" for p in row))
+    return {"tasks": results, "tasks_cross_eval": {"rows": names, "cols": names,  # every metric, the table printed one
+                                                   **{m: [[p[m] for p in row] for row in cross] for m in METRICS}}}
 
 # ---- 6. the pipeline ----
 
@@ -571,6 +777,17 @@ def load_students(path, students, device, key=None):
     except (ValueError, RuntimeError) as e:
         raise DtrError(f"{path} does not fit this run's students ({first_words(e)}); delete it to distill again") from None
     return saved.get("train_s")
+
+def save_hybrids(model, students, result, cfg, meta, folder, task="lm"):
+    """A task's M_best and M_opt as checkpoints, <folder>/m_best.pt and m_opt.pt, with the layout as
+    Hugging Face-style hybrid configs spell it (layer_types)."""
+    for name in ("m_best", "m_opt"):
+        result[name]["layer_types"] = ["linear_attention" if i in result[name]["linear_layers"] else "full_attention"
+                                       for i in range(cfg.n_layer)]
+        with hybrid(model.transformer.h, result[name]["linear_layers"], students):
+            atomic_save({"model_args": dataclasses.asdict(model.config), "state_dict": model.state_dict(),
+                         "config": dataclasses.asdict(cfg), "meta": meta, "student": cfg.student, "task": task,
+                         **result[name]}, os.path.join(folder, name + ".pt"))
 
 def run(cfg):
     """Teacher -> students -> distillation -> greedy replacement -> M_best, M_opt -> tasks -> report."""
@@ -619,15 +836,12 @@ def run(cfg):
                      {**distill_key, "val_batches": cfg.val_batches, "batch_size": cfg.batch_size, "metric": cfg.metric})
     lm = algorithm_1(model, students, *tasks["lm"], cfg, device, bf16, resume)
     t_greedy = time.time() - t0
-    for name in ("m_best", "m_opt"):  # with the layout as Hugging Face-style hybrid configs spell it
-        lm[name]["layer_types"] = ["linear_attention" if i in lm[name]["linear_layers"] else "full_attention" for i in range(cfg.n_layer)]
-        with hybrid(model.transformer.h, lm[name]["linear_layers"], students):
-            atomic_save({"model_args": dataclasses.asdict(model.config), "state_dict": model.state_dict(),
-                         "config": dataclasses.asdict(cfg), "meta": meta, "student": cfg.student,
-                         **lm[name]}, os.path.join(run_dir, name + ".pt"))
+    save_hybrids(model, students, lm, cfg, meta, run_dir)
 
-    # 5. one search per target task, sharing the teacher and the students (§4)
+    # 5. one search per target task, sharing the teacher and the students (§4), each its own M_best and M_opt
     tasks_report = run_tasks(model, students, tasks, cfg, device, bf16, done={"lm": lm})
+    for name in tasks_report and list(tasks)[1:]:
+        save_hybrids(model, students, tasks_report["tasks"][name], cfg, meta, os.path.join(run_dir, "tasks", name), name)
     report = {
         "dataset": meta["dataset"], "student": cfg.student, "device": device, "config": dataclasses.asdict(cfg),
         "command": ("python " if world() == 1 else f"torchrun --standalone --nproc_per_node={world()} ") +
@@ -650,8 +864,9 @@ def run(cfg):
         with hybrid(model.transformer.h, lm["m_opt"]["linear_layers"], students):
             print(f"\n---- sample from M_opt (linear layers {lm['m_opt']['linear_layers']}) ----\n"
                   f"{sample_text(model, meta, cfg.sample_tokens, device, cfg.seed)}")
-    print(f"\nwrote {run_dir}/: report.json, students.pt, m_best.pt, m_opt.pt (another sample: "
-          f"{shlex.join(['python', 'dtr.py', '--sample', os.path.join(run_dir, 'm_opt.pt'), '--seed', str(cfg.seed + 1)])})")
+    print(f"\nwrote {run_dir}/: report.json, students.pt, m_best.pt, m_opt.pt" +
+          (f", and each task's in tasks/<task>/ ({', '.join(list(tasks)[1:])})" if len(tasks) > 1 else "") +
+          f" (another sample: {shlex.join(['python', 'dtr.py', '--sample', os.path.join(run_dir, 'm_opt.pt'), '--seed', str(cfg.seed + 1)])})")
     return report
 
 def load_hybrid(path, device):
