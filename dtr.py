@@ -497,8 +497,9 @@ def test_scores(model, students, trajectory, batches, device="cpu", bf16=False):
 def print_trajectory(result, cfg):
     """Algorithm 1's outcome for one task: the metric on the search and on the test batches, an
     accuracy with its standard error sqrt(p (1 - p) / n) over the n items (or scored tokens) it
-    averages: two hybrids' accuracies differ meaningfully when they are more than ~2.8 (2 sqrt 2)
-    standard errors apart (a little less, as they are scored on the same items)."""
+    averages (tokens of one window are not independent: there it is a lower bound). Two hybrids'
+    accuracies differ meaningfully when more than ~2.8 (2 sqrt 2) standard errors apart (a little
+    less, as they are scored on the same items)."""
     metric, test, n, teacher = cfg.metric, result["test"], result.get("n", {}), result["teacher_" + cfg.metric]
     err = metric != "loss" and bool(n)  # an accuracy: its standard error, and changes in points
     show = lambda p, split: f"{p:.4f}" + (f" ± {math.sqrt(p * (1 - p) / n[split]):.4f}" if err else "")
