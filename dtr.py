@@ -44,8 +44,10 @@ from train_teacher import (PRESETS as TEACHER_PRESETS, TeacherConfig, configure,
 
 STUDENTS = ("gla", "hedgehog", "gdn")
 TASKS = ("lm", "copy", "cloze")  # the built-in target tasks (section 5); --task also takes your own file
-# the cloze task's passage and true continuation, in tokens: on the default char teacher, 16
-# characters score ~70% (8: ~78%, 32: ~57%; a whole line against three others: 25%, chance)
+# the cloze task's passage and true continuation, in tokens. The default char teacher's test accuracy
+# (200 items, standard error ~3 points): 72.5% with a 16-character continuation, 79.5% with 8,
+# 57.0% with 32, 66.5% with 16 after a 112-character passage; the next whole line against three
+# other lines is chance (25%): a 1M-parameter character model cannot tell which line comes next.
 CLOZE_CONTEXT, CLOZE_SPAN = 48, 16
 
 @dataclass
@@ -640,7 +642,7 @@ def split_items(items):
     half = (len(items) + 1) // 2
     return [items[i] for i in sorted(order[:half])], [items[i] for i in sorted(order[half:])]
 
-def cloze_items(val, meta, n_items, block_size):
+def build_cloze(val, meta, n_items, block_size):
     """The built-in multiple-choice task, HellaSwag-style, from the validation split only (never
     text the teacher trained on): a passage of CLOZE_CONTEXT tokens cut inside a line, its true
     next CLOZE_SPAN tokens and three spans of the same length from elsewhere (each also starting
@@ -685,7 +687,7 @@ def task_batches(cfg, val, meta, device):
             tasks[name] = (make(False), make(True))
             continue
         if kind == "cloze":
-            search, test = cloze_items(val, meta, cfg.cloze_items, cfg.block_size)
+            search, test = build_cloze(val, meta, cfg.cloze_items, cfg.block_size)
         else:
             items, cut = read_items(path, meta, cfg.block_size)
             search, test = split_items(items)
