@@ -370,7 +370,7 @@ def test_cloze_items_come_from_the_validation_split_in_disjoint_halves():
     val = torch.randint(20, (6000,), generator=g)
     val[torch.randint(6000, (300,), generator=g)] = CHARS.index("t")  # "t" plays the newline
     meta = {**META, "vocab": list(CHARS[:-1]) + ["\n"]}
-    search, test = dtr.cloze_items(val, meta, 41, 64)
+    search, test = dtr.build_cloze(val, meta, 41, 64)
     assert (len(search), len(test)) == (21, 20)
     half, span = len(val) // 2, dtr.CLOZE_SPAN
     for part, lo, hi in ((search, 0, half), (test, half, len(val))):
@@ -384,7 +384,7 @@ def test_cloze_items_come_from_the_validation_split_in_disjoint_halves():
                 assert c == item["choices"][item["gold"]] or any(val[lo:hi][q:q + span].tolist() == c for q in range(hi - lo - span + 1))
             assert sum(c == item["choices"][item["gold"]] for c in item["choices"]) == 1
     assert len({i["gold"] for i in search}) == 4  # the right answer's place is random
-    assert dtr.cloze_items(val, meta, 41, 64) == [search, test]  # fixed seed: the same items every run
+    assert dtr.build_cloze(val, meta, 41, 64) == [search, test]  # fixed seed: the same items every run
 
 # ---- end to end (tiny preset) ----
 
