@@ -18,13 +18,13 @@ if os.path.isdir(os.path.join(SHARED, "tiktoken_cache")):
 def data_dir(tmp_path_factory):
     """A data folder holding the one copy of tiny Shakespeare both datasets read: the shared
     offline copy, else downloaded once."""
-    import train_teacher  # here, not above: the environment is set first
+    import prepare  # here, not above: the environment is set first
     d = tmp_path_factory.mktemp("data")
     src = os.path.join(SHARED, "data", "shakespeare", "input.txt")
     if not os.path.exists(src):
         src = os.path.join(HERE, "data", "shakespeare", "input.txt")
         if not os.path.exists(src):
-            train_teacher.download(train_teacher.SHAKESPEARE_URL, src)
+            prepare.download(prepare.SHAKESPEARE_URL, src)
     os.makedirs(d / "shakespeare")
     shutil.copy(src, d / "shakespeare" / "input.txt")
     return str(d)
@@ -40,6 +40,20 @@ def tiny_gpt(n_layer=3, seed=0):
     from train_teacher import GPT, GPTConfig  # here, not above: the environment is set first
     torch.manual_seed(seed)
     return GPT(GPTConfig(block_size=32, vocab_size=20, n_layer=n_layer, n_head=2, n_embd=16)).eval()
+
+def periodic_gpt(n_layer):
+    """A teacher that has learned a periodic sequence, so any damage to a layer costs loss."""
+    from train_teacher import get_batch  # here, not above: the environment is set first
+    model = tiny_gpt(n_layer=n_layer, seed=1)
+    g = torch.Generator().manual_seed(0)
+    data = torch.randint(20, (7,), generator=g).repeat(300)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(100):
+        _, loss = model(*get_batch(data, 32, 8, "cpu", g))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval().requires_grad_(False), data
 
 # child processes use this process's thread count, so their floats match the in-process runs
 ENV = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}

@@ -1,16 +1,15 @@
 """
 Tests of the method (dtr.py): python -m pytest -q test_dtr.py
 CPU only, no network, a few minutes. kernel.py has its own tests (test_kernel.py), the teacher
-(train_teacher.py: data, --init_from, torchrun) its own (test_train_teacher.py), the experiments
+(train_teacher.py: data, --init_from, torchrun) its own (test_train_teacher.py), the target tasks
+theirs (test_tasks.py), the experiments
 theirs (experiments/test_experiments.py); `python -m pytest -q` runs them all.
 
 What is where: the students (causal, exact where the teacher is trivially linear, cached decoding
 and sampling equal to the plain forward) -> greedy replacement and M_best/M_opt on constructed
-cases whose answer is known -> target tasks (multiple choice against a hand computation and
-the harness's formula, disjoint search and test items) -> end to end on the tiny preset -> the
-command line: bad settings and broken files are one error line, torchrun and killed runs give
-the single-process result -> multiple-choice tasks end to end, bad task files, task names that
-must not collide.
+cases whose answer is known -> end to end on the tiny preset -> the command line: bad settings
+and broken files are one error line, torchrun and killed runs give the single-process result ->
+the layout (imports form a tree). The target tasks (tasks.py) have theirs in test_tasks.py.
 
 Floats are compared by relative error ||a - b|| / ||b||; 1e-5 unless said otherwise.
 """
@@ -28,8 +27,10 @@ import pytest
 import torch
 
 import dtr
+import prepare
+import tasks
 import train_teacher
-from conftest import HERE, fingerprint, launch, refused, rel_err, tiny_gpt, torchrun, weights, with_out_dir
+from conftest import HERE, fingerprint, launch, periodic_gpt, refused, rel_err, tiny_gpt, torchrun, weights, with_out_dir
 from plumbing import FORMAT, DtrError
 from train_teacher import Cache, val_loss
 
@@ -180,19 +181,6 @@ def test_rope_students_decode_as_they_train(kind):
 
 # ---- greedy replacement on a constructed case ----
 
-def periodic_gpt(n_layer):
-    """A teacher that has learned a periodic sequence, so any damage to a layer costs loss."""
-    model = tiny_gpt(n_layer=n_layer, seed=1)
-    g = torch.Generator().manual_seed(0)
-    data = torch.randint(20, (7,), generator=g).repeat(300)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(100):
-        _, loss = model(*train_teacher.get_batch(data, 32, 8, "cpu", g))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval().requires_grad_(False), data
-
 def test_greedy_follows_algorithm_1():
     # "students" are the teacher's own attention with c_proj scaled by 1 + eps: eps = 0 is a free swap
     model, data = periodic_gpt(n_layer=4)
@@ -247,145 +235,6 @@ def test_search_and_test_batches_share_no_window():
     taken[search.flatten()] = True
     assert not taken[test.flatten()].any()  # not a single token in common, here where the split has room
 
-# ---- target tasks ----
-
-def test_copy_batches_repeat_the_passage_and_score_only_the_second_copy():
-    data = torch.randint(20, (1000,), generator=torch.Generator().manual_seed(0))
-    (x, y), = dtr.copy_batches(data, 32, 4, 1, "cpu")
-    assert x.shape == y.shape == (4, 32) and torch.equal(x[:, 16:], x[:, :16])
-    assert (y[:, :16] == -1).all() and (y[:, -1] == -1).all()
-    assert torch.equal(y[:, 16:-1], x[:, 17:])  # next-token targets, inside the second copy
-    # the model's loss skips the -1 targets: it is the mean over the 15 scored positions per row
-    logits, loss = tiny_gpt()(x, y)
-    ref = torch.nn.functional.cross_entropy(logits[:, 16:-1].flatten(0, 1), y[:, 16:-1].flatten())
-    assert loss.item() == pytest.approx(ref.item(), rel=1e-6)
-
-class Copier(torch.nn.Module):
-    """Predicts, at position t, the token at t + 1 - shift: with shift = half a context, a
-    perfect induction head on the copy task."""
-    def __init__(self, shift):
-        super().__init__()
-        self.shift = shift
-
-    def forward(self, idx, targets):
-        logits = 30.0 * torch.nn.functional.one_hot(idx.roll(self.shift - 1, dims=1), 20).float()  # (B, T, 20)
-        return logits, torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1)
-
-def test_perfect_copier_has_near_zero_copy_loss():
-    batches = dtr.copy_batches(torch.randint(20, (2000,), generator=torch.Generator().manual_seed(0)), 32, 8, 2, "cpu")
-    assert val_loss(Copier(shift=16), batches) < 1e-6
-    assert val_loss(Copier(shift=15), batches) > 10  # off by one: the mask and alignment matter
-    # accuracy on the second copy: a perfect copier predicts every scored token, the off-by-one none
-    assert dtr.evaluate(Copier(shift=16), batches)["accuracy"] == 1.0
-    assert dtr.evaluate(Copier(shift=15), batches)["accuracy"] < 0.2
-
-class Damaged(torch.nn.Module):
-    """A "student": the teacher's attention plus a large fixed vector at positions [lo, hi)."""
-    def __init__(self, attn, lo, hi):
-        super().__init__()
-        self.attn, self.lo, self.hi = attn, lo, hi
-        self.kick = 3 * torch.randn(16, generator=torch.Generator().manual_seed(lo))
-
-    def forward(self, x, cache=None):
-        y = self.attn(x).clone()
-        y[:, self.lo:self.hi] += self.kick
-        return y
-
-def test_each_task_keeps_the_layer_it_needs():
-    # 2 layers, T = 32. The L0 student is wrong only at positions >= 16, which by causality never
-    # reach positions < 16; the L1 student is wrong only at positions < 16, and nothing follows L1.
-    # "early" scores positions < 16 and must keep L1; "copy" scores >= 16 and must keep L0.
-    model, data = periodic_gpt(n_layer=2)
-    students = [Damaged(model.transformer.h[0].attn, 16, 32), Damaged(model.transformer.h[1].attn, 0, 16)]
-    early = lambda test: [(x, y.masked_fill(torch.arange(32) >= 16, -1)) for x, y in train_teacher.fixed_batches(data, 32, 8, 2, "cpu", test=test)]
-    tasks = {name: (f(False), f(True)) for name, f in
-             (("early", early), ("copy", lambda test: dtr.copy_batches(data, 32, 8, 2, "cpu", test)))}
-    out = dtr.run_tasks(model, students, tasks, dtr.Config(tolerance=0.02))
-    res, cross = out["tasks"], out["tasks_cross_eval"]
-    assert res["early"]["m_opt"]["linear_layers"] == [0] and res["copy"]["m_opt"]["linear_layers"] == [1]
-    assert [t["layer"] for t in res["early"]["trajectory"]] == [0, 1]
-    assert [t["layer"] for t in res["copy"]["trajectory"]] == [1, 0]
-    # diagonal: each M_opt scores what its own search said; off it, the other task's hybrid does damage
-    for i, name in enumerate(cross["rows"]):
-        assert cross["loss"][i][i] == pytest.approx(res[name]["m_opt"]["test_loss"], rel=1e-5)
-        assert cross["loss"][1 - i][i] > 1.5 * res[name]["test"][0]["loss"]
-    assert res["copy"]["teacher_plain"]["accuracy"] > 0.9  # targets aligned with the passage: off by one gives ~0
-
-def test_choice_scores_by_hand():
-    # two items, log-likelihoods given: rows ((item, choice, gold, chars, tokens), ll)
-    rows = [((0, 0, 1, 2, 2), -1.0), ((0, 1, 1, 6, 6), -1.2),  # item 0, gold 1: acc picks 0 (-1.0 > -1.2),
-            ((1, 0, 1, 3, 3), -3.0), ((1, 1, 1, 4, 4), -2.0), ((1, 2, 1, 1, 1), -2.5)]  # acc_norm 1 (-0.2 > -0.5)
-    # item 1, gold 1: acc picks 1 (-2.0 the largest); acc_norm -1.0, -0.5, -2.5 picks 1 too
-    assert dtr.choice_scores(rows) == {"accuracy": 0.5, "acc_norm": 1.0, "loss": pytest.approx((1.2 + 2.0) / (6 + 4)), "n": 2}
-    assert dtr.choice_scores(rows[::-1])["accuracy"] == 0.5  # the order rows come in does not matter
-    tie = [((0, 0, 1, 1, 1), -1.0), ((0, 1, 1, 1, 1), -1.0)]
-    assert dtr.choice_scores(tie)["accuracy"] == 0  # a tie goes to the first choice, as numpy's argmax
-
-CHARS = "abcdefghijklmnopqrst"  # the 20 tokens of tiny_gpt
-META = {"tokenizer": "char", "vocab": list(CHARS), "dataset": "test"}
-
-def write_items(path, items):
-    path.write_text("".join(json.dumps(i) + "\n" for i in items))
-    return str(path)
-
-def test_choice_batches_score_each_choice_given_its_context(tmp_path):
-    # the rows a model scores are LM-Evaluation-Harness's: log p(choice | context) summed over the
-    # choice's tokens, from one forward of the (left-cut) context + choice; here against that
-    # formula computed row by row, on a random GPT whose window (32) is shorter than item 1's context
-    items = [{"context": "abcde", "choices": ["fg", "hij", "k"], "gold": 1},
-             {"context": "st" * 20, "choices": ["abc", "s"], "gold": 0},  # 40 + 3 tokens: cut to 33 from the left
-             {"context": "q", "choices": ["rstabc", "ttt"], "gold": 1}]
-    path = write_items(tmp_path / "mc.jsonl", items)
-    read, cut = dtr.read_items(path, META, 32)
-    assert cut == 1 and [i["where"] for i in read] == [1, 2, 3]
-    model = tiny_gpt()
-    batches = dtr.choice_batches(read, 32, 4, "cpu")  # 7 rows: batches of 4 and 3, an item split between them
-    assert [len(c) for _, _, c in batches] == [4, 3]
-    want = []
-    for i, item in enumerate(items):
-        for j, choice in enumerate(item["choices"]):
-            ids = [CHARS.index(c) for c in item["context"] + choice][-33:]  # the harness's (context + choice)[-(T + 1):]
-            logp = torch.log_softmax(model(torch.tensor([ids[:-1]]))[0][0], -1)  # (T, vocab)
-            n = len(choice)
-            ll = sum(logp[len(ids) - 1 - n + t, ids[len(ids) - n + t]].item() for t in range(n))
-            want.append(((i, j, item["gold"], len(choice), n), ll))
-    got = dtr.evaluate(model, batches)
-    ref = dtr.choice_scores(want)
-    for metric in dtr.METRICS:
-        assert got[metric] == pytest.approx(ref[metric], rel=1e-5)
-    lls = [r for x, y, c in batches for r in dtr.batch_scores(*model(x, y), y, c)[3]]
-    assert rel_err(torch.tensor([ll for _, ll in lls]), torch.tensor([ll for _, ll in want])) < 1e-5
-
-def test_file_task_is_split_into_disjoint_search_and_test_items(tmp_path):
-    items = [{"context": CHARS[i % 20], "choices": ["ab", "cd"], "gold": i % 2} for i in range(11)]
-    read, _ = dtr.read_items(write_items(tmp_path / "mc.jsonl", items), META, 32)
-    search, test = dtr.split_items(read)
-    lines = [[i["where"] for i in part] for part in (search, test)]
-    assert (len(search), len(test)) == (6, 5) and not set(lines[0]) & set(lines[1])
-    assert sorted(lines[0] + lines[1]) == list(range(1, 12)) and lines[0] != list(range(1, 7))  # shuffled, then halved
-    assert [[i["where"] for i in part] for part in dtr.split_items(read)] == lines  # the same split every time
-
-def test_cloze_items_come_from_the_validation_split_in_disjoint_halves():
-    g = torch.Generator().manual_seed(0)
-    val = torch.randint(20, (6000,), generator=g)
-    val[torch.randint(6000, (300,), generator=g)] = CHARS.index("t")  # "t" plays the newline
-    meta = {**META, "vocab": list(CHARS[:-1]) + ["\n"]}
-    search, test = dtr.build_cloze(val, meta, 41, 64)
-    assert (len(search), len(test)) == (21, 20)
-    half, span = len(val) // 2, dtr.CLOZE_SPAN
-    for part, lo, hi in ((search, 0, half), (test, half, len(val))):
-        for item in part:
-            p = item["where"]
-            assert lo <= p - dtr.CLOZE_CONTEXT and p + span <= hi  # the passage and its continuation in its half
-            assert item["context"] == val[p - dtr.CLOZE_CONTEXT:p].tolist() and item["choices"][item["gold"]] == val[p:p + span].tolist()
-            assert len(item["choices"]) == 4 and all(len(c) == span for c in item["choices"]) and item["chars"] == [span] * 4
-            assert val[p - 1] != 19 and val[p] != 19  # the cut is inside a line
-            for c in item["choices"]:  # distractors from the same half: found there, never the true continuation
-                assert c == item["choices"][item["gold"]] or any(val[lo:hi][q:q + span].tolist() == c for q in range(hi - lo - span + 1))
-            assert sum(c == item["choices"][item["gold"]] for c in item["choices"]) == 1
-    assert len({i["gold"] for i in search}) == 4  # the right answer's place is random
-    assert dtr.build_cloze(val, meta, 41, 64) == [search, test]  # fixed seed: the same items every run
-
 # ---- end to end (tiny preset) ----
 
 def test_end_to_end_report(tiny_run):
@@ -401,7 +250,7 @@ def test_end_to_end_report(tiny_run):
     assert saved["m_opt"]["val_loss"] <= (1 + saved["tolerance"]) * teacher + 1e-9
     assert saved["m_best"]["val_loss"] <= teacher and "tasks" not in saved
     model, val = check_m_opt_reloads(out, "gla", saved, args, dtr.LinearAttention)
-    test = dtr.evaluate(model, train_teacher.fixed_batches(val, 64, 8, 2, "cpu", test=True))
+    test = tasks.evaluate(model, train_teacher.fixed_batches(val, 64, 8, 2, "cpu", test=True))
     assert test["loss"] == pytest.approx(saved["m_opt"]["test_loss"], rel=1e-5) == pytest.approx(saved["test"][L]["loss"], rel=1e-5)
 
 def check_m_opt_reloads(out, student, report, args, cls):
@@ -409,7 +258,7 @@ def check_m_opt_reloads(out, student, report, args, cls):
     model, ckpt = dtr.load_hybrid(os.path.join(out, student, "m_opt.pt"), "cpu")
     linear = [i for i, b in enumerate(model.transformer.h) if isinstance(b.attn, cls)]
     assert linear == ckpt["linear_layers"] == report["m_opt"]["linear_layers"]
-    val = train_teacher.load_data(dtr.parse_args(args))[1]
+    val = prepare.load_data(dtr.parse_args(args))[1]
     assert val_loss(model, train_teacher.fixed_batches(val, 64, 8, 2, "cpu")) == pytest.approx(report["m_opt"]["val_loss"], rel=1e-5)
     return model, val
 
@@ -432,7 +281,7 @@ def test_distillation_lowers_mse(tiny_run):
     args, out, _ = tiny_run
     cfg = dtr.parse_args(args)
     model, _ = dtr.load_hybrid(os.path.join(out, "teacher.pt"), "cpu")
-    train, val, _ = train_teacher.load_data(cfg)
+    train, val, _ = prepare.load_data(cfg)
     batches = train_teacher.fixed_batches(val, cfg.block_size, cfg.batch_size, 2, "cpu")
     students = dtr.make_students(model, "gla")
     before, _ = dtr.block_mse(model, students, batches)
@@ -440,16 +289,6 @@ def test_distillation_lowers_mse(tiny_run):
     after, _ = dtr.block_mse(model, students, batches)
     assert sum(after) < 0.5 * sum(before)
     assert all(p.grad is None for p in model.parameters())  # the teacher never learns
-
-def test_tasks_end_to_end(tiny_run, data_dir, tmp_path):
-    args, out, _ = tiny_run
-    (tmp_path / "mine.txt").write_text(open(os.path.join(data_dir, "shakespeare", "input.txt")).read()[:3000])
-    r = dtr.run(dtr.parse_args(args + ["--task", "lm,copy", "--task_text", str(tmp_path / "mine.txt")]))
-    assert list(r["tasks"]) == r["tasks_cross_eval"]["rows"] == ["lm", "copy", "mine.txt"]
-    lm = r["tasks"]["lm"]  # the lm task is the single-task search, not a second one
-    assert (lm["teacher_loss"], lm["trajectory"], lm["m_opt"]) == (r["teacher"]["val_loss"], r["trajectory"], r["m_opt"])
-    for i, t in enumerate(r["tasks"].values()):
-        assert r["tasks_cross_eval"]["loss"][i][i] == pytest.approx(t["m_opt"]["test_loss"], rel=1e-5)
 
 def test_nan_distillation_is_refused():
     model = tiny_gpt()
@@ -621,7 +460,8 @@ def test_killed_runs_resume_to_the_same_result(tiny_run, tmp_path):
 
 # ---- the layout: imports form a tree, every name defined before it is used ----
 
-PROJECT = ["plumbing.py", "kernel.py", "train_teacher.py", "dtr.py"] + sorted(
+CORE = ["plumbing.py", "kernel.py", "pretrained.py", "prepare.py", "train_teacher.py", "tasks.py", "dtr.py"]  # in import order
+PROJECT = CORE + sorted(
     os.path.join("experiments", f) for f in os.listdir(os.path.join(HERE, "experiments")) if f.endswith(".py"))
 
 def project_imports(path):
@@ -666,11 +506,12 @@ def used_before_defined(path):
 def test_imports_form_a_tree_and_names_are_defined_before_use():
     graph = {os.path.splitext(os.path.basename(p))[0]: project_imports(p) for p in PROJECT}
     assert graph["plumbing"] == set() and graph["kernel"] == set()  # the two leaves import nothing of ours
-    assert graph["train_teacher"] == {"plumbing"} and graph["dtr"] == {"plumbing", "kernel", "train_teacher"}
-    order = ["plumbing", "kernel", "train_teacher", "dtr"]  # and experiments only above the method
+    assert graph["train_teacher"] == {"plumbing", "pretrained", "prepare"}
+    assert graph["dtr"] == {"plumbing", "kernel", "prepare", "tasks", "train_teacher"}
+    order = [os.path.splitext(p)[0] for p in CORE]  # each imports only those before it; experiments only core modules
     for name, deps in graph.items():
         assert all(d in order[:order.index(name)] if name in order else d != name for d in deps), (name, deps)
-    for path in PROJECT[:4]:  # the core modules (experiments/ still name some helpers above their definition)
+    for path in PROJECT:
         assert used_before_defined(path) == [], path
     tests = [f for f in os.listdir(HERE) if f.startswith("test_") and f.endswith(".py")] + ["experiments/test_experiments.py"]
     for path in tests:  # helpers come from conftest.py, never from another test file
@@ -678,81 +519,3 @@ def test_imports_form_a_tree_and_names_are_defined_before_use():
         imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names} | \
                    {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
         assert not {m for m in imported if m.startswith("test_")}, path
-
-# ---- target tasks end to end: multiple choice, your own file, names that must not collide ----
-
-def shakespeare_items(data_dir, n=24):
-    """A multiple-choice file from tiny Shakespeare: a passage, its next 12 characters among two spans from elsewhere."""
-    text = open(os.path.join(data_dir, "shakespeare", "input.txt")).read()[:20000]
-    g = torch.Generator().manual_seed(0)
-    items = []
-    for i in range(n):
-        p, *q = (100 + torch.randint(len(text) - 300, (3,), generator=g)).tolist()
-        context = text[p - (90 if i == 0 else 40):p]  # the first is longer than the tiny window (64): cut from the left
-        items.append({"context": context, "choices": [text[p:p + 12]] + [text[r:r + 12] for r in q], "gold": 0})
-    return items
-
-def test_multiple_choice_tasks_end_to_end(tiny_run, data_dir, tmp_path, capsys):
-    # lm, copy, your file and cloze through one interface, searched by accuracy: one search each,
-    # each task's M_best and M_opt saved and scoring what the report says, every M_opt on every task
-    args, out, _ = tiny_run
-    mine = write_items(tmp_path / "mine.jsonl", shakespeare_items(data_dir))
-    cfg = dtr.parse_args(args + ["--task", f"lm,copy,{mine},cloze", "--metric", "accuracy", "--cloze_items", "60"])
-    r = dtr.run(cfg)
-    log = capsys.readouterr().out
-    names = ["lm", "copy", "mine.jsonl", "cloze"]
-    assert list(r["tasks"]) == r["tasks_cross_eval"]["rows"] == names
-    assert "task     mine.jsonl: 1 of 24 contexts cut from the left to fit the 64-token window" in log
-    assert r["tasks"]["cloze"]["n"] == {"search": 30, "test": 30} and r["tasks"]["mine.jsonl"]["n"] == {"search": 12, "test": 12}
-    assert "(30 search / 30 test items)" in log and " ± " in log  # accuracies with their standard error
-    tasks = dtr.task_batches(cfg, train_teacher.load_data(cfg)[1], train_teacher.load_data(cfg)[2], "cpu")
-    for i, name in enumerate(names):
-        t = r["tasks"][name]
-        assert t["m_opt"]["val_accuracy"] >= (1 - cfg.tolerance) * t["teacher_accuracy"] - 1e-9
-        assert r["tasks_cross_eval"]["accuracy"][i][i] == pytest.approx(t["m_opt"]["test_accuracy"], rel=1e-6)
-        for m in ("m_best", "m_opt"):
-            path = os.path.join(out, "gla", *(["tasks", name] if name != "lm" else []), m + ".pt")
-            model, ckpt = dtr.load_hybrid(path, "cpu")
-            assert ckpt["task"] == name and ckpt["linear_layers"] == t[m]["linear_layers"]
-            assert dtr.evaluate(model, tasks[name][1])["accuracy"] == pytest.approx(t[m]["test_accuracy"], rel=1e-6)
-    # the cross table: a header that names its columns, every "|" in line however long the names
-    table = [line[len("tasks    "):] for line in log.splitlines() if line.startswith("tasks    ")][1:]
-    assert table[0].split("|")[0].strip() == "M_opt of" and [c.strip() for c in table[0].split("|")[2:]] == names
-    assert len({tuple(i for i, ch in enumerate(line) if ch == "|") for line in table}) == 1
-
-@pytest.mark.parametrize("line,says", [
-    ('{"context": "to be", "choices": [" or", " not"], "gold": 0', "line 2 is not JSON"),
-    ('{"context": "to be", "choices": [" or", " not"]}', "line 2 has no 'gold'"),
-    ('{"context": "to be", "choices": [" or", " not"], "gold": 2}', "line 2: gold 2 is not the index of one of its 2 choices"),
-    ('{"context": "to be", "choices": [], "gold": 0}', "line 2 has no choices"),
-    ('{"context": "to be", "choices": ["", " not"], "gold": 0}', "line 2: choice 0 ('') is 0 tokens"),
-    ('{"context": "to be", "choices": ["' + "a" * 65 + '"], "gold": 0}', "is 65 tokens; a choice must be 1 to 64"),
-    ('{"context": "caf\u00e9", "choices": [" or"], "gold": 0}', "line 2, its context, contains '\u00e9'"),
-    ('{"context": "", "choices": [" or"], "gold": 0}', "line 2 has an empty context"),
-])
-def test_a_bad_task_file_is_one_line_naming_the_line(tiny_run, tmp_path, line, says):
-    args, out, _ = tiny_run
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"context": "to be", "choices": [" or", " not"], "gold": 1}\n' + line + "\n")
-    before = fingerprint(out)
-    err = refused(args + ["--task", f"lm,{bad}"])
-    assert says in err and str(bad) in err
-    assert fingerprint(out) == before  # refused before the teacher is even read
-
-def test_task_names_never_collide(tiny_run, tmp_path):
-    # issue 21: a file named like a built-in task (or like another file's task) would replace that
-    # task's search, m_opt.pt and report: refused before any work, through the real command line
-    args = with_out_dir(tiny_run[0], tmp_path / "o")
-    for name in ("lm", "copy", "cloze"):
-        os.makedirs(tmp_path / name)
-        (tmp_path / name / name).write_text("to be or not to be\n" * 20)
-    (tmp_path / "lm" / "q.jsonl").write_text("")
-    (tmp_path / "copy" / "q.jsonl").write_text("")
-    assert "--task_text {} would be the task 'lm', the name of the built-in task lm".format(tmp_path / "lm" / "lm") in \
-        refused(args + ["--task_text", str(tmp_path / "lm" / "lm")])
-    assert "would be the task 'copy', the name of the built-in task copy" in refused(args + ["--task", f"lm,{tmp_path / 'copy' / 'copy'}"])
-    assert "'q.jsonl', the name of {}".format(tmp_path / "lm" / "q.jsonl") in \
-        refused(args + ["--task", f"{tmp_path / 'lm' / 'q.jsonl'},{tmp_path / 'copy' / 'q.jsonl'}"])
-    with pytest.raises(DtrError, match="the name of the built-in task cloze"):
-        dtr.parse_args(args + ["--task", f"cloze,{tmp_path / 'cloze' / 'cloze'}"])
-    assert not (tmp_path / "o").exists()

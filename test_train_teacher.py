@@ -21,6 +21,8 @@ import pytest
 import torch
 
 import dtr
+import prepare
+import pretrained
 import train_teacher
 from conftest import (
     HERE,
@@ -46,20 +48,20 @@ def test_teacher_copy_rows_are_a_sequence_shown_twice():
 # ---- data ----
 
 def test_char_data_facts(data_dir):
-    train, val, meta = train_teacher.load_data(dtr.Config(dataset="shakespeare_char", data_dir=data_dir))
+    train, val, meta = prepare.load_data(dtr.Config(dataset="shakespeare_char", data_dir=data_dir))
     assert (len(meta["vocab"]), len(train), len(val)) == (65, 1_003_854, 111_540)
-    assert train_teacher.decode(val[:200].tolist(), meta) == open(os.path.join(data_dir, "shakespeare", "input.txt")).read()[1_003_854:1_004_054]
+    assert prepare.decode(val[:200].tolist(), meta) == open(os.path.join(data_dir, "shakespeare", "input.txt")).read()[1_003_854:1_004_054]
 
 def test_bpe_data_facts(data_dir):
     cfg = dtr.Config(dataset="shakespeare", data_dir=data_dir)
-    train, val, meta = train_teacher.load_data(cfg)
+    train, val, meta = prepare.load_data(cfg)
     assert (len(meta["vocab"]), len(train), len(val)) == (11_706, 301_966, 36_059)
     text = open(os.path.join(data_dir, "shakespeare", "input.txt")).read()
-    assert train_teacher.decode(train.tolist(), meta) == text[:1_003_854]
-    assert torch.equal(train_teacher.load_data(cfg)[0], train)  # the cached splits give the same tokens
+    assert prepare.decode(train.tolist(), meta) == text[:1_003_854]
+    assert torch.equal(prepare.load_data(cfg)[0], train)  # the cached splits give the same tokens
     with open(os.path.join(data_dir, "shakespeare", "train.bin"), "r+b") as f:
         f.truncate(1000)  # a cut-off cache is encoded again, not read short
-    assert torch.equal(train_teacher.load_data(cfg)[0], train)
+    assert torch.equal(prepare.load_data(cfg)[0], train)
 
 def test_bpe_split_inside_a_word(tmp_path):
     # the 90% cut falls inside a word: each split is encoded on its own, and the vocabulary is
@@ -68,9 +70,9 @@ def test_bpe_split_inside_a_word(tmp_path):
         if os.path.isdir(SHARED) else "A" * 20 + "the quick brown fox jumps over the lazy dog " * 500
     (tmp_path / "mine.txt").write_text(text)
     cfg = dtr.Config(dataset=str(tmp_path / "mine.txt"), tokenizer="gpt2", data_dir=str(tmp_path / "data"))
-    train, val, meta = train_teacher.load_data(cfg)
+    train, val, meta = prepare.load_data(cfg)
     n = int(0.9 * len(text))
-    assert train_teacher.decode(train.tolist(), meta) == text[:n] and train_teacher.decode(val.tolist(), meta) == text[n:]
+    assert prepare.decode(train.tolist(), meta) == text[:n] and prepare.decode(val.tolist(), meta) == text[n:]
     assert max(train.max(), val.max()) < len(meta["vocab"])
 
 # ---- a teacher you already have: --init_from a nanoGPT checkpoint or GPT-2 ----
@@ -147,8 +149,8 @@ def test_gpt2_from_a_save_pretrained_folder(tmp_path):
     args = ["--init_from", str(tmp_path / "gpt2-tiny"), "--dataset", str(tmp_path / "mine.txt"), "--preset", "tiny", "--block_size", "32",
             "--distill_iters", "3", "--sample_tokens", "10", "--data_dir", str(tmp_path / "data"), "--out_dir", str(tmp_path / "o")]
     cfg = dtr.parse_args(args)
-    train, _, meta = train_teacher.load_data(cfg)
-    assert meta["tokenizer"] == "gpt2" and train[:4].tolist() == train_teacher.gpt2_encoding().encode("the quick brown fox")  # GPT-2's ids as they are
+    train, _, meta = prepare.load_data(cfg)
+    assert meta["tokenizer"] == "gpt2" and train[:4].tolist() == prepare.gpt2_encoding().encode("the quick brown fox")  # GPT-2's ids as they are
     assert dtr.run(cfg)["teacher"]["init_from"] == str(tmp_path / "gpt2-tiny")
 
 def test_bad_teachers_are_refused(tmp_path):
@@ -179,7 +181,7 @@ def test_text_the_teacher_cannot_read_is_refused(tmp_path):
     cfg = dtr.parse_args(["--init_from", str(tmp_path / "out" / "ckpt.pt"), "--dataset", str(tmp_path / "mine.txt"),
                           "--data_dir", str(tmp_path / "d")])
     with pytest.raises(DtrError, match="contains 'r' and 1 more, which the vocabulary of"):
-        train_teacher.load_data(cfg)
+        prepare.load_data(cfg)
 
 # ---- the families: Llama, Qwen2, Mistral and GPT-2's switches, through transformers ----
 # Tiny random models saved by save_pretrained, with a byte-level BPE trained here (no downloads). Weights
@@ -235,7 +237,7 @@ def test_an_import_that_is_not_the_model_is_refused(tmp_path, capsys):
     assert "teacher  import checked: logits match transformers' (max abs diff" in capsys.readouterr().out
     model.transformer.h[1].attn.rope = (5e5, None)  # a switch read wrongly: another rope theta
     with pytest.raises(DtrError, match="logits differ from transformers'"):
-        train_teacher.check_logits(model, hf, "llama")
+        pretrained.check_logits(model, hf, "llama")
 
 def test_gpt2_untied_and_unscaled_import_exactly_through_the_command_line(tmp_path):
     # issue 21: both once converted with rc 0 and logits off by up to 40 and 0.78
@@ -256,8 +258,8 @@ def test_a_llama_folder_converts_end_to_end(tmp_path, capsys):
     args = ["--init_from", str(tmp_path / "llama"), "--dataset", str(tmp_path / "mine.txt"), "--preset", "tiny", "--block_size", "32",
             "--distill_iters", "3", "--sample_tokens", "10", "--data_dir", str(tmp_path / "data"), "--out_dir", str(tmp_path / "o")]
     cfg = dtr.parse_args(args)
-    train, _, meta = train_teacher.load_data(cfg)
-    tok = train_teacher.auto_tokenizer(str(tmp_path / "llama"))
+    train, _, meta = prepare.load_data(cfg)
+    tok = pretrained.auto_tokenizer(str(tmp_path / "llama"))
     assert cfg.tokenizer == "auto" and train[:30].tolist() == tok.encode(SAMPLE_TEXT, add_special_tokens=False)[:30]  # its own ids
     report = dtr.run(cfg)
     assert "teacher  import checked" in capsys.readouterr().out
@@ -308,7 +310,7 @@ def test_torchrun_teacher_step_matches_one_process(data_dir, tmp_path):
     one = weights(tmp_path / "one" / "teacher.pt")
     cfg = dtr.parse_args(["--preset", "tiny", "--data_dir", data_dir])
     torch.manual_seed(cfg.seed)
-    init = train_teacher.GPT(train_teacher.GPTConfig(**train_teacher.model_args(cfg, train_teacher.load_data(cfg)[2]))).state_dict()
+    init = train_teacher.GPT(train_teacher.GPTConfig(**train_teacher.model_args(cfg, prepare.load_data(cfg)[2]))).state_dict()
     assert rel_err(one, torch.cat([v.double().flatten() for v in init.values()])) > 1e-3  # the steps did move the weights
     for other in ("two", "accum"):
         assert rel_err(weights(tmp_path / other / "teacher.pt"), one) < 1e-5
@@ -330,9 +332,9 @@ def test_window_starts_are_exact_past_2_24_tokens():
 
 def test_bpe_in_pieces_equals_the_whole_text(data_dir):
     text = open(os.path.join(data_dir, "shakespeare", "input.txt")).read()[:100_000]
-    whole = train_teacher.gpt2_encoding().encode_ordinary(text)
+    whole = prepare.gpt2_encoding().encode_ordinary(text)
     for size in (500, 7_777):  # pieces end only where GPT-2's pre-tokenizer splits anyway
-        assert torch.cat([torch.from_numpy(p.astype("int64")) for p in train_teacher.raw_ids(text, "gpt2", size)]).tolist() == whole
+        assert torch.cat([torch.from_numpy(p.astype("int64")) for p in prepare.raw_ids(text, "gpt2", size)]).tolist() == whole
 
 def run_limited(args, script, max_file_bytes):
     """The real command line with a file-size limit (ulimit -f): every write past it fails, as on a full disk."""
@@ -350,7 +352,7 @@ def test_a_failed_write_is_one_line_and_leaves_no_partial_file(data_dir, tmp_pat
     assert r.returncode == 2 and "Traceback" not in r.stderr and "cannot write" in r.stderr and "File too large" in r.stderr
     assert files() == [os.path.join("data", "shakespeare", "input.txt")]
     # the teacher (torch.save raises a RuntimeError for a failed write, from the OSError) past 300 kB
-    train_teacher.load_data(dtr.Config(dataset="shakespeare_char", data_dir=str(tmp_path / "data")))
+    prepare.load_data(dtr.Config(dataset="shakespeare_char", data_dir=str(tmp_path / "data")))
     before = files()
     r = run_limited(args, "train_teacher.py", 300_000)
     assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.strip().splitlines()[-1].startswith(

@@ -13,6 +13,7 @@ import frame  # first: it puts the project's root on sys.path
 import torch
 
 import dtr
+import tasks
 from plumbing import DtrError, opt
 
 @dataclass
@@ -26,7 +27,7 @@ def uniform_layouts(L):
 
 def importance_order(trajectory, metric="loss"):
     """One-shot importance: layers in the order of their metric when swapped alone (greedy's first round)."""
-    return sorted(range(len(trajectory)), key=lambda i: dtr.METRICS[metric] * trajectory[0]["candidates"][i])
+    return sorted(range(len(trajectory)), key=lambda i: tasks.METRICS[metric] * trajectory[0]["candidates"][i])
 
 @torch.no_grad()
 def placement_baselines(model, students, batches, trajectory, greedy, n_random=5, seed=0, device="cpu", bf16=False):
@@ -39,7 +40,7 @@ def placement_baselines(model, students, batches, trajectory, greedy, n_random=5
 
     def loss_of(layers):
         with dtr.hybrid(model.transformer.h, layers, students):
-            return dtr.evaluate(model, batches, device, bf16)["loss"]
+            return tasks.evaluate(model, batches, device, bf16)["loss"]
 
     random_losses = torch.tensor([[loss_of(order[:k]) for k in range(1, L + 1)] for order in orders])
     return {"greedy": greedy, "uniform": [loss_of(layers) for layers in uniform],
@@ -70,7 +71,7 @@ def run(args):
     device, bf16, cfg, report, model, students, (_, val, _) = frame.open_run(args)
     if report["metric"] != "loss":
         raise DtrError(f"{args.run_dir} was searched by {report['metric']}; the baselines compare losses, run one with --metric loss")
-    search, test = dtr.lm_batches(cfg, val, device), dtr.lm_batches(cfg, val, device, test=True)
+    search, test = tasks.lm_batches(cfg, val, device), tasks.lm_batches(cfg, val, device, test=True)
     trajectory = report["trajectory"]
     result = {split: placement_baselines(model, students, batches, trajectory, greedy, args.n_random, cfg.seed, device, bf16)
               for split, batches, greedy in (("search", search, [t["val_loss"] for t in trajectory]),

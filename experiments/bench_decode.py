@@ -47,6 +47,26 @@ def copy_cache(cache, B):
                   for layer in cache.layers]
     return out
 
+def compiled_decoder(model, batch, device, context=70):
+    """torch.compile(model) for one-token decoding steps, compiled here for 1 and `batch`
+    sequences (shapes dynamic, so every context reuses the graphs) and checked against the
+    eager model's logits. None, with the reason printed, where compiling does not work."""
+    step = torch.compile(model, dynamic=True)
+    idx = torch.randint(model.config.vocab_size, (batch, context + 3), device=device)
+    try:
+        for B in (1, batch):
+            eager, comp = Cache(model, B, context + 3), Cache(model, B, context + 3)
+            model(idx[:B, :context], cache=eager)
+            model(idx[:B, :context], cache=comp)
+            for t in range(context, context + 3):
+                want, _ = model(idx[:B, t:t + 1], cache=eager)
+                got, _ = step(idx[:B, t:t + 1], cache=comp)
+                torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    except Exception as e:  # no C++ compiler, an unsupported platform, ...: time eager decoding only
+        print(f"decode   compiled decoding skipped: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+        return None
+    return step
+
 @torch.inference_mode()
 def bench_decode(cfg, model_args, device, patterns, contexts, new_tokens=32, repeats=5, batch=8):
     """Per pattern ({name: linear layers}) and context: prefill seconds, cache bytes, and decoding
@@ -94,26 +114,6 @@ def bench_decode(cfg, model_args, device, patterns, contexts, new_tokens=32, rep
     return {"device": device, "machine": machine(), "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_embd": cfg.n_embd,
             "new_tokens": new_tokens, "repeats": repeats, "batch": batch, "compiled": "compiled" in modes, "rows": rows}
 
-def compiled_decoder(model, batch, device, context=70):
-    """torch.compile(model) for one-token decoding steps, compiled here for 1 and `batch`
-    sequences (shapes dynamic, so every context reuses the graphs) and checked against the
-    eager model's logits. None, with the reason printed, where compiling does not work."""
-    step = torch.compile(model, dynamic=True)
-    idx = torch.randint(model.config.vocab_size, (batch, context + 3), device=device)
-    try:
-        for B in (1, batch):
-            eager, comp = Cache(model, B, context + 3), Cache(model, B, context + 3)
-            model(idx[:B, :context], cache=eager)
-            model(idx[:B, :context], cache=comp)
-            for t in range(context, context + 3):
-                want, _ = model(idx[:B, t:t + 1], cache=eager)
-                got, _ = step(idx[:B, t:t + 1], cache=comp)
-                torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
-    except Exception as e:  # no C++ compiler, an unsupported platform, ...: time eager decoding only
-        print(f"decode   compiled decoding skipped: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
-        return None
-    return step
-
 def markdown(bench, report):
     """RESULTS.md's tables: speed and cache per model and context, then all_linear's and M_opt's
     speed-ups against the teacher."""
@@ -146,7 +146,7 @@ def markdown(bench, report):
 def run(args):
     device, _ = choose_device(args.device)
     report = load_file(os.path.join(args.run_dir, "report.json"), "run python dtr.py first", ("config", "m_opt"))
-    cfg = dtr.run_config(report)
+    cfg = frame.run_config(report)
     model_args = load_file(os.path.join(os.path.dirname(args.run_dir.rstrip("/")), "teacher.pt"),
                            "run python dtr.py first", ("model_args",))["model_args"]  # its size; not its weights
     patterns = {"teacher": [], "m_opt": report["m_opt"]["linear_layers"], "all_linear": list(range(cfg.n_layer))}

@@ -12,6 +12,7 @@ import frame  # first: it puts the project's root on sys.path
 import torch
 
 import dtr
+import tasks
 from plumbing import autocast, opt
 from train_teacher import get_batch, val_loss
 
@@ -47,7 +48,7 @@ def markdown(f):
 
 def run(args):
     device, bf16, cfg, report, model, students, (train, val, _) = frame.open_run(args)
-    val_b = dtr.lm_batches(cfg, val, device, test=True)  # the held-out test batches
+    val_b = tasks.lm_batches(cfg, val, device, test=True)  # the held-out test batches
     result = {"iters": args.iters, **{name: finetune(model, layers, students, train, val_b, cfg, args.iters, device, bf16)
                                       for name, layers in (("teacher", []), ("m_opt", report["m_opt"]["linear_layers"]))}}
     print(f"finetune {args.iters} steps | " + " | ".join(

@@ -27,6 +27,7 @@ import frame  # first: it puts the project's root on sys.path
 import torch
 
 import dtr
+import tasks
 from baselines import importance_order, uniform_layouts
 from plumbing import autocast, load_file, opt
 
@@ -36,7 +37,7 @@ class SelectorsConfig(frame.RunConfig):
     n_random: int = opt(5, "random orders to average", ">0")
 
 class Scores:
-    """Per-batch scores (dtr.batch_scores) of any layout, evaluated once: from the oracle's table
+    """Per-batch scores (tasks.batch_scores) of any layout, evaluated once: from the oracle's table
     where it ran on the same batches, else by a forward of the hybrid."""
 
     def __init__(self, model, students, batches, table=None, device="cpu", bf16=False):
@@ -48,7 +49,7 @@ class Scores:
         mask = sum(1 << i for i in layers)
         if mask not in self.rows:
             with dtr.hybrid(self.model.transformer.h, layers, self.students), autocast(self.device, self.bf16):
-                self.rows[mask] = [dtr.batch_scores(*self.model(x, y), y) for x, y in self.batches]
+                self.rows[mask] = [tasks.batch_scores(*self.model(x, y), y) for x, y in self.batches]
         return self.rows[mask]
 
 def by_order(order):
@@ -58,7 +59,7 @@ def by_order(order):
 def reverse_greedy(score, L, metric):
     """From all-linear, restore the layer that helps most, one at a time; the order of
     replacement is the reverse of the order of restoring."""
-    sign, linear, restored = dtr.METRICS[metric], list(range(L)), []
+    sign, linear, restored = tasks.METRICS[metric], list(range(L)), []
     while linear:
         best = min(linear, key=lambda i: sign * score([j for j in linear if j != i]))
         linear.remove(best)
@@ -67,7 +68,7 @@ def reverse_greedy(score, L, metric):
 
 def select(report, score, L, metric, n_random, seed):
     """{selector: its layouts at k = 1..L}, each chosen with `score` (the search batches)."""
-    sign = dtr.METRICS[metric]
+    sign = tasks.METRICS[metric]
     all_linear = list(range(L))
     gen = torch.Generator().manual_seed(seed)
     restore_one = sorted(range(L), key=lambda i: -sign * score([j for j in all_linear if j != i]))  # least help first
@@ -83,16 +84,25 @@ def select(report, score, L, metric, n_random, seed):
         layouts[f"random{n}"] = by_order(torch.randperm(L, generator=gen).tolist())
     return layouts
 
+NAMES = ("greedy", "importance", "uniform", "random_mean", "restore_one", "distill_error", "reverse_greedy")
+
+def print_result(r, L):
+    for split in ("search", "test"):
+        for name in NAMES:
+            print(f"select   {split:6s} {name:14s} " + " ".join(f"{x:.4f}" for x in r[split][name]) + f" | mean over k {sum(r[split][name]) / L:.4f}")
+    print("select   test, mean over k against greedy's (paired se over batches): " +
+          ", ".join(f"{n} {v['diff']:+.4f} ({v['paired_se']:.4f})" for n, v in r["vs_greedy_test"].items()))
+
 def run(args):
     device, bf16, cfg, report, model, students, (_, val, _) = frame.open_run(args)
     L, m = cfg.n_layer, report["metric"]
-    splits = {"search": dtr.lm_batches(cfg, val, device), "test": dtr.lm_batches(cfg, val, device, test=True)}
+    splits = {"search": tasks.lm_batches(cfg, val, device), "test": tasks.lm_batches(cfg, val, device, test=True)}
     path = os.path.join(args.run_dir, "oracle.pt")
     table = load_file(path, f"delete it and rerun python experiments/oracle.py {args.run_dir}") if os.path.exists(path) else None
     # the oracle's table, where it scored these very batches
     usable = lambda s: table is not None and table["metric"] == m and table[s].shape[1] == len(splits[s])
     scores = {s: Scores(model, students, b, table[s] if usable(s) else None, device, bf16) for s, b in splits.items()}
-    P = {s: (lambda layers, s=s: dtr.reduce(scores[s](layers), m)) for s in splits}
+    P = {s: (lambda layers, s=s: tasks.reduce(scores[s](layers), m)) for s in splits}
     layouts = select(report, P["search"], L, m, args.n_random, cfg.seed)
     result = {"metric": m, "layouts": layouts, "n_random": args.n_random, "from_oracle_table": {s: usable(s) for s in splits}}
     for s in splits:
@@ -100,7 +110,7 @@ def run(args):
         rand = torch.tensor([curves.pop(f"random{n}") for n in range(args.n_random)])
         result[s] = {**curves, "random_mean": rand.mean(0).tolist(), "random_std": rand.std(0).tolist() if args.n_random > 1 else [0.0] * L}
     # noise on the test batches: each selector's mean over k, per batch, against greedy's
-    per_batch = lambda layers: torch.tensor([dtr.reduce([r], m) for r in scores["test"](layers)], dtype=torch.float64)
+    per_batch = lambda layers: torch.tensor([tasks.reduce([r], m) for r in scores["test"](layers)], dtype=torch.float64)
     mean_k = {name: torch.stack([per_batch(layers) for layers in ls]).mean(0) for name, ls in layouts.items()}
     mean_k["random_mean"] = torch.stack([mean_k.pop(f"random{n}") for n in range(args.n_random)]).mean(0)
     n = len(splits["test"])
@@ -114,8 +124,6 @@ def run(args):
                             for pick in ("best_by_search", "best_on_test")}
     print_result(result, L)
     return frame.write_result(result, args, "layer_selectors.json")
-
-NAMES = ("greedy", "importance", "uniform", "random_mean", "restore_one", "distill_error", "reverse_greedy")
 
 def markdown(r):
     """RESULTS.md's table: every selector's test metric at each k and its mean over k, with the
@@ -132,13 +140,6 @@ def markdown(r):
         if "oracle" in r:
             out.append(f"| {shown} | " + " | ".join(f"{x:.4f}" for x in r["oracle"][key]) + f" | {sum(r['oracle'][key]) / L:.4f} | |")
     return out + ["", f"Random: mean of {r['n_random']} orders. A difference within about two paired standard errors is noise.", ""]
-
-def print_result(r, L):
-    for split in ("search", "test"):
-        for name in NAMES:
-            print(f"select   {split:6s} {name:14s} " + " ".join(f"{x:.4f}" for x in r[split][name]) + f" | mean over k {sum(r[split][name]) / L:.4f}")
-    print("select   test, mean over k against greedy's (paired se over batches): " +
-          ", ".join(f"{n} {v['diff']:+.4f} ({v['paired_se']:.4f})" for n, v in r["vs_greedy_test"].items()))
 
 def main(argv=None):
     frame.command(SelectorsConfig, run, __doc__, argv)

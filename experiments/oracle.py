@@ -20,6 +20,7 @@ import frame  # first: it puts the project's root on sys.path
 import torch
 
 import dtr
+import tasks
 from plumbing import DtrError, Pace, autocast, opt
 
 @dataclass
@@ -34,7 +35,7 @@ def layers_of(mask):
 
 @torch.no_grad()
 def score_layouts(model, students, batches, device="cpu", bf16=False, progress=None):
-    """rows[mask][b]: dtr.batch_scores of the hybrid whose layers in `mask` (bit i: layer i
+    """rows[mask][b]: tasks.batch_scores of the hybrid whose layers in `mask` (bit i: layer i
     linear) run their students, on batch b; every one of the 2^L layouts. Returns (rows, block
     forwards run). progress(b) is called after each batch."""
     blocks = model.transformer.h
@@ -50,7 +51,7 @@ def score_layouts(model, students, batches, device="cpu", bf16=False, progress=N
             while stack:
                 i, mask, h = stack.pop()
                 if i == L:
-                    rows[mask][b] = dtr.batch_scores(*model.head(h, y), y)
+                    rows[mask][b] = tasks.batch_scores(*model.head(h, y), y)
                     continue
                 with dtr.hybrid(blocks, [i], students):
                     linear = blocks[i](h)
@@ -61,14 +62,14 @@ def score_layouts(model, students, batches, device="cpu", bf16=False, progress=N
     return rows, forwards
 
 def metric_table(rows, metric):
-    """Every layout's metric over all the batches, as dtr.reduce counts it."""
-    return [dtr.reduce(r, metric) for r in rows]
+    """Every layout's metric over all the batches, as tasks.reduce counts it."""
+    return [tasks.reduce(r, metric) for r in rows]
 
 def replay_greedy(rows, metric, idx=None):
     """Algorithm 1 replayed on the table (the same rule and tie-break as dtr.greedy_replace) over
     the batches `idx`: (the teacher's metric, the trajectory)."""
-    L, sign, key = len(rows).bit_length() - 1, dtr.METRICS[metric], "val_" + metric
-    P = lambda mask: dtr.reduce([rows[mask][b] for b in (range(len(rows[0])) if idx is None else idx)], metric)
+    L, sign, key = len(rows).bit_length() - 1, tasks.METRICS[metric], "val_" + metric
+    P = lambda mask: tasks.reduce([rows[mask][b] for b in (range(len(rows[0])) if idx is None else idx)], metric)
     teacher, mask, trajectory = P(0), 0, []
     for k in range(1, L + 1):
         scores = {i: P(mask | 1 << i) for i in range(L) if not mask >> i & 1}
@@ -81,7 +82,7 @@ def per_k(search, test, order, metric):
     """For k = 0..L: the best layout on the search batches (what an exhaustive search would pick)
     and on the test batches (the true optimum there), and where greedy's layout ranks among the
     C(L, k) layouts of its size on each (1 = best; ties share a rank)."""
-    sign, L = dtr.METRICS[metric], len(order)
+    sign, L = tasks.METRICS[metric], len(order)
     out = []
     for k in range(L + 1):
         masks = [m for m in range(2 ** L) if m.bit_count() == k]
@@ -99,15 +100,15 @@ def noise(rows, metric, tolerance, draws, seed=0):
     over batches; and greedy replayed over resampled batches (a bootstrap, n of n with
     replacement) and over subsets of fewer batches: how often the order and M_opt come out as on
     all of them."""
-    n, sign = len(rows[0]), dtr.METRICS[metric]
+    n, sign = len(rows[0]), tasks.METRICS[metric]
     full = replay_greedy(rows, metric)
     order = [t["layer"] for t in full[1]]
-    per_batch = lambda mask: torch.tensor([dtr.reduce([r], metric) for r in rows[mask]], dtype=torch.float64)
+    per_batch = lambda mask: torch.tensor([tasks.reduce([r], metric) for r in rows[mask]], dtype=torch.float64)
     rounds, mask = [], 0
     for k, winner in enumerate(order, 1):
         rest = [i for i in range(len(order)) if not mask >> i & 1 and i != winner]
         if rest:
-            runner = min(rest, key=lambda i: sign * dtr.reduce(rows[mask | 1 << i], metric))
+            runner = min(rest, key=lambda i: sign * tasks.reduce(rows[mask | 1 << i], metric))
             diff = sign * (per_batch(mask | 1 << runner) - per_batch(mask | 1 << winner))  # > 0: the winner is better
             se = (diff.std() / n ** 0.5).item() if n > 1 else float("nan")
             rounds.append({"k": k, "winner": winner, "runner_up": runner, "margin": diff.mean().item(), "paired_se": se})
@@ -138,13 +139,30 @@ def greedy_forwards(order, n_batches):
         linear.add(layer)
     return total * n_batches
 
+def print_result(r):
+    f = r["block_forwards"]
+    print(f"oracle   {r['seconds']:.1f} s, greedy's search {r['greedy_seconds']:.1f} s on the same batches; "
+          f"{f['oracle']:,} block forwards, {1 - f['oracle'] / f['unshared']:.0%} fewer than {f['unshared']:,} without "
+          f"sharing prefixes; greedy's search ran {f['greedy_search']:,}"
+          + (f"; greedy's search {r['metric']} reproduced to {r['greedy_reproduced']:.1e}" if "greedy_reproduced" in r else ""))
+    print(f"oracle     k | greedy test {r['metric']:8s} rank / layouts | best on search: test | best on test")
+    for p in r["per_k"][1:]:
+        g = p["greedy"]
+        print(f"oracle   {p['k']:3d} | {g['test']:18.4f} {g['rank_test']:5d} / {p['n_layouts']:<5d} (search rank {g['rank_search']}) | "
+              f"{p['best_by_search']['test']:.4f} {p['best_by_search']['layers']} | {p['best_on_test']['test']:.4f} {p['best_on_test']['layers']}")
+    print(f"noise    {r['within_2se']} of {len(r['rounds'])} greedy rounds won by less than 2 paired standard errors: " +
+          ", ".join(f"k={x['k']} L{x['winner']} over L{x['runner_up']} by {x['margin']:.4f} (se {x['paired_se']:.4f})" for x in r["rounds"]))
+    print(f"noise    bootstrap over {r['batches']['search']} search batches: same order {r['bootstrap']['order_same']:.0%}, "
+          f"same M_opt {r['bootstrap']['m_opt_same']:.0%}; fewer batches: " +
+          ", ".join(f"{s['n']}: order {s['order_same']:.0%}, M_opt {s['m_opt_same']:.0%}" for s in r["subsets"]))
+
 def run(args):
     device, bf16, cfg, report, model, students, (_, val, _) = frame.open_run(args)
     L, m = cfg.n_layer, report["metric"]
     if L > 16:
         raise DtrError(f"{args.run_dir} has {L} layers: 2^{L} layouts are too many to score one by one; the oracle takes up to 16")
     cfg = dataclasses.replace(cfg, val_batches=args.val_batches or cfg.val_batches)
-    splits = {"search": dtr.lm_batches(cfg, val, device), "test": dtr.lm_batches(cfg, val, device, test=True)}
+    splits = {"search": tasks.lm_batches(cfg, val, device), "test": tasks.lm_batches(cfg, val, device, test=True)}
     order = [t["layer"] for t in report["trajectory"]]
     print("oracle   first greedy on the same search batches, for its cost")
     t0 = time.time()
@@ -190,23 +208,6 @@ def markdown(r):
                       f"{r['batches']['search']} search batches drawn with replacement gives the same order in "
                       f"{b['order_same']:.0%} and the same M_opt in {b['m_opt_same']:.0%} of draws; on fewer batches: "
                       + ", ".join(f"{x['n']}: order {x['order_same']:.0%}, M_opt {x['m_opt_same']:.0%}" for x in sub) + ".", ""]
-
-def print_result(r):
-    f = r["block_forwards"]
-    print(f"oracle   {r['seconds']:.1f} s, greedy's search {r['greedy_seconds']:.1f} s on the same batches; "
-          f"{f['oracle']:,} block forwards, {1 - f['oracle'] / f['unshared']:.0%} fewer than {f['unshared']:,} without "
-          f"sharing prefixes; greedy's search ran {f['greedy_search']:,}"
-          + (f"; greedy's search {r['metric']} reproduced to {r['greedy_reproduced']:.1e}" if "greedy_reproduced" in r else ""))
-    print(f"oracle     k | greedy test {r['metric']:8s} rank / layouts | best on search: test | best on test")
-    for p in r["per_k"][1:]:
-        g = p["greedy"]
-        print(f"oracle   {p['k']:3d} | {g['test']:18.4f} {g['rank_test']:5d} / {p['n_layouts']:<5d} (search rank {g['rank_search']}) | "
-              f"{p['best_by_search']['test']:.4f} {p['best_by_search']['layers']} | {p['best_on_test']['test']:.4f} {p['best_on_test']['layers']}")
-    print(f"noise    {r['within_2se']} of {len(r['rounds'])} greedy rounds won by less than 2 paired standard errors: " +
-          ", ".join(f"k={x['k']} L{x['winner']} over L{x['runner_up']} by {x['margin']:.4f} (se {x['paired_se']:.4f})" for x in r["rounds"]))
-    print(f"noise    bootstrap over {r['batches']['search']} search batches: same order {r['bootstrap']['order_same']:.0%}, "
-          f"same M_opt {r['bootstrap']['m_opt_same']:.0%}; fewer batches: " +
-          ", ".join(f"{s['n']}: order {s['order_same']:.0%}, M_opt {s['m_opt_same']:.0%}" for s in r["subsets"]))
 
 def main(argv=None):
     frame.command(OracleConfig, run, __doc__, argv)

@@ -6,7 +6,7 @@ hybrids (§4) and decoding speed (Fig. 2) where it has them; for all runs, M_opt
 import os
 
 import frame  # noqa: F401  first: it puts the project's root on sys.path
-import dtr
+from tasks import METRICS
 
 def pyplot():
     """matplotlib, drawing to files only; None (with a note) where it is not installed."""
@@ -38,50 +38,6 @@ def overlaps(curves):
                 break
     return notes
 
-def draw(runs, folder):
-    """Per run: <slug>-baselines.png, -selectors.png, -tasks.png, -decode.png where it has them; for all
-    runs, m_opt-layers.png. Returns the paths."""
-    plt = pyplot()
-    if plt is None:
-        return []
-    os.makedirs(folder, exist_ok=True)
-    paths = []
-    for r in runs:
-        title, ks, L = r["label"].replace("`", ""), range(1, r["n_layer"] + 1), r["n_layer"]
-        if "baselines" in r:
-            fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
-            for ax, (split, b) in zip(axes, r["baselines"].items()):
-                for name, style in (("uniform", ":"), ("importance", "--"), ("greedy", "-")):
-                    ax.plot(ks, b[name], marker="o", ls=style, lw=2.5 if name == "greedy" else 1.5, label=name, zorder=3)
-                ax.errorbar(ks, b["random_mean"], yerr=b["random_std"], marker="o", capsize=3,
-                            label=f"random (mean, std of {len(b['random_orders'])})")
-                ax.axhline(r["test"][0]["loss"] if split == "test" else r["teacher"]["val_loss"], color="gray", ls="--", label="teacher")
-                notes = overlaps({n: b[n] for n in ("greedy", "importance", "uniform", "random_mean")})
-                ax.set(title=f"{split} batches" + "".join(f"\n{n}" for n in notes),
-                       xlabel="layers replaced by linear attention (k)", ylabel="loss", xticks=list(ks))
-                ax.legend(fontsize=8)
-            fig.suptitle(f"Placement, paper Fig. 4: {title}", fontsize=11)
-            paths.append(save_figure(plt, fig, os.path.join(folder, f"{r['slug']}-baselines.png")))
-        if "layer_selectors" in r:
-            paths.append(draw_selectors(plt, r, title, os.path.join(folder, f"{r['slug']}-selectors.png")))
-        if "tasks" in r:
-            paths.append(draw_tasks(plt, r, title, os.path.join(folder, f"{r['slug']}-tasks.png")))
-        if "decode_bench" in r:
-            paths.append(draw_decode(plt, r, title, os.path.join(folder, f"{r['slug']}-decode.png")))
-    L = max(r["n_layer"] for r in runs)
-    fig, ax = plt.subplots(figsize=(5 + 0.9 * L, 1.4 + 0.5 * len(runs)))
-    grid = [[float("nan") if i >= r["n_layer"] else 0.0 if i in r["m_opt"]["linear_layers"] else 1.0 for i in range(L)] for r in runs]
-    ax.imshow(grid, cmap="Blues", vmin=-0.5, vmax=1.5, aspect="auto")
-    for row, cells in enumerate(grid):
-        for i, full in enumerate(cells):
-            if full == full:  # not nan
-                ax.text(i, row, "full" if full else "linear", ha="center", va="center", fontsize=8)
-    ax.set(xticks=range(L), xticklabels=[f"L{i}" for i in range(L)], yticks=range(len(runs)), xlabel="layer",
-           title="M_opt of each run: which layers keep full attention (paper Fig. 3)")
-    ax.set_yticklabels([f"{r['label'].replace('`', '').replace(' student on', ',')} ({r['tolerance']:.0%})" for r in runs])
-    paths.append(save_figure(plt, fig, os.path.join(folder, "m_opt-layers.png")))
-    return paths
-
 def draw_selectors(plt, r, title, path):
     """Every selector's test metric against k, and the same minus a reference (the oracle's best on
     the test batches where it ran, else greedy's), where the small gaps show."""
@@ -112,7 +68,7 @@ def draw_tasks(plt, r, title, path):
     rel = {name: [100 * (s[m] / t["test"][0][m] - 1) for s in t["test"]] for name, t in tasks.items()}  # k = 0..L
     for name, curve in rel.items():
         ax1.plot(range(L + 1), curve, marker="o", label=name)
-    ax1.plot([0, L], [100 * tol * dtr.METRICS[m]] * 2, color="gray", ls="--", label=f"tolerance {tol:.0%}")
+    ax1.plot([0, L], [100 * tol * METRICS[m]] * 2, color="gray", ls="--", label=f"tolerance {tol:.0%}")
     ax1.set(xlabel="layers replaced, in each task's greedy order (k)", ylabel=f"test {m} vs the task's teacher (%)",
             title="each task's own greedy search")
     fig.suptitle(f"Task-specific hybrids, paper §4: {title}", fontsize=11)
@@ -157,4 +113,48 @@ def draw_decode(plt, r, title, path):
         ax.set_xticks([], minor=True)
     fig.suptitle(f"Decoding, paper Fig. 2: {title} ({bench['machine']})", fontsize=10)
     return save_figure(plt, fig, path)
+
+def draw(runs, folder):
+    """Per run: <slug>-baselines.png, -selectors.png, -tasks.png, -decode.png where it has them; for all
+    runs, m_opt-layers.png. Returns the paths."""
+    plt = pyplot()
+    if plt is None:
+        return []
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for r in runs:
+        title, ks, L = r["label"].replace("`", ""), range(1, r["n_layer"] + 1), r["n_layer"]
+        if "baselines" in r:
+            fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
+            for ax, (split, b) in zip(axes, r["baselines"].items()):
+                for name, style in (("uniform", ":"), ("importance", "--"), ("greedy", "-")):
+                    ax.plot(ks, b[name], marker="o", ls=style, lw=2.5 if name == "greedy" else 1.5, label=name, zorder=3)
+                ax.errorbar(ks, b["random_mean"], yerr=b["random_std"], marker="o", capsize=3,
+                            label=f"random (mean, std of {len(b['random_orders'])})")
+                ax.axhline(r["test"][0]["loss"] if split == "test" else r["teacher"]["val_loss"], color="gray", ls="--", label="teacher")
+                notes = overlaps({n: b[n] for n in ("greedy", "importance", "uniform", "random_mean")})
+                ax.set(title=f"{split} batches" + "".join(f"\n{n}" for n in notes),
+                       xlabel="layers replaced by linear attention (k)", ylabel="loss", xticks=list(ks))
+                ax.legend(fontsize=8)
+            fig.suptitle(f"Placement, paper Fig. 4: {title}", fontsize=11)
+            paths.append(save_figure(plt, fig, os.path.join(folder, f"{r['slug']}-baselines.png")))
+        if "layer_selectors" in r:
+            paths.append(draw_selectors(plt, r, title, os.path.join(folder, f"{r['slug']}-selectors.png")))
+        if "tasks" in r:
+            paths.append(draw_tasks(plt, r, title, os.path.join(folder, f"{r['slug']}-tasks.png")))
+        if "decode_bench" in r:
+            paths.append(draw_decode(plt, r, title, os.path.join(folder, f"{r['slug']}-decode.png")))
+    L = max(r["n_layer"] for r in runs)
+    fig, ax = plt.subplots(figsize=(5 + 0.9 * L, 1.4 + 0.5 * len(runs)))
+    grid = [[float("nan") if i >= r["n_layer"] else 0.0 if i in r["m_opt"]["linear_layers"] else 1.0 for i in range(L)] for r in runs]
+    ax.imshow(grid, cmap="Blues", vmin=-0.5, vmax=1.5, aspect="auto")
+    for row, cells in enumerate(grid):
+        for i, full in enumerate(cells):
+            if full == full:  # not nan
+                ax.text(i, row, "full" if full else "linear", ha="center", va="center", fontsize=8)
+    ax.set(xticks=range(L), xticklabels=[f"L{i}" for i in range(L)], yticks=range(len(runs)), xlabel="layer",
+           title="M_opt of each run: which layers keep full attention (paper Fig. 3)")
+    ax.set_yticklabels([f"{r['label'].replace('`', '').replace(' student on', ',')} ({r['tolerance']:.0%})" for r in runs])
+    paths.append(save_figure(plt, fig, os.path.join(folder, "m_opt-layers.png")))
+    return paths
 

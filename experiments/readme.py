@@ -80,6 +80,12 @@ def conversion_share(r):
 
 # ---- markdown ----
 
+def gap(r):
+    """The largest difference, in percentage points, between the search and the test batches'
+    relative change against the teacher, over the trajectory."""
+    m, test = r["metric"], r["test"]
+    return max(abs(100 * s["rel_change"] - 100 * (test[s["k"]][m] / test[0][m] - 1)) for s in r["trajectory"])
+
 def headline(runs, shown=(), more="Full tables: [RESULTS.md](RESULTS.md)."):
     """README's table: one line per run, on the held-out test batches (chosen on the search batches);
     then `more`, and the pictures `shown` (paths as the markdown links them)."""
@@ -98,11 +104,27 @@ def headline(runs, shown=(), more="Full tables: [RESULTS.md](RESULTS.md)."):
                       f"{', '.join(sorted({r['date'] for r in runs}))}. {more}", ""] + \
         [f"![{os.path.splitext(os.path.basename(p))[0]}]({p})" for p in shown]
 
-def gap(r):
-    """The largest difference, in percentage points, between the search and the test batches'
-    relative change against the teacher, over the trajectory."""
-    m, test = r["metric"], r["test"]
-    return max(abs(100 * s["rel_change"] - 100 * (test[s["k"]][m] / test[0][m] - 1)) for s in r["trajectory"])
+def tasks_markdown(report, tolerance, n_layer, metric="loss"):
+    """RESULTS.md's per-task tables, on the test batches."""
+    tasks, cross = report["tasks"], report["tasks_cross_eval"]
+    row = lambda *cells: "| " + " | ".join(cells) + " |"
+    rule = row(*["---"] * (len(tasks) + 1))
+    vs = lambda p, name: f"{p:.4f} ({100 * (p / tasks[name]['test'][0][metric] - 1):+.1f}%)"
+    out = [row(f"layer at M_opt (tolerance {tolerance:.0%}), k = greedy round it went linear", *tasks), rule]
+    for i in range(n_layer):
+        ks = [next(t["k"] for t in r["trajectory"] if t["layer"] == i) for r in tasks.values()]
+        out.append(row(f"L{i}", *(("linear" if i in r["m_opt"]["linear_layers"] else "**full**") + f" (k={k})"
+                                  for r, k in zip(tasks.values(), ks))))
+    out += [row(f"test {metric}: teacher -> M_opt", *(f"{r['test'][0][metric]:.4f} -> {vs(r['m_opt']['test_' + metric], n)}"
+                                                       for n, r in tasks.items())), "",
+            row(f"M_opt of (row), test {metric} on (col)", *cross["cols"]), rule]
+    out += [row(name, *map(vs, scores, cross["cols"])) for name, scores in zip(cross["rows"], cross[metric])]
+    if "copy" in tasks:
+        c, plain = tasks["copy"]["test"][0], tasks["copy"]["teacher_plain"]
+        out += ["", f"Teacher on the copy passages (test): loss {c['loss']:.4f}, accuracy {c['accuracy']:.3f} on the "
+                    f"second copy; loss {plain['loss']:.4f}, accuracy {plain['accuracy']:.3f} on the same tokens without "
+                    f"the repeat" + (" (it gains nothing from the repeat)." if c["loss"] >= plain["loss"] else ".")]
+    return out
 
 def run_markdown(r):
     """RESULTS.md's section for one run: the trajectory on search and test batches, M_best/M_opt,
@@ -141,28 +163,6 @@ def run_markdown(r):
         out += bench_decode.markdown(r["decode_bench"], r)
     return out
 
-def tasks_markdown(report, tolerance, n_layer, metric="loss"):
-    """RESULTS.md's per-task tables, on the test batches."""
-    tasks, cross = report["tasks"], report["tasks_cross_eval"]
-    row = lambda *cells: "| " + " | ".join(cells) + " |"
-    rule = row(*["---"] * (len(tasks) + 1))
-    vs = lambda p, name: f"{p:.4f} ({100 * (p / tasks[name]['test'][0][metric] - 1):+.1f}%)"
-    out = [row(f"layer at M_opt (tolerance {tolerance:.0%}), k = greedy round it went linear", *tasks), rule]
-    for i in range(n_layer):
-        ks = [next(t["k"] for t in r["trajectory"] if t["layer"] == i) for r in tasks.values()]
-        out.append(row(f"L{i}", *(("linear" if i in r["m_opt"]["linear_layers"] else "**full**") + f" (k={k})"
-                                  for r, k in zip(tasks.values(), ks))))
-    out += [row(f"test {metric}: teacher -> M_opt", *(f"{r['test'][0][metric]:.4f} -> {vs(r['m_opt']['test_' + metric], n)}"
-                                                       for n, r in tasks.items())), "",
-            row(f"M_opt of (row), test {metric} on (col)", *cross["cols"]), rule]
-    out += [row(name, *map(vs, scores, cross["cols"])) for name, scores in zip(cross["rows"], cross[metric])]
-    if "copy" in tasks:
-        c, plain = tasks["copy"]["test"][0], tasks["copy"]["teacher_plain"]
-        out += ["", f"Teacher on the copy passages (test): loss {c['loss']:.4f}, accuracy {c['accuracy']:.3f} on the "
-                    f"second copy; loss {plain['loss']:.4f}, accuracy {plain['accuracy']:.3f} on the same tokens without "
-                    f"the repeat" + (" (it gains nothing from the repeat)." if c["loss"] >= plain["loss"] else ".")]
-    return out
-
 def students_markdown(runs):
     """The students side by side on one teacher (paper Fig. 3: does the order depend on the linear
     module?): distillation quality and cost, the greedy order, M_opt at 1% and 2%, and Spearman's
@@ -197,6 +197,11 @@ def students_markdown(runs):
 
 # ---- writing ----
 
+def write(path, text):
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
 def fill(path, marker, lines):
     """Replace what sits between <!-- marker:start --> and <!-- marker:end --> in path, atomically."""
     start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
@@ -205,11 +210,6 @@ def fill(path, marker, lines):
         raise DtrError(f"{path} has no {start} ... {end} markers to fill; restore them from git")
     head, rest = text.split(start)
     write(path, head + start + "\n" + "\n".join(lines) + "\n" + end + rest.split(end)[1])
-
-def write(path, text):
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
 
 def run(args):
     dirs = [d for d in args.run_dirs.split(",") if d]

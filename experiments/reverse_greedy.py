@@ -13,8 +13,11 @@ import os
 import runpy
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # dtr.py sits one folder up
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # (the exercise checks load this file with runpy)
+import frame  # noqa: E402  first: it puts the project's root on sys.path
+
 import dtr  # noqa: E402
+import tasks  # noqa: E402
 
 def reverse_greedy(model, students, batches):
     """Start all-linear; each round restores full attention in the layer where restoring helps
@@ -42,8 +45,8 @@ def reverse_greedy(model, students, batches):
 def measure(run_dir, search):
     """Forward greedy (from the run's report) next to `search` (a reverse_greedy), on the run's own teacher,
     students and the validation batches greedy searched on, one line per number of linear layers k."""
-    cfg, report, model, students, (_, val, _) = dtr.load_run(run_dir, "cpu")
-    batches = dtr.lm_batches(cfg, val, "cpu")  # greedy's own search batches
+    cfg, report, model, students, (_, val, _) = frame.load_run(run_dir, "cpu")
+    batches = tasks.lm_batches(cfg, val, "cpu")  # greedy's own search batches
     teacher_loss, L = report["teacher"]["val_loss"], cfg.n_layer
     forward = {t["k"]: t for t in report["trajectory"]}
     reverse = {t["k"]: t for t in search(model, students, batches)}

@@ -21,6 +21,7 @@ from conftest import launch, refused, tiny_gpt  # noqa: E402
 import baselines  # noqa: E402
 import bench_decode  # noqa: E402
 import dtr  # noqa: E402
+import tasks  # noqa: E402
 import layer_selectors  # noqa: E402
 import oracle  # noqa: E402
 import train_teacher  # noqa: E402
@@ -45,7 +46,7 @@ def test_placement_baselines_choose_the_stated_layers():
     assert all(sorted(order) == [0, 1, 2, 3] for order in b["random_orders"])
     for k, layers in ((1, [1]), (2, [1, 3]), (3, [0, 1, 3])):
         with dtr.hybrid(model.transformer.h, layers, students):
-            assert b["importance"][k - 1] == pytest.approx(dtr.evaluate(model, batches)["loss"], rel=1e-6)
+            assert b["importance"][k - 1] == pytest.approx(tasks.evaluate(model, batches)["loss"], rel=1e-6)
     assert b["uniform"][3] == pytest.approx(b["importance"][3]) == pytest.approx(b["random_mean"][3])  # all swapped
 
 def test_decode_speedups_compare_each_model_in_its_faster_mode():
@@ -107,7 +108,7 @@ def test_results_are_written_beside_the_run_and_the_checkout_is_untouched(finish
 def test_update_project_fills_the_checkouts_own_files(finished_run, tmp_path):
     """--update_project rewrites what sits between the markers of the checkout's README.md and
     RESULTS.md (here a copy of the checkout), and nothing outside them."""
-    for f in ("dtr.py", "plumbing.py", "train_teacher.py", "kernel.py", "README.md", "RESULTS.md"):
+    for f in [p for p in os.listdir(ROOT) if p.endswith(".py") and not p.startswith(("test_", "conftest"))] + ["README.md", "RESULTS.md"]:
         shutil.copy(os.path.join(ROOT, f), tmp_path / f)
     shutil.copytree(HERE, tmp_path / "experiments", ignore=shutil.ignore_patterns("__pycache__"))
     launch([sys.executable, str(tmp_path / "experiments" / "readme.py"), finished_run, "--update_project"])
@@ -157,7 +158,7 @@ def test_oracle_scores_every_layout_as_a_plain_forward_would():
     assert len(set(losses)) == 8  # every layout its own model
     for mask in range(8):
         with dtr.hybrid(model.transformer.h, oracle.layers_of(mask), students):
-            plain = dtr.evaluate(model, batches)
+            plain = tasks.evaluate(model, batches)
         assert losses[mask] == pytest.approx(plain["loss"], rel=1e-6)
         assert oracle.metric_table(rows, "accuracy")[mask] == pytest.approx(plain["accuracy"], rel=1e-6)
 

@@ -1,0 +1,82 @@
+"""
+What distillation steps buy (BLD, §3.1): for each student and each step budget, fresh students
+distilled from a finished run's teacher, then per layer the held-out block MSE, the all-linear
+model's test loss, and M_opt (greedy on the search batches, 1% tolerance) with its test loss.
+Each budget is its own run (the cosine schedule ends at that budget, as `--distill_iters` would);
+`--set` changes any distillation setting, to compare a variant against the default at equal steps.
+
+    python experiments/distill_curve.py out/shakespeare_char-cpu/gla --steps 100,200,400,800,1500
+    python experiments/distill_curve.py out/shakespeare_char-cpu/gla --set distill_lr=4e-3 --name lr4e-3
+
+Writes distill_curve_<name>.json beside the run (times are this process's: run alone to compare them).
+"""
+import dataclasses
+import time
+from dataclasses import dataclass
+
+import frame  # first: it puts the project's root on sys.path
+import torch
+
+import dtr
+import tasks
+from plumbing import DtrError, opt
+
+@dataclass
+class CurveConfig(frame.RunConfig):
+    """the distillation curve"""
+    students: str = opt("gla,gdn", "comma-separated students to distill")
+    steps: str = opt("100,200,400,800,1500", "comma-separated step budgets, each a fresh distillation")
+    set: str = opt("", "comma-separated distillation settings to change, e.g. distill_lr=4e-3,distill_batch_size=16")
+    name: str = opt("default", "the result's name: distill_curve_<name>.json")
+
+def overrides(text):
+    """'a=1,b=x' -> {"a": 1, "b": "x"}, typed as dtr.Config's fields; an unknown field is refused."""
+    fields = {f.name: f.type for f in dataclasses.fields(dtr.Config)}
+    out = {}
+    for pair in filter(None, text.split(",")):
+        key, _, value = pair.partition("=")
+        if key not in fields or not value:
+            raise DtrError(f"--set {pair!r}: give name=value with a setting of dtr.py, e.g. distill_lr=4e-3")
+        out[key] = {"int": int, "float": float, "bool": lambda v: v.lower() in ("1", "true")}.get(str(fields[key]), str)(value)
+    return out
+
+def one_budget(model, cfg, train, lm, device, bf16):
+    """Distil fresh students under cfg; their block MSE, all-linear test loss and M_opt (1%)."""
+    torch.manual_seed(cfg.seed)
+    students = [s.to(device) for s in dtr.make_students(model, cfg.student)]
+    t0 = time.time()
+    dtr.distill_blocks(model, students, train, cfg, device, bf16)
+    distill_s = time.time() - t0
+    mse, rel_mse = dtr.block_mse(model, students, lm[0], device, bf16)
+    with dtr.hybrid(model.transformer.h, range(cfg.n_layer), students):
+        all_linear = tasks.evaluate(model, lm[1], device, bf16)["loss"]
+    t0 = time.time()
+    teacher, trajectory = dtr.greedy_replace(model, students, lm[0], device, bf16)
+    _, m_opt = dtr.select_models(teacher, trajectory, 0.01)
+    with dtr.hybrid(model.transformer.h, m_opt["linear_layers"], students):
+        m_opt["test_loss"] = tasks.evaluate(model, lm[1], device, bf16)["loss"]
+    return {"steps": cfg.distill_iters, "mse": mse, "rel_mse": rel_mse, "all_linear_test_loss": all_linear,
+            "m_opt_1pct": m_opt, "distill_s": distill_s, "greedy_s": time.time() - t0}
+
+def run(args):
+    device, bf16, cfg, report, model, _, (train, val, meta) = frame.open_run(args)
+    change = overrides(args.set)
+    lm = (tasks.lm_batches(cfg, val, device), tasks.lm_batches(cfg, val, device, test=True))  # (search, test)
+    teacher_test = report["test"][0]["loss"]
+    result = {"teacher_test_loss": teacher_test, "set": change, "runs": []}
+    for student in args.students.split(","):
+        for steps in map(int, args.steps.split(",")):
+            c = dataclasses.replace(cfg, student=student, distill_iters=steps, **change)
+            r = {"student": student, **one_budget(model, c, train, lm, device, bf16)}
+            result["runs"].append(r)
+            print(f"curve    {student} {steps} steps | all-linear test loss {r['all_linear_test_loss']:.4f} "
+                  f"({100 * (r['all_linear_test_loss'] / teacher_test - 1):+.2f}%) | M_opt(1%) "
+                  f"{len(r['m_opt_1pct']['linear_layers'])}/{cfg.n_layer} linear | distill {r['distill_s']:.0f}s")
+            frame.write_result(result, args, f"distill_curve_{args.name}.json")  # after each, so a kill keeps what is done
+    return result
+
+def main(argv=None):
+    frame.command(CurveConfig, run, __doc__, argv)
+
+if __name__ == "__main__":
+    main()

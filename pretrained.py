@@ -1,0 +1,229 @@
+"""
+A teacher you already have (--init_from): a nanoGPT checkpoint, GPT-2, or a Llama, Qwen2 or Mistral
+model from Hugging Face transformers, read as our GPT's config (GPTConfig's arguments) and weights
+(our state_dict's names), with its own tokenizer. train_teacher.py builds the model from them.
+
+Our GPT keeps nanoGPT's module names, so a nanoGPT checkpoint's weights are our state_dict as they
+are; GPT-2's once the four matrices its Conv1D layers store as (in, out) are transposed; the Llama
+family's once q, k, v (and gate, up) are stacked into c_attn (and c_fc). Every switch a transformers
+config sets is read into GPTConfig's arguments or refused, and the import is checked against
+transformers' logits (check_logits).
+"""
+import functools
+import hashlib
+import os
+import re
+
+import torch
+
+from plumbing import DtrError, first_words, load_file
+
+GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+
+CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+NANOGPT_ARGS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size")  # what model_args must hold
+
+INIT_FIX = ("pass the ckpt.pt nanoGPT's train.py writes, or a GPT-2, Llama, Qwen2 or Mistral model: a folder saved "
+            "by save_pretrained, or its hub name")
+
+# what a transformers config may set: the switches read below, and what never changes the logits of a
+# model in eval mode (dropout, token ids, labels, ...); any other switch that is on is refused, by name
+READ = {"gpt2": {"vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "n_inner", "activation_function", "layer_norm_epsilon",
+                 "scale_attn_weights", "scale_attn_by_inverse_layer_idx", "add_cross_attention", "tie_word_embeddings",
+                 "reorder_and_upcast_attn"},  # (only computes in fp32, which we do anyway)
+        "llama": {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                  "head_dim", "hidden_act", "max_position_embeddings", "rms_norm_eps", "tie_word_embeddings", "rope_parameters",
+                  "rope_theta", "rope_scaling", "attention_bias", "mlp_bias", "sliding_window", "use_sliding_window",
+                  "max_window_layers", "layer_types", "pretraining_tp"}}  # (pretraining_tp: the same matmuls, split)
+READ["qwen2"] = READ["mistral"] = READ["llama"]
+IGNORED = {"_name_or_path", "architectures", "model_type", "transformers_version", "dtype", "torch_dtype", "use_cache",
+           "initializer_range", "bos_token_id", "eos_token_id", "pad_token_id", "attention_dropout", "resid_pdrop",
+           "embd_pdrop", "attn_pdrop", "id2label", "label2id", "problem_type", "return_dict", "output_attentions",
+           "output_hidden_states", "chunk_size_feed_forward", "tokenizer_class", "summary_type", "summary_use_proj",
+           "summary_activation", "summary_proj_to_labels", "summary_first_dropout", "is_llama_config"}  # (SmolLM2's export tag)
+LLAMA3 = {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}
+
+def init_name(init_from):
+    """--init_from's name, for the data cache and the run folder: a hub name's last part (gpt2), or the
+    folder's or the file's name (for nanoGPT's fixed ckpt.pt, its out_dir's)."""
+    path = os.path.abspath(init_from) if os.path.exists(init_from) else init_from
+    stem = os.path.splitext(os.path.basename(path))[0] if os.path.isfile(path) else os.path.basename(path)  # Qwen2.5-0.5B whole
+    return os.path.basename(os.path.dirname(path)) if stem == "ckpt" else stem
+
+def transformers_load(kind, name, **kwargs):
+    """AutoConfig, AutoModelForCausalLM or AutoTokenizer from Hugging Face transformers, an optional dependency."""
+    try:
+        import transformers
+    except ImportError:
+        raise DtrError(f"--init_from {name} loads through Hugging Face transformers, which is not "
+                       f"installed; pip install transformers") from None
+    transformers.logging.disable_progress_bar()
+    transformers.logging.set_verbosity_error()  # our log says what happened; its notes on token lengths are not for us
+    try:
+        return getattr(transformers, kind).from_pretrained(name, **kwargs)
+    except Exception as e:  # offline and not cached, or a folder that holds no such model
+        raise DtrError(f"transformers could not load {name} ({type(e).__name__}: {first_words(e)}); "
+                       f"download it once while online (it is cached in ~/.cache/huggingface), or pass a folder "
+                       f"saved by save_pretrained") from None
+
+@functools.cache
+def auto_tokenizer(name):
+    """An imported Llama, Qwen2 or Mistral's own tokenizer: a hub name, or a save_pretrained folder's path."""
+    return transformers_load("AutoTokenizer", name)
+
+GPT2_VOCAB = 50257
+
+def teacher_vocab(cfg):
+    """The imported teacher's tokens in id order: its meta.pkl's characters, or all ids of its own
+    tokenizer (Llama, Qwen2, Mistral) or of GPT-2's, as they are."""
+    if cfg.tokenizer == "auto":
+        return list(range(len(auto_tokenizer(cfg.init_from))))
+    if not cfg.meta:
+        return list(range(GPT2_VOCAB))
+    meta = load_file(cfg.meta, "pass --meta the meta.pkl of the data the model was trained on", ("itos", "vocab_size"), ours=False)
+    try:
+        return [meta["itos"][i] for i in range(meta["vocab_size"])]
+    except (KeyError, TypeError):
+        raise DtrError(f"{cfg.meta}'s itos does not map every id below its vocab_size to a character; pass --meta "
+                       f"the meta.pkl nanoGPT's prepare.py wrote") from None
+
+def from_transformers(init_from):
+    """A folder saved by save_pretrained, or a hub name (gpt2, or owner/name)."""
+    return init_from in GPT2_NAMES or os.path.isdir(init_from) or \
+        (not os.path.exists(init_from) and re.fullmatch(r"[\w.-]+/[\w.-]+", init_from) and not init_from.endswith(".pt"))
+
+def hf_config(c, name):
+    """A transformers config as (our GPTConfig's arguments, what else it says: model_type, sliding_window)."""
+    def refuse(what):
+        raise DtrError(f"{name} has {what}, which this project does not implement; {INIT_FIX}")
+    kind = getattr(c, "model_type", "?")
+    if kind not in READ:
+        refuse(f"model_type {kind!r} (not gpt2, llama, qwen2 or mistral)")
+    default = type(c)().to_dict()
+    for k, v in c.to_dict().items():  # subtle: a switch we do not know is refused unless off or at its default
+        if k not in READ[kind] | IGNORED and v not in (None, False, default.get(k)):
+            refuse(f"{k}={v!r}")
+    if kind == "gpt2":
+        gelu = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"}
+        unsupported = {"activation_function": c.activation_function not in gelu, "add_cross_attention": c.add_cross_attention,
+                       "scale_attn_by_inverse_layer_idx": c.scale_attn_by_inverse_layer_idx}
+    else:
+        rope = dict(getattr(c, "rope_parameters", None) or {"rope_theta": getattr(c, "rope_theta", 1e4), **(getattr(c, "rope_scaling", None) or {})})
+        rope_type, theta = rope.pop("rope_type", rope.pop("type", "default")), rope.pop("rope_theta", 1e4)
+        if rope.get("partial_rotary_factor") == 1.0:
+            del rope["partial_rotary_factor"]
+        layer_types = getattr(c, "layer_types", None) or ["sliding_attention" if getattr(c, "sliding_window", None) else "full_attention"]
+        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        unsupported = {"hidden_act": c.hidden_act != "silu", "head_dim": head_dim * c.num_attention_heads != c.hidden_size,
+                       "attention_bias": getattr(c, "attention_bias", False), "mlp_bias": getattr(c, "mlp_bias", False),
+                       "rope_parameters": (rope_type, set(rope)) not in (("default", set()), ("llama3", LLAMA3)),
+                       "layer_types": set(layer_types) - {"full_attention", "sliding_attention"}}
+    for k, bad in unsupported.items():
+        if bad:
+            refuse(f"{k}={getattr(c, k, None)!r}")
+    if kind == "gpt2":
+        return dict(n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, block_size=c.n_positions, vocab_size=c.vocab_size,
+                         gelu=gelu[c.activation_function], mlp_hidden=c.n_inner or 0, norm_eps=c.layer_norm_epsilon,
+                         scale_attn=c.scale_attn_weights, tie_embeddings=c.tie_word_embeddings), {"model_type": kind}
+    return dict(n_layer=c.num_hidden_layers, n_head=c.num_attention_heads, n_embd=c.hidden_size, vocab_size=c.vocab_size,
+                     block_size=c.max_position_embeddings, bias=False, n_kv_head=c.num_key_value_heads, qkv_bias=kind == "qwen2",
+                     norm="rmsnorm", norm_eps=c.rms_norm_eps, mlp="swiglu", mlp_hidden=c.intermediate_size, pos="rope",
+                     rope_theta=theta, rope_scaling=rope or None, tie_embeddings=c.tie_word_embeddings), \
+        {"model_type": kind, "sliding_window": c.sliding_window if "sliding_attention" in layer_types else None}
+
+def hf_state_dict(sd, config):
+    """A Llama-family state_dict under our names (config: our GPTConfig's arguments): q, k, v stacked into c_attn, gate and up into c_fc."""
+    out = {"transformer.wte.weight": sd["model.embed_tokens.weight"], "transformer.ln_f.weight": sd["model.norm.weight"],
+           "lm_head.weight": sd.get("lm_head.weight", sd["model.embed_tokens.weight"])}
+    for i in range(config["n_layer"]):
+        hf, ours = f"model.layers.{i}.", f"transformer.h.{i}."
+        out[ours + "ln_1.weight"], out[ours + "ln_2.weight"] = sd[hf + "input_layernorm.weight"], sd[hf + "post_attention_layernorm.weight"]
+        for p in ("weight", "bias")[:1 + config["qkv_bias"]]:
+            out[ours + "attn.c_attn." + p] = torch.cat([sd[f"{hf}self_attn.{x}_proj.{p}"] for x in "qkv"])
+        out[ours + "attn.c_proj.weight"] = sd[hf + "self_attn.o_proj.weight"]
+        out[ours + "mlp.c_fc.weight"] = torch.cat([sd[hf + "mlp.gate_proj.weight"], sd[hf + "mlp.up_proj.weight"]])
+        out[ours + "mlp.c_proj.weight"] = sd[hf + "mlp.down_proj.weight"]
+    return out
+
+def read_source(init_from, weights=True):
+    """--init_from as (our GPTConfig's arguments, its weights as our state_dict or None, what the source says: nanoGPT's
+    dataset, iter_num and best_val_loss; transformers' model_type, sliding window, and the model itself, "hf")."""
+    if from_transformers(init_from):
+        c = transformers_load("AutoConfig", init_from)
+        config, info = hf_config(c, init_from)
+        if not weights:
+            return config, None, info
+        hf = transformers_load("AutoModelForCausalLM", init_from, dtype=torch.float32).eval()
+        sd = hf.state_dict()
+        sd = {k: v.t() if k.endswith(CONV1D) else v for k, v in sd.items()} if c.model_type == "gpt2" else hf_state_dict(sd, config)
+        return config, sd, {**info, "hf": hf}
+    if not os.path.isfile(init_from):
+        raise DtrError(f"--init_from {init_from} is neither a file nor a folder; {INIT_FIX}")
+    ckpt = load_file(init_from, INIT_FIX, ours=False)
+    args = ckpt.get("model_args") if isinstance(ckpt, dict) else None
+    if not isinstance(args, dict) or not isinstance(ckpt.get("model"), dict) or any(k not in args for k in NANOGPT_ARGS):
+        raise DtrError(f"{init_from} is not a nanoGPT checkpoint (a dict with model, and model_args holding "
+                       f"{', '.join(NANOGPT_ARGS)}); {INIT_FIX}")
+    config = {**{k: args[k] for k in NANOGPT_ARGS}, "bias": args.get("bias", True), "dropout": args.get("dropout", 0.0)}
+    info = {k: float(ckpt[k]) for k in ("iter_num", "best_val_loss") if k in ckpt}
+    info["dataset"] = (ckpt.get("config") or {}).get("dataset", "")
+    # subtle: torch.compile'd models save their weights under _orig_mod.
+    return config, {k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()}, info
+
+def import_settings(cfg):
+    """--init_from decides the model and the tokenizer, checked before any work: its size replaces
+    ours, the context is at most its own (and within its sliding window), and its vocabulary is a character
+    model's meta.pkl (given, or found where nanoGPT keeps it), a Llama family model's own tokenizer, or else GPT-2's BPE."""
+    if cfg.arch != "gpt2":
+        raise DtrError(f"--arch {cfg.arch} is the shape of a teacher trained here; --init_from {cfg.init_from} brings its own")
+    config, _, info = read_source(cfg.init_from, weights=False)
+    cfg.n_layer, cfg.n_head, cfg.n_embd = config["n_layer"], config["n_head"], config["n_embd"]
+    cfg.block_size = min(cfg.block_size, config["block_size"])
+    if info.get("sliding_window") and info["sliding_window"] < cfg.block_size:
+        raise DtrError(f"{cfg.init_from} attends within a sliding window of {info['sliding_window']} tokens, which this "
+                       f"project does not implement; pass --block_size {info['sliding_window']} or less")
+    if info.get("model_type", "gpt2") != "gpt2":  # its own tokenizer, every id as it is
+        if cfg.meta:
+            raise DtrError(f"--meta is the tokenizer of a nanoGPT checkpoint; {cfg.init_from} brings its own")
+        cfg.tokenizer = "auto"
+        if len(teacher_vocab(cfg)) > config["vocab_size"]:
+            raise DtrError(f"{cfg.init_from}'s tokenizer has {len(teacher_vocab(cfg)):,} tokens, more than its model's "
+                           f"{config['vocab_size']:,} rows; pass a folder whose tokenizer is the model's")
+        return
+    here, looked = os.path.dirname(os.path.abspath(cfg.init_from)), []
+    if not cfg.meta and not from_transformers(cfg.init_from):  # nanoGPT: out-dir/ckpt.pt, data/<dataset>/meta.pkl
+        looked = [os.path.join(here, "meta.pkl")]
+        if info["dataset"]:
+            looked.append(os.path.normpath(os.path.join(here, "..", "data", info["dataset"], "meta.pkl")))
+        cfg.meta = next((p for p in looked if os.path.isfile(p)), "")
+    cfg.tokenizer = "char" if cfg.meta else "gpt2"
+    n = len(teacher_vocab(cfg)) if cfg.meta else config["vocab_size"]
+    if n != config["vocab_size"]:
+        raise DtrError(f"{cfg.init_from} has a vocabulary of {config['vocab_size']} but {cfg.meta} of {n} "
+                       f"characters; pass --meta with the meta.pkl of the data it was trained on")
+    if not cfg.meta and config["vocab_size"] < GPT2_VOCAB:
+        raise DtrError(f"{cfg.init_from} has a vocabulary of {config['vocab_size']}, fewer than GPT-2's {GPT2_VOCAB:,}, and no "
+                       f"meta.pkl {'at ' + ' or '.join(looked) if looked else 'was given'}; pass --meta path/to/meta.pkl")
+
+def check_logits(model, hf, name):
+    """An import is the model only if it computes what the model does: our GPT against transformers'
+    own forward on a few tokens (fp32; a wrong switch moves logits by 1e-1 and more, rounding by 1e-5)."""
+    idx = torch.randint(model.config.vocab_size, (2, min(16, model.config.block_size)), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours, theirs = model(idx)[0], hf(idx).logits.float()
+    diff = (ours - theirs).abs().max().item()
+    if not diff <= 1e-4 * max(1.0, theirs.abs().max().item()):  # (not <=: a NaN is refused too)
+        raise DtrError(f"{name}: our model's logits differ from transformers' by up to {diff:.3g}, so some setting of "
+                       f"its config is not one we implement; {INIT_FIX}")
+    print(f"teacher  import checked: logits match transformers' (max abs diff {diff:.1g})")
+
+def init_sha256(cfg):
+    """The --init_from file's fingerprint, read 1 MiB at a time (None for GPT-2 by name or a folder)."""
+    if not os.path.isfile(cfg.init_from):
+        return None
+    h = hashlib.sha256()
+    with open(cfg.init_from, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
