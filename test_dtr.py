@@ -48,6 +48,26 @@ def test_student_block_is_causal(kind):
     assert torch.allclose(y[:, :20], y2[:, :20], atol=1e-6)
     assert not torch.allclose(y[:, 20:], y2[:, 20:], atol=1e-3)
 
+@pytest.mark.parametrize("kind", ["gla", "gdn"])
+def test_gates_start_at_the_teachers_look_back(kind):
+    # W_q = 0: every teacher head attends uniformly to the tokens so far, so query i looks back i / 2
+    # tokens on average; over the second half of a 32-token window that is d = mean(i / 2, i = 16..31)
+    # = 11.75, and the decay whose weights g^n look back d on average is g = d / (d + 1)
+    model = tiny_gpt()
+    for block in model.transformer.h:
+        block.attn.c_attn.weight.data[:16] = 0
+        if block.attn.c_attn.bias is not None:
+            block.attn.c_attn.bias.data[:16] = 0
+    students = dtr.make_students(model, kind)
+    assert all(torch.equal(s.gate.bias, torch.full((2,), 4.0)) for s in students)  # gate_init=fixed: g ~ 0.999
+    dtr.start_gates(model, students, torch.randint(20, (3, 32), generator=torch.Generator().manual_seed(0)))
+    d = torch.arange(16, 32).double().div(2).mean()
+    g = torch.exp(torch.nn.functional.logsigmoid(students[1].gate.bias.double()) / 16)  # the model's own map, bias -> g
+    assert torch.allclose(g, d / (d + 1), rtol=1e-4) and d == 11.75
+    n = torch.arange(10000).double()
+    assert torch.allclose((n * g[0] ** n).sum() / (g[0] ** n).sum(), d, rtol=1e-3)  # it does look back d tokens
+    assert all(torch.equal(s.gate.bias, students[0].gate.bias) for s in students)  # every layer the same here
+
 def test_student_matches_trivially_linearisable_block():
     # with W_q = 0 softmax attention is the causal mean of v; so is the Hedgehog student, since
     # phi(0) is uniform and every phi(k) sums to 1: the copy is exact before any training

@@ -37,7 +37,10 @@ def overrides(text):
         key, _, value = pair.partition("=")
         if key not in fields or not value:
             raise DtrError(f"--set {pair!r}: give name=value with a setting of dtr.py, e.g. distill_lr=4e-3")
-        out[key] = {"int": int, "float": float, "bool": lambda v: v.lower() in ("1", "true")}.get(str(fields[key]), str)(value)
+        try:
+            out[key] = fields[key](value)  # int, float or str
+        except ValueError:
+            raise DtrError(f"--set {pair!r}: {value!r} is not a {fields[key].__name__}") from None
     return out
 
 def one_budget(model, cfg, train, lm, device, bf16):
@@ -74,6 +77,24 @@ def run(args):
                   f"{len(r['m_opt_1pct']['linear_layers'])}/{cfg.n_layer} linear | distill {r['distill_s']:.0f}s")
             frame.write_result(result, args, f"distill_curve_{args.name}.json")  # after each, so a kill keeps what is done
     return result
+
+def markdown(curves, teacher_train_s=None):
+    """RESULTS.md's table: {name: a distill_curve_<name>.json} -> per student and step budget, the
+    all-linear test loss against the teacher's, M_opt at 1%, the relative MSE per layer, and the
+    conversion time (distillation + greedy) as a share of the teacher's training time."""
+    out = ["Distillation steps and what they buy (`python experiments/distill_curve.py <run folder> --set ... --name ...`), "
+           "each budget a fresh distillation, test batches:", "",
+           "| settings | student | steps | all-linear test loss | M_opt at 1% (test loss) | relative MSE per layer | "
+           "distill + greedy | / teacher time |", "|---" * 8 + "|"]
+    for name, c in curves.items():
+        t0, shown = c["teacher_test_loss"], ", ".join(f"{k}={v}" for k, v in c["set"].items()) or "the run's own"
+        for r in c["runs"]:
+            L, k, conv = len(r["mse"]), len(r["m_opt_1pct"]["linear_layers"]), r["distill_s"] + r["greedy_s"]
+            out.append(f"| {name}: {shown} | `{r['student']}` | {r['steps']} | {r['all_linear_test_loss']:.4f} "
+                       f"({100 * (r['all_linear_test_loss'] / t0 - 1):+.2f}%) | {k}/{L} ({r['m_opt_1pct']['test_loss']:.4f}) | "
+                       f"{' '.join(f'{x:.3f}' for x in r['rel_mse'])} | {conv:.0f} s | "
+                       + (f"{100 * conv / teacher_train_s:.0f}% |" if teacher_train_s else "|"))
+    return out + ["", f"The teacher's test loss: {t0:.4f}."] + ([f"Its training took {teacher_train_s:.0f} s."] if teacher_train_s else []) + [""]
 
 def main(argv=None):
     frame.command(CurveConfig, run, __doc__, argv)

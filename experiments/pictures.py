@@ -114,8 +114,35 @@ def draw_decode(plt, r, title, path):
     fig.suptitle(f"Decoding, paper Fig. 2: {title} ({bench['machine']})", fontsize=10)
     return save_figure(plt, fig, path)
 
+def draw_distill(plt, r, title, path):
+    """Left: the all-linear test loss against the conversion time (distillation + greedy) of each
+    step budget, a colour per setting and a marker per student; right: each layer's relative MSE
+    against the steps, for the setting with the most budgets."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.4))
+    marker = {"gla": "o", "gdn": "s", "hedgehog": "^"}
+    for n, (name, c) in enumerate(r["distill_curves"].items()):
+        for student in dict.fromkeys(x["student"] for x in c["runs"]):
+            runs = [x for x in c["runs"] if x["student"] == student]
+            ax1.plot([x["distill_s"] + x["greedy_s"] for x in runs],
+                     [100 * (x["all_linear_test_loss"] / c["teacher_test_loss"] - 1) for x in runs],
+                     marker=marker[student], color=f"C{n}", label=f"{student}, {name}")
+    name, c = max(r["distill_curves"].items(), key=lambda kv: len(kv[1]["runs"]))
+    for m, student in enumerate(dict.fromkeys(x["student"] for x in c["runs"])):
+        runs = [x for x in c["runs"] if x["student"] == student]
+        for i in range(len(runs[0]["rel_mse"])):
+            ax2.plot([x["steps"] for x in runs], [x["rel_mse"][i] for x in runs], marker=marker[student],
+                     ls=("-", ":", "--")[m % 3], color=f"C{i}", label=f"{student} L{i}")
+    ax1.axhline(1.0, color="gray", ls=":", label="1%")
+    ax1.set(xlabel="distillation + greedy (s)", ylabel="all-linear test loss vs teacher (%)", yscale="log",
+            title="quality against conversion time")
+    ax2.set(xscale="log", yscale="log", xlabel="distillation steps", ylabel="relative MSE (held out)", title=f"per layer ({name})")
+    ax1.legend(fontsize=7)
+    ax2.legend(fontsize=6, ncol=2)
+    fig.suptitle(f"Distillation (BLD, paper §3.1): {title}", fontsize=10)
+    return save_figure(plt, fig, path)
+
 def draw(runs, folder):
-    """Per run: <slug>-baselines.png, -selectors.png, -tasks.png, -decode.png where it has them; for all
+    """Per run: <slug>-baselines.png, -selectors.png, -tasks.png, -distill.png, -decode.png where it has them; for all
     runs, m_opt-layers.png. Returns the paths."""
     plt = pyplot()
     if plt is None:
@@ -142,6 +169,8 @@ def draw(runs, folder):
             paths.append(draw_selectors(plt, r, title, os.path.join(folder, f"{r['slug']}-selectors.png")))
         if "tasks" in r:
             paths.append(draw_tasks(plt, r, title, os.path.join(folder, f"{r['slug']}-tasks.png")))
+        if "distill_curves" in r:
+            paths.append(draw_distill(plt, r, title, os.path.join(folder, f"{r['slug']}-distill.png")))
         if "decode_bench" in r:
             paths.append(draw_decode(plt, r, title, os.path.join(folder, f"{r['slug']}-decode.png")))
     L = max(r["n_layer"] for r in runs)

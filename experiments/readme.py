@@ -10,7 +10,7 @@ run (for several runs, in the folder they share), or in --out. Only --update_pro
 project's own RESULTS.md, README.md's headline table and assets/, in the checkout that holds this script.
 
 Each run folder holds report.json (python dtr.py) and, where the experiments ran on it,
-baselines.json, finetune.json, decode_bench.json, oracle.json and layer_selectors.json. Pictures are named after the run they show.
+baselines.json, finetune.json, decode_bench.json, oracle.json, layer_selectors.json and distill_curve_*.json. Pictures are named after the run they show.
 """
 import os
 from dataclasses import dataclass
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import frame  # first: it puts the project's root on sys.path
 import baselines
 import bench_decode
+import distill_curve
 import dtr
 import finetune
 import layer_selectors
@@ -64,6 +65,10 @@ def load_runs(run_dirs):
             if os.path.exists(os.path.join(d, extra + ".json")):
                 script = "bench_decode" if extra == "decode_bench" else extra
                 r[extra] = read(d, extra, f"rerun python experiments/{script}.py {d}")
+        curves = sorted(f for f in os.listdir(d) if f.startswith("distill_curve_") and f.endswith(".json"))
+        if curves:  # experiments/distill_curve.py, one file per --name
+            r["distill_curves"] = {f[len("distill_curve_"):-len(".json")]: load_file(os.path.join(d, f), f"rerun python "
+                                   f"experiments/distill_curve.py {d}", ("teacher_test_loss", "set", "runs")) for f in curves}
         copy_frac = r["config"].get("copy_frac", 0.0)
         r["label"] = f"`{r['student']}` student on {r['dataset']}" + (f", teacher trained with copy_frac {copy_frac}" if copy_frac else "")
         r["slug"] = os.path.relpath(d, "out").strip("./").replace(os.sep, "-")
@@ -148,6 +153,8 @@ def run_markdown(r):
             "Distillation, relative MSE per layer: " + ", ".join(f"L{i} {x:.3f}" for i, x in enumerate(r["distill"]["rel_mse"])), ""]
     if conversion_share(r):
         out += [f"Distillation + greedy took {100 * conversion_share(r):.0f}% of the teacher's training time.", ""]
+    if "distill_curves" in r:
+        out += distill_curve.markdown(r["distill_curves"], r["teacher"].get("train_s"))
     if "baselines" in r:
         out += baselines.markdown(r["baselines"])
     if "finetune" in r:

@@ -84,6 +84,8 @@ def finished_run(tmp_path_factory, data_dir):
             "--repeats", "1", "--batch", "2"])
     assert "greedy rounds won by" in launch([sys.executable, "experiments/oracle.py", run_dir, "--draws", "20"])
     assert "select   test" in launch([sys.executable, "experiments/layer_selectors.py", run_dir, "--n_random", "2"])
+    assert "curve    gla 50 steps" in launch([sys.executable, "experiments/distill_curve.py", run_dir, "--students", "gla",
+                                                 "--steps", "50", "--name", "own"])  # the tiny preset's own budget
     for name in ("baselines", "finetune", "decode_bench", "oracle", "layer_selectors"):
         assert os.path.exists(os.path.join(run_dir, name + ".json"))
     return run_dir
@@ -100,10 +102,22 @@ def test_results_are_written_beside_the_run_and_the_checkout_is_untouched(finish
     with open(os.path.join(finished_run, "report.json")) as f:
         report = json.load(f)
     for part in ("| placement |", "Finetuning 3 steps", "| copy |", "speed-up, eager", "(assets/m_opt-layers.png)",
-                 "| k | layouts | greedy: test loss |", "| reverse_greedy |", "-selectors.png)",
+                 "| k | layouts | greedy: test loss |", "| reverse_greedy |", "-selectors.png)", "-distill.png)",
+                 "| own: the run's own | `gla` | 50 |",
                  f"| {report['test'][0]['loss']:.4f} |"):  # the headline table: the teacher's test loss
         assert part in text
     assert os.path.exists(os.path.join(finished_run, "assets", "m_opt-layers.png"))
+
+def test_distill_curve_at_the_runs_own_budget_is_the_run(finished_run):
+    # the experiment distils as dtr.py does: at the run's own settings and steps, the same all-linear model
+    with open(os.path.join(finished_run, "report.json")) as f:
+        report = json.load(f)
+    with open(os.path.join(finished_run, "distill_curve_own.json")) as f:
+        curve = json.load(f)
+    (r,) = curve["runs"]
+    assert (r["steps"], r["student"]) == (report["config"]["distill_iters"], "gla")
+    assert r["all_linear_test_loss"] == pytest.approx(report["test"][-1]["loss"], rel=1e-6)
+    assert r["mse"] == pytest.approx(report["distill"]["mse"], rel=1e-5)
 
 def test_update_project_fills_the_checkouts_own_files(finished_run, tmp_path):
     """--update_project rewrites what sits between the markers of the checkout's README.md and
