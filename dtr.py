@@ -149,7 +149,8 @@ class LinearAttention(nn.Module):
     of the teacher's (a key and value head per query head: own_kv_heads); softmax(q.k) becomes
     phi(q).phi(k) with a learned Hedgehog feature map (per head, W initialised to the identity).
     gated=True adds a data-dependent per-head decay g_t in (0, 1] (our compact GLA), initialised
-    close to 1, so it starts close to the plain one.
+    close to 1, so it starts close to the plain one; distillation then starts each head's decay at
+    its teacher head's reach (start_gates, gate_init=span).
     Positions: a teacher with learned positions has them in x already. A rotary teacher's q.k sees
     positions only through rotating q and k, so the student rotates them the same way before the
     feature map: phi(q) and phi(k) then start from the very vectors the teacher compares, and its
@@ -214,7 +215,8 @@ class GatedDeltaNet(LinearAttention):
 
     Each write corrects what S already returns for k_t instead of adding to it, so a key written
     with beta = 1 reads back exactly its value: the in-context recall an additive state blurs.
-    Where distillation starts (the choices, measured, are in the README):
+    Where distillation starts, and what was measured (without the division below, or with beta
+    starting at 0.5 or 0.02, it distilled worse on the tiny preset):
     - q, k: the Hedgehog map (features >= 0 keep q.z, the normaliser below, positive); k then
       L2-normalised (the delta rule needs ||k|| = 1 to stay stable); q's scale cancels in the ratio.
       Half the width (softmax(x W) alone, D = hs) was tried: a distillation step took 1.2x gla's
@@ -224,7 +226,7 @@ class GatedDeltaNet(LinearAttention):
       weighted average of values, on the teacher's scale, while keeping exact recall.
     - beta_t = sigmoid(x W + b), W = 0, b = -2 (beta ~ 0.12): on nearly uniform features at init,
       the delta rule averages the last ~8 tokens' values, close to the teacher's broad heads.
-    - g_t as in gla, ~0.999 at init."""
+    - g_t as in gla (start_gates)."""
 
     def __init__(self, teacher_attn):
         super().__init__(teacher_attn, gated=True)
@@ -279,6 +281,19 @@ def hybrid(blocks, layers, students):
         for block, attn in zip(blocks, own):
             block.attn = attn
 
+# ---- 2. blockwise local distillation (§3.1) ----
+
+@torch.no_grad()
+def block_io(model, idx):
+    """One teacher forward: the input and output of every block, lists of (B, T, C)."""
+    x = model.embed(idx)
+    inputs, outputs = [], []
+    for block in model.transformer.h:
+        inputs.append(x)
+        x = block(x)
+        outputs.append(x)
+    return inputs, outputs
+
 @torch.no_grad()
 def start_gates(model, students, x):
     """gate_init=span: each gated head starts with the decay of its teacher head's reach. On the
@@ -299,19 +314,6 @@ def start_gates(model, students, x):
         pos = torch.arange(T, dtype=torch.float, device=x.device)
         d = (pos - a @ pos)[..., T // 2:].mean(dim=(0, 2)).clamp_min(0.5)  # (nh,) tokens back
         s.gate.bias.copy_(torch.logit((d / (d + 1)) ** 16, eps=1e-6).clamp(max=4.0))  # never longer than the fixed start
-
-# ---- 2. blockwise local distillation (§3.1) ----
-
-@torch.no_grad()
-def block_io(model, idx):
-    """One teacher forward: the input and output of every block, lists of (B, T, C)."""
-    x = model.embed(idx)
-    inputs, outputs = [], []
-    for block in model.transformer.h:
-        inputs.append(x)
-        x = block(x)
-        outputs.append(x)
-    return inputs, outputs
 
 def distill_loss(block, student, x, target):
     """§3.1's loss for one block: || Block_student(x) - Block_teacher(x) ||^2 (mean, fp32), where x

@@ -297,6 +297,12 @@ def test_rerun_reuses_teacher_and_students(tiny_run, capsys):
     assert "distill  reusing" in capsys.readouterr().out
     assert again["trajectory"] == report["trajectory"]
 
+def test_students_distilled_otherwise_are_refused_not_reused(tiny_run):
+    args, out, _ = tiny_run
+    for flag, value in (("--gate_init", "fixed"), ("--distill_lr", "0.001")):
+        line = refused(args + [flag, value])
+        assert os.path.join(out, "gla", "students.pt") in line and f"this run has {flag[2:]}={value}" in line
+
 def test_distillation_lowers_mse(tiny_run):
     args, out, _ = tiny_run
     cfg = dtr.parse_args(args)

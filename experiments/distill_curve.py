@@ -29,6 +29,8 @@ class CurveConfig(frame.RunConfig):
     set: str = opt("", "comma-separated distillation settings to change, e.g. distill_lr=4e-3,distill_batch_size=16")
     name: str = opt("default", "the result's name: distill_curve_<name>.json")
 
+SETTINGS = ("distill_lr", "distill_batch_size", "gate_init")  # recorded with each budget, whatever --set changed
+
 def overrides(text):
     """'a=1,b=x' -> {"a": 1, "b": "x"}, typed as dtr.Config's fields; an unknown field is refused."""
     fields = {f.name: f.type for f in dataclasses.fields(dtr.Config)}
@@ -70,7 +72,8 @@ def run(args):
     for student in args.students.split(","):
         for steps in map(int, args.steps.split(",")):
             c = dataclasses.replace(cfg, student=student, distill_iters=steps, **change)
-            r = {"student": student, **one_budget(model, c, train, lm, device, bf16)}
+            r = {"student": student, "settings": {k: getattr(c, k) for k in SETTINGS},
+                 **one_budget(model, c, train, lm, device, bf16)}
             result["runs"].append(r)
             print(f"curve    {student} {steps} steps | all-linear test loss {r['all_linear_test_loss']:.4f} "
                   f"({100 * (r['all_linear_test_loss'] / teacher_test - 1):+.2f}%) | M_opt(1%) "
@@ -87,8 +90,9 @@ def markdown(curves, teacher_train_s=None):
            "| settings | student | steps | all-linear test loss | M_opt at 1% (test loss) | relative MSE per layer | "
            "distill + greedy | / teacher time |", "|---" * 8 + "|"]
     for name, c in curves.items():
-        t0, shown = c["teacher_test_loss"], ", ".join(f"{k}={v}" for k, v in c["set"].items()) or "the run's own"
+        t0 = c["teacher_test_loss"]
         for r in c["runs"]:
+            shown = ", ".join(f"{k} {v}" for k, v in r["settings"].items())
             L, k, conv = len(r["mse"]), len(r["m_opt_1pct"]["linear_layers"]), r["distill_s"] + r["greedy_s"]
             out.append(f"| {name}: {shown} | `{r['student']}` | {r['steps']} | {r['all_linear_test_loss']:.4f} "
                        f"({100 * (r['all_linear_test_loss'] / t0 - 1):+.2f}%) | {k}/{L} ({r['m_opt_1pct']['test_loss']:.4f}) | "

@@ -103,7 +103,7 @@ def test_results_are_written_beside_the_run_and_the_checkout_is_untouched(finish
         report = json.load(f)
     for part in ("| placement |", "Finetuning 3 steps", "| copy |", "speed-up, eager", "(assets/m_opt-layers.png)",
                  "| k | layouts | greedy: test loss |", "| reverse_greedy |", "-selectors.png)", "-distill.png)",
-                 "| own: the run's own | `gla` | 50 |",
+                 "| own: distill_lr 0.004, distill_batch_size 8, gate_init span | `gla` | 50 |",
                  f"| {report['test'][0]['loss']:.4f} |"):  # the headline table: the teacher's test loss
         assert part in text
     assert os.path.exists(os.path.join(finished_run, "assets", "m_opt-layers.png"))
