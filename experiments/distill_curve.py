@@ -29,6 +29,13 @@ class CurveConfig(frame.RunConfig):
     set: str = opt("", "comma-separated distillation settings to change, e.g. distill_lr=4e-3,distill_batch_size=16")
     name: str = opt("default", "the result's name: distill_curve_<name>.json")
 
+    def check(self):
+        bad = [s for s in self.students.split(",") if s not in dtr.STUDENTS]
+        if bad:
+            raise DtrError(f"--students {bad[0]!r} is not a student; use a comma-separated list of {', '.join(dtr.STUDENTS)}")
+        if not all(s.strip().isdigit() and int(s) > 0 for s in self.steps.split(",")):
+            raise DtrError(f"--steps {self.steps!r}: give comma-separated positive whole numbers of steps, e.g. 200,400")
+
 SETTINGS = ("distill_lr", "distill_batch_size", "gate_init")  # recorded with each budget, whatever --set changed
 
 def overrides(text):

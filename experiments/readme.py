@@ -60,7 +60,9 @@ def load_runs(run_dirs):
         raise DtrError("give at least one finished run folder, e.g. out/shakespeare_char-cpu/gla")
     runs = []
     for d in run_dirs:
-        r = read(d, "report", f"rerun the python dtr.py command that made {d} with this version to rewrite it")
+        r = read(d, "report", f"rerun the python dtr.py command that made {d} with this version to rewrite it"
+                 if os.path.exists(os.path.join(d, "report.json")) else "run python dtr.py first; give a student's folder, "
+                 "e.g. out/shakespeare_char-cpu/gla")
         for extra in ("baselines", "finetune", "decode_bench", "oracle", "layer_selectors"):
             if os.path.exists(os.path.join(d, extra + ".json")):
                 script = "bench_decode" if extra == "decode_bench" else extra
