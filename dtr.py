@@ -299,21 +299,26 @@ def start_gates(model, students, x):
     """gate_init=span: each gated head starts with the decay of its teacher head's reach. On the
     block inputs of x (B, T), the teacher head's mean look-back d = sum_j a_ij (i - j) over the
     queries of the window's second half; a decay g weights the token n back by g^n, whose mean
-    n is g / (1 - g), so g = d / (d + 1), and the bias b solves logsigmoid(b) / 16 = log g. The
-    heads measured here reach 2 to 26 tokens back, where the fixed start (g ~ 0.999) reaches ~900."""
-    for block, s, h in zip(model.transformer.h, students, block_io(model, x)[0]):
+    n is g / (1 - g), so g = d / (d + 1), and the bias b solves logsigmoid(b) / 16 = log g, capped
+    at the fixed start's b = 4 (g ~ 0.999, ~900 tokens). Prints each head's d."""
+    reach = []
+    for i, (block, s, h) in enumerate(zip(model.transformer.h, students, block_io(model, x)[0])):
         if s.gate is None:
             continue
-        q, k, _ = (s.c_attn(block.ln_1(h)).float().split(h.size(-1), dim=2))  # the teacher's q, k per query head
+        q, k, _ = s.c_attn(block.ln_1(h)).float().split(h.size(-1), dim=2)  # the teacher's q, k per query head
         B, T, C = q.size()
-        q, k = (t.view(B, T, s.n_head, C // s.n_head).transpose(1, 2) for t in (q, k))  # (B, nh, T, hs)
+        hs = C // s.n_head
+        q, k = (t.view(B, T, s.n_head, hs).transpose(1, 2) for t in (q, k))  # (B, nh, T, hs)
         if s.rope:
             q, k = rope(q, 0, *s.rope), rope(k, 0, *s.rope)
-        scores = (q @ k.transpose(-1, -2)) * (block.attn.scale or (C // s.n_head) ** -0.5)  # (B, nh, T, T)
+        scores = (q @ k.transpose(-1, -2)) * (block.attn.scale or hs ** -0.5)  # (B, nh, T, T)
         a = scores.masked_fill(torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1), float("-inf")).softmax(-1)
         pos = torch.arange(T, dtype=torch.float, device=x.device)
         d = (pos - a @ pos)[..., T // 2:].mean(dim=(0, 2)).clamp_min(0.5)  # (nh,) tokens back
-        s.gate.bias.copy_(torch.logit((d / (d + 1)) ** 16, eps=1e-6).clamp(max=4.0))  # never longer than the fixed start
+        s.gate.bias.copy_(torch.logit((d / (d + 1)) ** 16, eps=1e-6).clamp(max=4.0))
+        reach.append(f"L{i} " + " ".join(f"{v:.1f}" for v in d.tolist()))
+    if reach:
+        print("distill  decay starts at each head's reach (tokens back) " + " | ".join(reach))
 
 def distill_loss(block, student, x, target):
     """§3.1's loss for one block: || Block_student(x) - Block_teacher(x) ||^2 (mean, fp32), where x

@@ -19,7 +19,13 @@ import torch
 
 import dtr
 import tasks
-from plumbing import DtrError, opt
+from plumbing import DtrError, opt, parse_flags, validate
+
+def overrides(text):
+    """--set 'a=1,b=x' -> {"a": 1, "b": "x"}: read as dtr.py's own flags, so an unknown name or a
+    value of the wrong type is refused as dtr.py refuses it (its ranges: validate, once applied)."""
+    pairs = [p.partition("=") for p in filter(None, text.split(","))]
+    return parse_flags(dtr.Config, [a for key, _, value in pairs for a in ("--" + key, value)], "--set")
 
 @dataclass
 class CurveConfig(frame.RunConfig):
@@ -35,22 +41,9 @@ class CurveConfig(frame.RunConfig):
             raise DtrError(f"--students {bad[0]!r} is not a student; use a comma-separated list of {', '.join(dtr.STUDENTS)}")
         if not all(s.strip().isdigit() and int(s) > 0 for s in self.steps.split(",")):
             raise DtrError(f"--steps {self.steps!r}: give comma-separated positive whole numbers of steps, e.g. 200,400")
+        overrides(self.set)  # before the run is loaded
 
 SETTINGS = ("distill_lr", "distill_batch_size", "gate_init")  # recorded with each budget, whatever --set changed
-
-def overrides(text):
-    """'a=1,b=x' -> {"a": 1, "b": "x"}, typed as dtr.Config's fields; an unknown field is refused."""
-    fields = {f.name: f.type for f in dataclasses.fields(dtr.Config)}
-    out = {}
-    for pair in filter(None, text.split(",")):
-        key, _, value = pair.partition("=")
-        if key not in fields or not value:
-            raise DtrError(f"--set {pair!r}: give name=value with a setting of dtr.py, e.g. distill_lr=4e-3")
-        try:
-            out[key] = fields[key](value)  # int, float or str
-        except ValueError:
-            raise DtrError(f"--set {pair!r}: {value!r} is not a {fields[key].__name__}") from None
-    return out
 
 def one_budget(model, cfg, train, lm, device, bf16):
     """Distil fresh students under cfg; their block MSE, all-linear test loss and M_opt (1%)."""
@@ -78,7 +71,7 @@ def run(args):
     result = {"teacher_test_loss": teacher_test, "set": change, "runs": []}
     for student in args.students.split(","):
         for steps in map(int, args.steps.split(",")):
-            c = dataclasses.replace(cfg, student=student, distill_iters=steps, **change)
+            c = validate(dataclasses.replace(cfg, student=student, distill_iters=steps, **change))
             r = {"student": student, "settings": {k: getattr(c, k) for k in SETTINGS},
                  **one_budget(model, c, train, lm, device, bf16)}
             result["runs"].append(r)
