@@ -37,10 +37,11 @@ import torch.nn.functional as F
 from kernel import EPS, gated_delta_rule, gated_delta_rule_step, linear_attention, linear_attention_step
 from plumbing import (DtrError, Pace, Partial, atomic_save, autocast, check_resumable, choose_device, claim, cli,
                       first_words, gather_dict, load_file, machine, my_share, opt, weights_sha256, world)
-from prepare import decode, encode, load_data
-from tasks import METRICS, batch_scores, evaluate, n_scored, reduce, task_batches, task_sources
+from prepare import load_data
+from tasks import (METRICS, batch_scores, evaluate, n_scored, reduce, task_batches, task_metric, task_sources,
+                   without_repeat)
 from train_teacher import (PRESETS as TEACHER_PRESETS, TeacherConfig, configure, cosine_lr, get_batch, load_model,
-                           load_or_train, rope)
+                           load_or_train, rope, sample_text)
 
 # ---- settings: the teacher's (train_teacher.py), and the method's ----
 
@@ -55,11 +56,14 @@ class Config(TeacherConfig):
     distill_batch_size: int = opt(8, "sequences per distillation step", ">0")
     gate_init: str = opt("span", "where the gla and gdn decay starts: span (each head's from how far back its teacher "
                                  "head attends) or fixed (g ~ 0.999 in every head)", ("span", "fixed"))
-    metric: str = opt("loss", "the task metric P that greedy replacement and M_opt go by: loss (lower is better) "
-                              "or accuracy, the share of tokens predicted exactly, or of multiple-choice items "
-                              "answered right; acc_norm: choices scored per character (higher is better)", tuple(METRICS))
+    metric: str = opt("auto", "the task metric P that greedy replacement and M_opt go by: loss (lower is better), "
+                              "accuracy (the share of tokens predicted exactly, or of multiple-choice items answered "
+                              "right), acc_norm (choices scored per character); auto: accuracy for multiple-choice "
+                              "tasks, loss for the others", ("auto",) + tuple(METRICS))
     tolerance: float = opt(0.02, "M_opt keeps P within this of the teacher's: loss <= (1 + tolerance) x, "
                                  "accuracy >= (1 - tolerance) x", "[0,1)")
+    keep_full: int = opt(-1, "M_opt by a budget instead: the search's hybrid with this many full-attention layers "
+                             "(paper Table 4; -1: by --tolerance)", ">=-1")
     task: str = opt("lm", "comma-separated target tasks, one greedy search each: lm (next token), copy (recall a "
                           "repeated passage), cloze (pick a passage's continuation among 4), or path/to/your.jsonl: "
                           'multiple choice, one item a line: {"context": "...", "choices": ["...", "..."], "gold": 0}')
@@ -71,6 +75,8 @@ class Config(TeacherConfig):
     def check(self):
         super().check()
         task_sources(self)  # unknown tasks, clashing names and windows too short for a task are refused here
+        if self.keep_full > self.n_layer:
+            raise DtrError(f"--keep_full {self.keep_full} is more than the {self.n_layer} layers; keep at most {self.n_layer} full")
         if self.batch_size * self.val_batches < 2:
             raise DtrError("--batch_size x --val_batches must be at least 2: search and test batches each need a window")
         if world(before_init=True) > self.n_layer:
@@ -129,24 +135,9 @@ def hedgehog_feature_map(x, w):
     x = x @ w  # each head its own map
     return torch.cat([x, -x], dim=-1).softmax(dim=-1)
 
-def own_kv_heads(attn):
-    """The teacher's c_attn with a key and a value head for every query head. Under grouped-query
-    attention query head h reads key/value head h // (nh / n_kv) (transformers' repeat_kv), so each
-    key/value head's block of hs rows is repeated for the query heads that read it; repeating each
-    row instead would hand head h rows of other heads. The student's heads may then part ways."""
-    c_attn, rep = copy.deepcopy(attn.c_attn), attn.n_head // attn.n_kv_head
-    if rep > 1:
-        C = c_attn.in_features
-        grow = lambda t: torch.cat([t[:C]] + [kv.unflatten(0, (attn.n_kv_head, -1)).repeat_interleave(rep, dim=0).flatten(0, 1)
-                                              for kv in t[C:].chunk(2)])  # (C + 2 C / rep, ...) -> (3 C, ...)
-        c_attn.weight = nn.Parameter(grow(c_attn.weight.detach()))
-        c_attn.bias = None if c_attn.bias is None else nn.Parameter(grow(c_attn.bias.detach()))
-        c_attn.out_features = 3 * C
-    return c_attn
-
 class LinearAttention(nn.Module):
     """Drop-in student for CausalSelfAttention (same forward(x, cache)). q/k/v/o start as copies
-    of the teacher's (a key and value head per query head: own_kv_heads); softmax(q.k) becomes
+    of the teacher's (a key and value head per query head: c_attn_per_query_head); softmax(q.k) becomes
     phi(q).phi(k) with a learned Hedgehog feature map (per head, W initialised to the identity).
     gated=True adds a data-dependent per-head decay g_t in (0, 1] (our compact GLA), initialised
     close to 1, so it starts close to the plain one; distillation then starts each head's decay at
@@ -160,7 +151,7 @@ class LinearAttention(nn.Module):
     def __init__(self, teacher_attn, gated):
         super().__init__()
         self.n_head, self.rope = teacher_attn.n_head, teacher_attn.rope
-        self.c_attn = own_kv_heads(teacher_attn)
+        self.c_attn = teacher_attn.c_attn_per_query_head()
         self.c_proj = copy.deepcopy(teacher_attn.c_proj)
         C = self.c_attn.in_features
         eye = torch.eye(C // self.n_head).repeat(self.n_head, 1, 1)  # (nh, hs, hs)
@@ -219,9 +210,6 @@ class GatedDeltaNet(LinearAttention):
     starting at 0.5 or 0.02, it distilled worse on the tiny preset):
     - q, k: the Hedgehog map (features >= 0 keep q.z, the normaliser below, positive); k then
       L2-normalised (the delta rule needs ||k|| = 1 to stay stable); q's scale cancels in the ratio.
-      Half the width (softmax(x W) alone, D = hs) was tried: a distillation step took 1.2x gla's
-      instead of 1.4x at the same lm loss, still not enough for the 25% conversion budget (README),
-      and its copy search kept one more full layer.
     - o: a column of ones rides along with v, and dividing by its read q.z makes each output a
       weighted average of values, on the teacher's scale, while keeping exact recall.
     - beta_t = sigmoid(x W + b), W = 0, b = -2 (beta ~ 0.12): on nearly uniform features at init,
@@ -305,14 +293,8 @@ def start_gates(model, students, x):
     for i, (block, s, h) in enumerate(zip(model.transformer.h, students, block_io(model, x)[0])):
         if s.gate is None:
             continue
-        q, k, _ = s.c_attn(block.ln_1(h)).float().split(h.size(-1), dim=2)  # the teacher's q, k per query head
-        B, T, C = q.size()
-        hs = C // s.n_head
-        q, k = (t.view(B, T, s.n_head, hs).transpose(1, 2) for t in (q, k))  # (B, nh, T, hs)
-        if s.rope:
-            q, k = rope(q, 0, *s.rope), rope(k, 0, *s.rope)
-        scores = (q @ k.transpose(-1, -2)) * (block.attn.scale or hs ** -0.5)  # (B, nh, T, T)
-        a = scores.masked_fill(torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1), float("-inf")).softmax(-1)
+        a = block.attn.attention_weights(block.ln_1(h)).float()  # (B, nh, T, T)
+        T = a.size(-1)
         pos = torch.arange(T, dtype=torch.float, device=x.device)
         d = (pos - a @ pos)[..., T // 2:].mean(dim=(0, 2)).clamp_min(0.5)  # (nh,) tokens back
         s.gate.bias.copy_(torch.logit((d / (d + 1)) ** 16, eps=1e-6).clamp(max=4.0))
@@ -442,28 +424,19 @@ def greedy_replace(model, students, batches, device="cpu", bf16=False, resume=No
 
 # ---- 4. M_best and M_opt, scored on held-out test batches (Algorithm 1, the end) ----
 
-def select_models(teacher, trajectory, tolerance, metric="loss"):
+def select_models(teacher, trajectory, tolerance, metric="loss", keep_full=-1):
     """M_best: the best P seen (the teacher counts; ties go to more linear layers). M_opt: the
     most linear layers with P >= P_min, a tolerance below the teacher's P: for loss,
-    loss <= (1 + tolerance) x the teacher's; for accuracy, accuracy >= (1 - tolerance) x."""
+    loss <= (1 + tolerance) x the teacher's; for accuracy, accuracy >= (1 - tolerance) x.
+    keep_full=K >= 0 instead: the hybrid of the search with K full-attention layers (a budget)."""
     sign, key = METRICS[metric], "val_" + metric
     points = [(0, teacher)] + [(t["k"], t[key]) for t in trajectory]
     order = [t["layer"] for t in trajectory]
     k_best = min(points, key=lambda p: (sign * p[1], -p[0]))[0]
-    k_opt = max(k for k, p in points if sign * p <= sign * (1 + sign * tolerance) * teacher)
+    k_opt = len(order) - keep_full if keep_full >= 0 else \
+        max(k for k, p in points if sign * p <= sign * (1 + sign * tolerance) * teacher)
     pick = lambda k: {"linear_layers": sorted(order[:k]), key: points[k][1]}
     return pick(k_best), pick(k_opt)
-
-@torch.no_grad()
-def test_scores(model, students, trajectory, batches, device="cpu", bf16=False):
-    """P^test: every model of the trajectory, k = 0 (the teacher) .. L, on test batches that the
-    search never saw, every metric. M_best and M_opt are two of them (k = their linear layers)."""
-    order = [t["layer"] for t in trajectory]
-    out = []
-    for k in range(len(order) + 1):
-        with hybrid(model.transformer.h, order[:k], students):
-            out.append(evaluate(model, batches, device, bf16))
-    return out
 
 def print_trajectory(result, cfg):
     """Algorithm 1's outcome for one task: the metric on the search and on the test batches, an
@@ -471,7 +444,8 @@ def print_trajectory(result, cfg):
     averages (tokens of one window are not independent: there it is a lower bound). Two hybrids'
     accuracies differ meaningfully when more than ~2.8 (2 sqrt 2) standard errors apart (a little
     less, as they are scored on the same items)."""
-    metric, test, n, teacher = cfg.metric, result["test"], result.get("n", {}), result["teacher_" + cfg.metric]
+    metric, test, n = result["metric"], result["test"], result.get("n", {})
+    teacher = result["teacher_" + metric]
     err = metric != "loss" and bool(n)  # an accuracy: its standard error, and changes in points
     show = lambda p, split: f"{p:.4f}" + (f" ± {math.sqrt(p * (1 - p) / n[split]):.4f}" if err else "")
     vs = lambda p, p0: f"{100 * (p - p0):+7.2f} pt" if err else f"{100 * (p - p0) / (abs(p0) or 1):+9.2f}%"
@@ -482,21 +456,26 @@ def print_trajectory(result, cfg):
     for t in result["trajectory"]:
         print(f"{t['k']:3d} |       L{t['layer']} | {show(t['val_' + metric], 'search'):>{ws}s} | {vs(t['val_' + metric], teacher)} | "
               f"{show(test[t['k']][metric], 'test'):>{wt}s} | {vs(test[t['k']][metric], test[0][metric])}")
-    for name, m in (("M_best", result["m_best"]), (f"M_opt (tolerance {cfg.tolerance:.0%})", result["m_opt"])):
-        print(f"{name}: linear layers {m['linear_layers']}, search {metric} {m['val_' + metric]:.4f}, "
-              f"test loss {m['test_loss']:.4f}, test accuracy {m['test_accuracy']:.4f}" +
-              (f", test acc_norm {m['test_acc_norm']:.4f}" if metric == "acc_norm" else ""))
+    budget = f"{cfg.keep_full} full layers" if cfg.keep_full >= 0 else f"tolerance {cfg.tolerance:.0%}"
+    for name, m in (("M_best", result["m_best"]), (f"M_opt ({budget})", result["m_opt"])):
+        print(f"{name}: linear layers {m['linear_layers']}, search {metric} {m['val_' + metric]:.4f}, test " +
+              ", ".join(f"{p} {m['test_' + p]:.4f}" for p in METRICS if p != "acc_norm" or result["multiple_choice"]))
 
 def algorithm_1(model, students, batches, test_batches, cfg, device="cpu", bf16=False, resume=None):
     """Algorithm 1 for one task: search on `batches`, select M_best and M_opt, score on `test_batches`.
-    Returns {"teacher_<metric>", "trajectory", "m_best", "m_opt", "test"}."""
-    teacher, trajectory = greedy_replace(model, students, batches, device, bf16, resume, cfg.metric)
-    m_best, m_opt = select_models(teacher, trajectory, cfg.tolerance, cfg.metric)
-    test = test_scores(model, students, trajectory, test_batches, device, bf16)
+    Returns {"metric", "teacher_<metric>", "trajectory", "m_best", "m_opt", "test", "n", "multiple_choice", "seconds"}."""
+    t0, metric = time.time(), task_metric(cfg.metric, batches)
+    teacher, trajectory = greedy_replace(model, students, batches, device, bf16, resume, metric)
+    m_best, m_opt = select_models(teacher, trajectory, cfg.tolerance, metric, cfg.keep_full)
+    order, test = [t["layer"] for t in trajectory], []
+    for k in range(len(order) + 1):  # P^test of every model of the trajectory, the teacher (k = 0) to all-linear
+        with hybrid(model.transformer.h, order[:k], students):
+            test.append(evaluate(model, test_batches, device, bf16))
     for m in (m_best, m_opt):
-        m.update({f"test_{metric}": test[len(m["linear_layers"])][metric] for metric in METRICS})
-    result = {f"teacher_{cfg.metric}": teacher, "trajectory": trajectory, "m_best": m_best, "m_opt": m_opt, "test": test,
-              "n": {"search": n_scored(batches), "test": n_scored(test_batches)}, "multiple_choice": len(batches[0]) == 3}
+        m.update({f"test_{p}": test[len(m["linear_layers"])][p] for p in METRICS})
+    result = {"metric": metric, f"teacher_{metric}": teacher, "trajectory": trajectory, "m_best": m_best, "m_opt": m_opt, "test": test,
+              "n": {"search": n_scored(batches), "test": n_scored(test_batches)}, "multiple_choice": len(batches[0]) == 3,
+              "seconds": time.time() - t0}
     print_trajectory(result, cfg)
     return result
 
@@ -513,9 +492,7 @@ def run_tasks(model, students, tasks, cfg, device="cpu", bf16=False, done=None):
         print(f"\n---- task {name} ----" + (" (its search is the one above)" if name in (done or {}) else ""))
         results[name] = (done or {}).get(name) or algorithm_1(model, students, batches, test_batches, cfg, device, bf16)
     if "copy" in tasks:  # the same passages and targets without the repeat: what the first copy is worth
-        half = tasks["copy"][1][0][0].size(1) // 2
-        plain = [(x[:, :half], y[:, half:]) for x, y in tasks["copy"][1]]  # (B, half) each
-        results["copy"]["teacher_plain"] = evaluate(model, plain, device, bf16)
+        results["copy"]["teacher_plain"] = evaluate(model, without_repeat(tasks["copy"][1]), device, bf16)
     names, cross = list(tasks), []
     for row in names:  # is a hybrid chosen for one task still good at the others?
         with hybrid(model.transformer.h, results[row]["m_opt"]["linear_layers"], students):
@@ -524,27 +501,16 @@ def run_tasks(model, students, tasks, cfg, device="cpu", bf16=False, done=None):
     full = {n: " ".join(f"L{i}" for i in range(len(students)) if i not in results[n]["m_opt"]["linear_layers"]) or "-"
             for n in names}
     fw = max(11, *map(len, full.values()))
+    metric = {n: results[n]["metric"] for n in names}  # a column in its own task's metric
     print(f"\ntasks    each task's M_opt (a row: the task it was searched for, the layers it keeps full "
-          f"attention) scored on each task's test items (a column): test {cfg.metric}")
+          f"attention) scored on each task's test items (a column: test {', '.join(f'{n} {m}' for n, m in metric.items())})")
     print(f"tasks    {'M_opt of':{w}s} | {'full layers':{fw}s} | " + " | ".join(f"{c:>{w}s}" for c in names))
     for name, row in zip(names, cross):
-        print(f"tasks    {name:{w}s} | {full[name]:{fw}s} | " + " | ".join(f"{p[cfg.metric]:>{w}.4f}" for p in row))
+        print(f"tasks    {name:{w}s} | {full[name]:{fw}s} | " + " | ".join(f"{p[metric[c]]:>{w}.4f}" for p, c in zip(row, names)))
     return {"tasks": results, "tasks_cross_eval": {"rows": names, "cols": names,  # every metric, the table printed one
                                                    **{m: [[p[m] for p in row] for row in cross] for m in METRICS}}}
 
 # ---- 6. the pipeline ----
-
-def start_ids(meta):
-    """Where samples start: a newline where the vocabulary has one, else its first token."""
-    try:
-        return encode("\n", meta)
-    except DtrError:
-        return [0]
-
-def sample_text(model, meta, n_tokens, device, seed):
-    gen = torch.Generator(device=device).manual_seed(seed)
-    start = torch.tensor([start_ids(meta)], device=device)
-    return decode(model.generate(start, n_tokens, generator=gen)[0].tolist(), meta)
 
 def load_students(path, students, device, key=None):
     """Load distilled students (refused if `key` differs); returns the seconds their training took."""
@@ -576,7 +542,6 @@ def run(cfg):
     torch.manual_seed(cfg.seed)
     train, val, meta = load_data(cfg)
     tasks = task_batches(cfg, val, meta, device)  # {task: (search batches, test batches)}
-    val_b = tasks["lm"][0]
     data = f"{cfg.dataset} in {cfg.init_from}'s tokens" if cfg.init_from else meta["dataset"]
     print(f"data     {data}: {len(train):,} train / {len(val):,} val tokens, vocab {len(meta['vocab']):,}")
 
@@ -602,7 +567,7 @@ def run(cfg):
         distill_train_s = resume.elapsed()
         atomic_save({"key": distill_key, "students": [s.state_dict() for s in students], "train_s": distill_train_s}, students_path)
         resume.done()
-    mse, rel_mse = block_mse(model, students, val_b, device, bf16)
+    mse, rel_mse = block_mse(model, students, tasks["lm"][0], device, bf16)
     if not all(math.isfinite(m) for m in mse):
         raise DtrError(f"distilled students produce NaN/inf (per-layer MSE {mse}); delete {students_path}, "
                        f"lower --distill_lr and rerun")
@@ -612,8 +577,8 @@ def run(cfg):
 
     # 3-4. greedy replacement on the search batches, M_best and M_opt, scored on the test batches
     t0 = time.time()
-    resume = Partial(os.path.join(run_dir, "greedy.partial.json"),
-                     {**distill_key, "val_batches": cfg.val_batches, "batch_size": cfg.batch_size, "metric": cfg.metric})
+    resume = Partial(os.path.join(run_dir, "greedy.partial.json"), {**distill_key, "val_batches": cfg.val_batches,
+                     "batch_size": cfg.batch_size, "metric": task_metric(cfg.metric, tasks["lm"][0])})
     lm = algorithm_1(model, students, *tasks["lm"], cfg, device, bf16, resume)
     t_greedy = time.time() - t0
     save_hybrids(model, students, lm, cfg, meta, run_dir)
@@ -626,8 +591,8 @@ def run(cfg):
         "dataset": meta["dataset"], "student": cfg.student, "device": device, "config": dataclasses.asdict(cfg),
         "command": ("python " if world() == 1 else f"torchrun --standalone --nproc_per_node={world()} ") +
                    shlex.join([os.path.basename(sys.argv[0])] + sys.argv[1:]), "machine": machine(),
-        "date": time.strftime("%Y-%m-%d"), "n_layer": cfg.n_layer, "tolerance": cfg.tolerance, "metric": cfg.metric,
-        "teacher": {f"val_{cfg.metric}": lm[f"teacher_{cfg.metric}"], "train_s": teacher_train_s, "init_from": cfg.init_from,
+        "date": time.strftime("%Y-%m-%d"), "n_layer": cfg.n_layer, "tolerance": cfg.tolerance, "metric": lm["metric"],
+        "teacher": {f"val_{lm['metric']}": lm[f"teacher_{lm['metric']}"], "train_s": teacher_train_s, "init_from": cfg.init_from,
                     "reused": teacher_reused},
         "distill": {"mse": mse, "rel_mse": rel_mse, "train_s": distill_train_s, "reused": students_reused},
         **{k: lm[k] for k in ("trajectory", "m_best", "m_opt", "test")}, **tasks_report,

@@ -43,6 +43,7 @@ def first_words(e, n=100):
 RULES = {  # the valid values of a numeric setting, and how the error message says it
     ">0": (lambda v: v > 0, "> 0"),
     ">=0": (lambda v: v >= 0, ">= 0"),
+    ">=-1": (lambda v: v >= -1, ">= -1"),
     "[0,1)": (lambda v: 0 <= v < 1, "in [0, 1)"),
 }
 

@@ -55,6 +55,11 @@ def task_sources(cfg):
 
 METRICS = {"loss": 1, "accuracy": -1, "acc_norm": -1}  # the sign that makes lower better
 
+def task_metric(metric, batches):
+    """The metric P of a task's search: --metric, or with auto each task's own: accuracy for a
+    multiple-choice task (batches (x, y, choices): the paper's P), next-token loss for the others."""
+    return metric if metric != "auto" else "accuracy" if len(batches[0]) == 3 else "loss"
+
 def choice_scores(rows):
     """Multiple-choice metrics as LM-Evaluation-Harness computes them, from one row per choice:
     ((item, choice, gold, chars, tokens), ll), where ll is the choice's log-likelihood given its
@@ -129,6 +134,12 @@ def copy_batches(data, block_size, batch_size, n_batches, device, test=False):
         y[:, half:-1] = nxt[:, :-1]  # p[1:]; the first token of the second copy has no cue yet
         batches.append((x, y))
     return batches
+
+def without_repeat(batches):
+    """Copy batches (B, T) cut to their second half's targets after the first half alone: the same
+    passages without the repeat, which says what the first copy is worth."""
+    half = batches[0][0].size(1) // 2
+    return [(x[:, :half], y[:, half:]) for x, y in batches]  # (B, half) each
 
 def read_text(path, flag):
     try:

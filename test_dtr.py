@@ -235,6 +235,9 @@ def test_select_models():
     assert m_opt["linear_layers"] == [0, 2]
     _, m_opt = dtr.select_models(0.5, traj, tolerance=0.0)
     assert m_opt == {"linear_layers": [], "val_loss": 0.5}  # nothing within tolerance: the teacher
+    # a budget instead (--keep_full K): the search's hybrid with K full layers, within tolerance or not
+    for K, linear in ((0, [0, 1, 2, 3]), (1, [0, 1, 2]), (3, [2]), (4, [])):
+        assert dtr.select_models(0.5, traj, tolerance=0.0, keep_full=K)[1]["linear_layers"] == linear
     # accuracy: higher is better, and the tolerance is read the other way round
     acc = [{"k": 1, "layer": 2, "val_accuracy": 0.9}, {"k": 2, "layer": 0, "val_accuracy": 0.95},
            {"k": 3, "layer": 1, "val_accuracy": 0.7}]
@@ -341,6 +344,8 @@ def test_every_numeric_setting_has_a_valid_range():
     (["--max_iters", "0"], "--max_iters 0 is not > 0"),
     (["--lr", "nan"], "--lr nan is not a finite number"),
     (["--tolerance", "1.5"], "--tolerance 1.5 is not in [0, 1)"),
+    (["--keep_full", "5"], "--keep_full 5 is more than the 4 layers; keep at most 4 full"),
+    (["--keep_full", "-2"], "--keep_full -2 is not >= -1"),
     (["--dropout", "1"], "--dropout 1.0 is not in [0, 1)"),
     (["--task", "lm,recall"], "comma-separated list of lm, copy"),
     (["--student", "mamba"], "unknown --student 'mamba'; use one of gla, hedgehog, gdn"),

@@ -96,6 +96,13 @@ def test_choice_scores_by_hand():
     tie = [((0, 0, 1, 1, 1), -1.0), ((0, 1, 1, 1, 1), -1.0)]
     assert tasks.choice_scores(tie)["accuracy"] == 0  # a tie goes to the first choice, as numpy's argmax
 
+def test_each_task_is_searched_by_its_own_metric_unless_one_is_given():
+    x = y = torch.zeros(1, 4, dtype=torch.long)
+    token, choice = [(x, y)], [(x, y, [(0, 0, 0, 1, 1)])]  # batches (x, y) and (x, y, choices)
+    assert (tasks.task_metric("auto", token), tasks.task_metric("auto", choice)) == ("loss", "accuracy")
+    assert {tasks.task_metric(m, b) for m in ("loss", "acc_norm") for b in (token, choice)} == {"loss", "acc_norm"}
+    assert [tasks.task_metric(m, choice) for m in ("loss", "acc_norm")] == ["loss", "acc_norm"]
+
 CHARS = "abcdefghijklmnopqrst"  # the 20 tokens of tiny_gpt
 META = {"tokenizer": "char", "vocab": list(CHARS), "dataset": "test"}
 
@@ -185,11 +192,12 @@ def shakespeare_items(data_dir, n=24):
     return items
 
 def test_multiple_choice_tasks_end_to_end(tiny_run, data_dir, tmp_path, capsys):
-    # lm, copy, your file and cloze through one interface, searched by accuracy: one search each,
-    # each task's M_best and M_opt saved and scoring what the report says, every M_opt on every task
+    # lm, copy, your file and cloze through one interface, each searched by its own metric (--metric
+    # auto): one search each, each task's M_best and M_opt saved and scoring what the report says,
+    # every M_opt on every task
     args, out, _ = tiny_run
     mine = write_items(tmp_path / "mine.jsonl", shakespeare_items(data_dir))
-    cfg = dtr.parse_args(args + ["--task", f"lm,copy,{mine},cloze", "--metric", "accuracy", "--cloze_items", "60"])
+    cfg = dtr.parse_args(args + ["--task", f"lm,copy,{mine},cloze", "--cloze_items", "60"])
     r = dtr.run(cfg)
     log = capsys.readouterr().out
     names = ["lm", "copy", "mine.jsonl", "cloze"]
@@ -198,15 +206,18 @@ def test_multiple_choice_tasks_end_to_end(tiny_run, data_dir, tmp_path, capsys):
     assert r["tasks"]["cloze"]["n"] == {"search": 30, "test": 30} and r["tasks"]["mine.jsonl"]["n"] == {"search": 12, "test": 12}
     assert "(30 search / 30 test items)" in log and " ± " in log  # accuracies with their standard error
     batches = tasks.task_batches(cfg, prepare.load_data(cfg)[1], prepare.load_data(cfg)[2], "cpu")
+    assert [r["tasks"][n]["metric"] for n in names] == ["loss", "loss", "accuracy", "accuracy"] and r["metric"] == "loss"
+    assert "(a column: test lm loss, copy loss, mine.jsonl accuracy, cloze accuracy)" in log
     for i, name in enumerate(names):
         t = r["tasks"][name]
-        assert t["m_opt"]["val_accuracy"] >= (1 - cfg.tolerance) * t["teacher_accuracy"] - 1e-9
-        assert r["tasks_cross_eval"]["accuracy"][i][i] == pytest.approx(t["m_opt"]["test_accuracy"], rel=1e-6)
+        p, sign = t["metric"], tasks.METRICS[t["metric"]]
+        assert sign * t["m_opt"]["val_" + p] <= sign * (1 + sign * cfg.tolerance) * t["teacher_" + p] + 1e-9
+        assert r["tasks_cross_eval"][p][i][i] == pytest.approx(t["m_opt"]["test_" + p], rel=1e-6)
         for m in ("m_best", "m_opt"):
             path = os.path.join(out, "gla", *(["tasks", name] if name != "lm" else []), m + ".pt")
             model, ckpt = dtr.load_hybrid(path, "cpu")
             assert ckpt["task"] == name and ckpt["linear_layers"] == t[m]["linear_layers"]
-            assert tasks.evaluate(model, batches[name][1])["accuracy"] == pytest.approx(t[m]["test_accuracy"], rel=1e-6)
+            assert tasks.evaluate(model, batches[name][1])[p] == pytest.approx(t[m]["test_" + p], rel=1e-6)
     # the cross table: a header that names its columns, every "|" in line however long the names
     table = [line[len("tasks    "):] for line in log.splitlines() if line.startswith("tasks    ")][1:]
     assert table[0].split("|")[0].strip() == "M_opt of" and [c.strip() for c in table[0].split("|")[2:]] == names

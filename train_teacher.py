@@ -15,6 +15,7 @@ own. An interrupted run resumes from teacher.partial.pt, written every save_inte
 Read in nanoGPT's order: the model, the data, training, a teacher you already have, main. The
 plumbing every script shares (settings, errors, files, device, torchrun) is in plumbing.py.
 """
+import copy
 import dataclasses
 import math
 import os
@@ -29,7 +30,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from plumbing import (DtrError, Pace, Partial, atomic_save, autocast, barrier, check_resumable, choose_device, claim, cli,
                       first_words, load_file, opt, parse_flags, rank, validate, world)
-from prepare import BUILTIN, check_split, data_name, load_data
+from prepare import BUILTIN, check_split, data_name, decode, encode, load_data
 from pretrained import INIT_FIX, check_logits, import_settings, init_sha256, read_source
 
 # ---- the model (nanoGPT's, module names kept) ----
@@ -93,20 +94,52 @@ class CausalSelfAttention(nn.Module):
         self.scale = None if config.scale_attn else 1.0  # None: scaled_dot_product_attention's 1 / sqrt(hs)
         self.rope = (config.rope_theta, config.rope_scaling) if config.pos == "rope" else None
 
+    def c_attn_per_query_head(self):
+        """A copy of c_attn with a key and a value head for every query head (a linear student's start:
+        its heads may then part ways). Query head h reads key/value head h // (nh / n_kv), as in
+        forward, so each key/value head's block of hs rows is repeated for the query heads that read
+        it; repeating each row instead would hand head h rows of other heads."""
+        c_attn, rep = copy.deepcopy(self.c_attn), self.n_head // self.n_kv_head
+        if rep > 1:
+            C = c_attn.in_features
+            grow = lambda t: torch.cat([t[:C]] + [kv.unflatten(0, (self.n_kv_head, -1)).repeat_interleave(rep, dim=0).flatten(0, 1)
+                                                  for kv in t[C:].chunk(2)])  # (C + 2 C / rep, ...) -> (3 C, ...)
+            c_attn.weight = nn.Parameter(grow(c_attn.weight.detach()))
+            c_attn.bias = None if c_attn.bias is None else nn.Parameter(grow(c_attn.bias.detach()))
+            c_attn.out_features = 3 * C
+        return c_attn
+
     def new_cache(self, batch_size, max_len):
         """KV cache for generation: keys and values of every token seen, so it grows with context."""
         hs = self.c_attn.in_features // self.n_head
         kv = self.c_proj.weight.new_zeros(batch_size, self.n_kv_head, max_len, hs)
         return {"k": kv, "v": kv.clone(), "n": 0}
 
-    def forward(self, x, cache=None):
+    def qkv(self, x, n=0):
+        """x (B, T, C) -> q (B, nh, T, hs), k and v (B, n_kv, T, hs); with rotary positions, q and k
+        turned to their positions n, n + 1, ... (n: the tokens seen before x)."""
         B, T, C = x.size()
-        hs, n = C // self.n_head, cache["n"] if cache is not None else 0  # n: the tokens seen before these
+        hs = C // self.n_head
         q, k, v = self.c_attn(x).split([C, self.n_kv_head * hs, self.n_kv_head * hs], dim=2)
         q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         k, v = (t.view(B, T, self.n_kv_head, hs).transpose(1, 2) for t in (k, v))  # (B, n_kv, T, hs)
-        if self.rope:  # q and k turned to their positions n, n + 1, ...
+        if self.rope:
             q, k = rope(q, n, *self.rope), rope(k, n, *self.rope)
+        return q, k, v
+
+    @torch.no_grad()
+    def attention_weights(self, x):
+        """x (B, T, C) -> the softmax attention (B, nh, T, T): row i, what query i takes from each key <= i."""
+        q, k, _ = self.qkv(x)
+        T = x.size(1)
+        k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)  # (B, nh, T, hs), as in forward
+        scores = (q @ k.transpose(-1, -2)) * (self.scale or q.size(-1) ** -0.5)  # (B, nh, T, T)
+        return scores.masked_fill(torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1), float("-inf")).softmax(-1)
+
+    def forward(self, x, cache=None):
+        B, T, C = x.size()
+        n = cache["n"] if cache is not None else 0  # the tokens seen before these
+        q, k, v = self.qkv(x, n)
         if cache is not None:  # append to the cache, then attend over everything seen so far
             cache["k"][:, :, n:n + T], cache["v"][:, :, n:n + T] = k, v
             cache["n"] = n + T
@@ -226,6 +259,15 @@ class GPT(nn.Module):
             # feed the new token while a later one still fits; else the next step refreshes
             logits = self(idx_next, cache=cache)[0] if cache.pos + 1 < window else None
         return idx
+
+def sample_text(model, meta, n_tokens, device, seed):
+    """n_tokens generated after a newline (or the vocabulary's first token, where it has no newline), as text."""
+    try:
+        start = encode("\n", meta)
+    except DtrError:
+        start = [0]
+    gen = torch.Generator(device=device).manual_seed(seed)
+    return decode(model.generate(torch.tensor([start], device=device), n_tokens, generator=gen)[0].tolist(), meta)
 
 MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "block_size")
 
@@ -499,7 +541,7 @@ BPE_OVERRIDES = {"cpu": dict(batch_size=8, max_iters=1200)}
 def configure(cls, argv, description, presets):
     """Settings from the command line: the dataclass's defaults <- the preset <- the flags given.
     Every value is then checked (validate), so a bad one is one line before any work starts."""
-    args = parse_flags(cls, argv, description, presets)
+    args = parse_flags(cls, argv, description, {**presets, **{f"{p} on BPE": v for p, v in BPE_OVERRIDES.items()}})  # (--help)
     preset = args.get("preset") or ("gpu" if args.get("device", "auto") in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
     if preset not in presets:
         raise DtrError(f"unknown --preset {preset!r}; use one of {', '.join(presets)}")

@@ -43,7 +43,7 @@ class CurveConfig(frame.RunConfig):
             raise DtrError(f"--steps {self.steps!r}: give comma-separated positive whole numbers of steps, e.g. 200,400")
         overrides(self.set)  # before the run is loaded
 
-SETTINGS = ("distill_lr", "distill_batch_size", "gate_init")  # recorded with each budget, whatever --set changed
+SETTINGS = ("distill_lr", "distill_batch_size", "gate_init", "seed")  # recorded with each budget, whatever --set changed
 
 def one_budget(model, cfg, train, lm, device, bf16):
     """Distil fresh students under cfg; their block MSE, all-linear test loss and M_opt (1%)."""
@@ -61,7 +61,7 @@ def one_budget(model, cfg, train, lm, device, bf16):
     with dtr.hybrid(model.transformer.h, m_opt["linear_layers"], students):
         m_opt["test_loss"] = tasks.evaluate(model, lm[1], device, bf16)["loss"]
     return {"steps": cfg.distill_iters, "mse": mse, "rel_mse": rel_mse, "all_linear_test_loss": all_linear,
-            "m_opt_1pct": m_opt, "distill_s": distill_s, "greedy_s": time.time() - t0}
+            "order": [t["layer"] for t in trajectory], "m_opt_1pct": m_opt, "distill_s": distill_s, "greedy_s": time.time() - t0}
 
 def run(args):
     device, bf16, cfg, report, model, _, (train, val, meta) = frame.open_run(args)
@@ -81,6 +81,34 @@ def run(args):
             frame.write_result(result, args, f"distill_curve_{args.name}.json")  # after each, so a kill keeps what is done
     return result
 
+def spearman(a, b):
+    """Spearman's rank correlation of two orders of the same layers (1: the same order, -1: reversed)."""
+    L = len(a)
+    return 1 - 6 * sum((a.index(i) - b.index(i)) ** 2 for i in range(L)) / (L * (L * L - 1)) if L > 1 else 1.0
+
+def seeds_markdown(curves):
+    """Distillation seeds (--set seed=N), same teacher, student, steps and other settings: how far
+    greedy's order and M_opt move with the students' random start and batches alone."""
+    groups = {}
+    for c in curves.values():
+        for r in c["runs"]:
+            if "order" in r and "seed" in r["settings"]:
+                same = (r["student"], r["steps"], *sorted((k, v) for k, v in r["settings"].items() if k != "seed"))
+                groups.setdefault(same, {})[r["settings"]["seed"]] = r
+    out = []
+    for (student, steps, *_), runs in groups.items():
+        if len(runs) < 2:
+            continue
+        seeds = sorted(runs)
+        rho = [spearman(runs[a]["order"], runs[b]["order"]) for i, a in enumerate(seeds) for b in seeds[i + 1:]]
+        out += [f"Distillation seeds {', '.join(map(str, seeds))} (`--set seed=N`), `{student}` at {steps} steps: greedy orders "
+                + "; ".join(" ".join(f"L{i}" for i in runs[s]["order"]) for s in seeds) + f"; Spearman correlation between "
+                f"seeds {min(rho):+.2f} to {max(rho):+.2f} (mean {sum(rho) / len(rho):+.2f}); M_opt at 1% "
+                + ", ".join(f"{len(runs[s]['m_opt_1pct']['linear_layers'])}/{len(runs[s]['order'])} linear "
+                            f"{runs[s]['m_opt_1pct']['linear_layers']}" for s in seeds)
+                + "; all-linear test loss " + ", ".join(f"{runs[s]['all_linear_test_loss']:.4f}" for s in seeds) + ".", ""]
+    return out
+
 def markdown(curves, teacher_train_s=None):
     """RESULTS.md's table: {name: a distill_curve_<name>.json} -> per student and step budget, the
     all-linear test loss against the teacher's, M_opt at 1%, the relative MSE per layer, and the
@@ -98,7 +126,8 @@ def markdown(curves, teacher_train_s=None):
                        f"({100 * (r['all_linear_test_loss'] / t0 - 1):+.2f}%) | {k}/{L} ({r['m_opt_1pct']['test_loss']:.4f}) | "
                        f"{' '.join(f'{x:.3f}' for x in r['rel_mse'])} | {conv:.0f} s | "
                        + (f"{100 * conv / teacher_train_s:.0f}% |" if teacher_train_s else "|"))
-    return out + ["", f"The teacher's test loss: {t0:.4f}."] + ([f"Its training took {teacher_train_s:.0f} s."] if teacher_train_s else []) + [""]
+    return out + ["", f"The teacher's test loss: {t0:.4f}."] + ([f"Its training took {teacher_train_s:.0f} s."] if teacher_train_s else []) + \
+        [""] + seeds_markdown(curves)
 
 def main(argv=None):
     frame.command(CurveConfig, run, __doc__, argv)

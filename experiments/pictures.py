@@ -60,16 +60,16 @@ def draw_selectors(plt, r, title, path):
     return save_figure(plt, fig, path)
 
 def draw_tasks(plt, r, title, path):
-    """Each task's loss vs k relative to its own teacher, and which layers its M_opt keeps full."""
+    """Each task's metric vs k relative to its own teacher's, and which layers its M_opt keeps full."""
     tasks, tol, L = r["tasks"], r["tolerance"], r["n_layer"]
     names = list(tasks)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [2, 1]})
-    m = r["metric"]
-    rel = {name: [100 * (s[m] / t["test"][0][m] - 1) for s in t["test"]] for name, t in tasks.items()}  # k = 0..L
+    m = {name: t.get("metric", r["metric"]) for name, t in tasks.items()}  # each task in its own metric, worse upwards
+    rel = {name: [100 * METRICS[m[name]] * (s[m[name]] / t["test"][0][m[name]] - 1) for s in t["test"]] for name, t in tasks.items()}
     for name, curve in rel.items():
-        ax1.plot(range(L + 1), curve, marker="o", label=name)
-    ax1.plot([0, L], [100 * tol * METRICS[m]] * 2, color="gray", ls="--", label=f"tolerance {tol:.0%}")
-    ax1.set(xlabel="layers replaced, in each task's greedy order (k)", ylabel=f"test {m} vs the task's teacher (%)",
+        ax1.plot(range(L + 1), curve, marker="o", label=f"{name} ({m[name]})")
+    ax1.plot([0, L], [100 * tol] * 2, color="gray", ls="--", label=f"tolerance {tol:.0%}")
+    ax1.set(xlabel="layers replaced, in each task's greedy order (k)", ylabel="test metric vs the task's teacher (%, up: worse)",
             title="each task's own greedy search")
     fig.suptitle(f"Task-specific hybrids, paper §4: {title}", fontsize=11)
     if max(abs(x) for curve in rel.values() for x in curve) > 50:
@@ -125,7 +125,7 @@ def draw_distill(plt, r, title, path):
             runs = [x for x in c["runs"] if x["student"] == student]
             ax1.plot([x["distill_s"] + x["greedy_s"] for x in runs],
                      [100 * (x["all_linear_test_loss"] / c["teacher_test_loss"] - 1) for x in runs],
-                     marker=marker[student], color=f"C{n}", label=f"{student}, {name}")
+                     marker=marker[student], color=plt.cm.tab20(n % 20), label=f"{student}, {name}")  # 20 colours
     name, c = max(r["distill_curves"].items(), key=lambda kv: len(kv[1]["runs"]))
     for m, student in enumerate(dict.fromkeys(x["student"] for x in c["runs"])):
         runs = [x for x in c["runs"] if x["student"] == student]

@@ -20,6 +20,7 @@ from conftest import launch, refused, tiny_gpt  # noqa: E402
 
 import baselines  # noqa: E402
 import bench_decode  # noqa: E402
+import distill_curve  # noqa: E402
 import dtr  # noqa: E402
 import tasks  # noqa: E402
 import layer_selectors  # noqa: E402
@@ -76,7 +77,8 @@ def finished_run(tmp_path_factory, data_dir):
     """A finished tiny run with two tasks, and each experiment run on it from its documented command
 (the oracle before the selectors, which then read its table)."""
     out = tmp_path_factory.mktemp("out")
-    dtr.main(["--preset", "tiny", "--data_dir", data_dir, "--out_dir", str(out), "--task", "lm,copy", "--sample_tokens", "5"])
+    dtr.main(["--preset", "tiny", "--data_dir", data_dir, "--out_dir", str(out), "--task", "lm,copy,cloze", "--cloze_items", "40",
+              "--sample_tokens", "5"])
     run_dir = str(out / "gla")
     assert "greedy is" in launch([sys.executable, "experiments/baselines.py", run_dir, "--n_random", "2"])
     assert "finetune 3 steps" in launch([sys.executable, "experiments/finetune.py", run_dir, "--iters", "3"])
@@ -103,7 +105,9 @@ def test_results_are_written_beside_the_run_and_the_checkout_is_untouched(finish
         report = json.load(f)
     for part in ("| placement |", "Finetuning 3 steps", "| copy |", "speed-up, eager", "(assets/m_opt-layers.png)",
                  "| k | layouts | greedy: test loss |", "| reverse_greedy |", "-selectors.png)", "-distill.png)",
-                 "| own: distill_lr 0.004, distill_batch_size 8, gate_init span | `gla` | 50 |",
+                 "`cloze`, searched by accuracy on 20 items, tested on 20 others", "| test drop vs teacher |",
+                 "| M_opt of (row) on (col), test | lm (loss) | copy (loss) | cloze (accuracy) |",
+                 "| own: distill_lr 0.004, distill_batch_size 8, gate_init span, seed 1337 | `gla` | 50 |",
                  f"| {report['test'][0]['loss']:.4f} |"):  # the headline table: the teacher's test loss
         assert part in text
     assert os.path.exists(os.path.join(finished_run, "assets", "m_opt-layers.png"))
@@ -118,6 +122,19 @@ def test_distill_curve_at_the_runs_own_budget_is_the_run(finished_run):
     assert (r["steps"], r["student"]) == (report["config"]["distill_iters"], "gla")
     assert r["all_linear_test_loss"] == pytest.approx(report["test"][-1]["loss"], rel=1e-6)
     assert r["mse"] == pytest.approx(report["distill"]["mse"], rel=1e-5)
+    assert r["order"] == [t["layer"] for t in report["trajectory"]]
+
+def test_distillation_seeds_are_compared_by_rank_correlation():
+    run = lambda seed, order, linear: {"student": "gla", "steps": 400, "order": order, "all_linear_test_loss": 1.7,
+                                       "settings": {"distill_lr": 4e-3, "seed": seed}, "m_opt_1pct": {"linear_layers": linear}}
+    curves = {"a": {"runs": [run(1, [0, 1, 2, 3], [0, 1])]}, "b": {"runs": [run(2, [3, 2, 1, 0], [2, 3]), run(3, [0, 1, 3, 2], [0, 1])]}}
+    (line, _) = distill_curve.seeds_markdown(curves)
+    assert "seeds 1, 2, 3" in line and "L0 L1 L2 L3; L3 L2 L1 L0; L0 L1 L3 L2" in line  # rho: -1, 0.8 (1 vs 3), -0.8
+    assert "Spearman correlation between seeds -1.00 to +0.80 (mean -0.33)" in line and "2/4 linear [2, 3]" in line
+    assert distill_curve.spearman([2, 0, 1], [2, 0, 1]) == 1.0
+    curves["b"]["runs"][1]["settings"]["distill_lr"] = 8e-3  # another setting: not a seed of the same run
+    (line, _) = distill_curve.seeds_markdown(curves)
+    assert "seeds 1, 2 (" in line and "L0 L1 L3 L2" not in line
 
 def test_update_project_fills_the_checkouts_own_files(finished_run, tmp_path):
     """--update_project rewrites what sits between the markers of the checkout's README.md and

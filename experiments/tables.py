@@ -1,0 +1,163 @@
+"""
+The results as markdown, from finished runs (experiments/readme.py reads them and writes the files;
+pictures.py draws): the README's headline table, and RESULTS.md's section for each run with the
+tables of each experiment that ran on it (each experiment's own markdown()).
+"""
+import os
+
+import frame  # noqa: F401  first: it puts the project's root on sys.path
+import baselines
+import bench_decode
+import distill_curve
+import dtr
+import finetune
+import layer_selectors
+import oracle
+
+def pct(loss, ref):
+    return f"{100 * (loss / ref - 1):+.2f}%"
+
+def conversion_share(r):
+    """Distillation + greedy as a share of the teacher's training time (None if unknown)."""
+    t, d = r["teacher"].get("train_s"), r["distill"].get("train_s")
+    return (d + r["timings_s"]["greedy"]) / t if t and d else None
+
+# ---- markdown ----
+
+def gap(r):
+    """The largest difference, in percentage points, between the search and the test batches'
+    relative change against the teacher, over the trajectory."""
+    m, test = r["metric"], r["test"]
+    return max(abs(100 * s["rel_change"] - 100 * (test[s["k"]][m] / test[0][m] - 1)) for s in r["trajectory"])
+
+def headline(runs, shown=(), more="Full tables: [RESULTS.md](RESULTS.md)."):
+    """README's table: one line per run, on the held-out test batches (chosen on the search batches);
+    then `more`, and the pictures `shown` (paths as the markdown links them)."""
+    out = ["| run | command | teacher | all-linear | M_opt (tolerance) | M_best | conversion cost |", "|---" * 7 + "|"]
+    for r in runs:
+        test, L, share = r["test"], r["n_layer"], conversion_share(r)
+        t, last = test[0]["loss"], test[-1]["loss"]
+        m = lambda name: f"{len(r[name]['linear_layers'])}/{L} linear, {r[name]['test_loss']:.4f} ({pct(r[name]['test_loss'], t)})"
+        out.append(f"| {r['label']} | `{r['command']}` | {t:.4f} | {last:.4f} ({pct(last, t)}) | {m('m_opt')} ({r['tolerance']:.0%}) "
+                   f"| {m('m_best')} | " + (f"{100 * share:.0f}% of the teacher's training |" if share else "|"))
+    gaps = [gap(r) for r in runs]
+    return out + ["", f"Test loss on held-out batches that the search never saw; M_opt and M_best were chosen on "
+                      f"the search batches, and their relative change against the teacher differs between the two "
+                      f"sets by at most {max(gaps):.2f} percentage points over all k ({', '.join(f'{g:.2f}' for g in gaps)} "
+                      f"per run). Measured on {'; '.join(sorted({r['machine'] for r in runs}))}, "
+                      f"{', '.join(sorted({r['date'] for r in runs}))}. {more}", ""] + \
+        [f"![{os.path.splitext(os.path.basename(p))[0]}]({p})" for p in shown]
+
+def tasks_markdown(report, tolerance, n_layer):
+    """RESULTS.md's per-task tables, on the test batches, each task in its own metric P; for a
+    multiple-choice task, its accuracy at every k with standard errors."""
+    tasks, cross = report["tasks"], report["tasks_cross_eval"]
+    metric = {n: t.get("metric", report["metric"]) for n, t in tasks.items()}
+    row = lambda *cells: "| " + " | ".join(cells) + " |"
+    rule = row(*["---"] * (len(tasks) + 1))
+
+    def vs(p, name):  # a loss against the task's teacher in %, an accuracy in points
+        p0 = tasks[name]["test"][0][metric[name]]
+        return f"{p:.4f} ({100 * (p / p0 - 1):+.1f}%)" if metric[name] == "loss" else f"{p:.3f} ({100 * (p - p0):+.1f} pt)"
+    out = [row(f"layer at M_opt (tolerance {tolerance:.0%}), k = greedy round it went linear", *tasks), rule]
+    for i in range(n_layer):
+        ks = [next(t["k"] for t in r["trajectory"] if t["layer"] == i) for r in tasks.values()]
+        out.append(row(f"L{i}", *(("linear" if i in r["m_opt"]["linear_layers"] else "**full**") + f" (k={k})"
+                                  for r, k in zip(tasks.values(), ks))))
+    out += [row("test metric: teacher -> M_opt", *(f"{metric[n]} {r['test'][0][metric[n]]:.4f} -> {vs(r['m_opt']['test_' + metric[n]], n)}"
+                                                    for n, r in tasks.items())),
+            row("its search and test scoring (s)", *(f"{r['seconds']:.0f}" if "seconds" in r else "" for r in tasks.values())), "",
+            row("M_opt of (row) on (col), test", *(f"{c} ({metric[c]})" for c in cross["cols"])), rule]
+    out += [row(name, *(vs(cross[metric[c]][i][j], c) for j, c in enumerate(cross["cols"]))) for i, name in enumerate(cross["rows"])]
+    for name, t in tasks.items():
+        if metric[name] == "loss" or not t.get("n"):
+            continue
+        m, n = metric[name], t["n"]
+        se = lambda p, split: (p * (1 - p) / n[split]) ** 0.5
+        p0, s0 = t["test"][0][m], se(t["test"][0][m], "test")
+        out += ["", f"`{name}`, searched by {m} on {n['search']} items, tested on {n['test']} others (± one standard error, "
+                    f"sqrt(p (1 - p) / n); a drop's is that of two independent accuracies, an upper bound for the same items):", "",
+                f"| k | replaced | search {m} | test {m} | test drop vs teacher |", "|---" * 5 + "|",
+                f"| 0 | - (teacher) | {t['teacher_' + m]:.3f} ± {se(t['teacher_' + m], 'search'):.3f} | {p0:.3f} ± {s0:.3f} | |"]
+        for s_ in t["trajectory"]:
+            p = t["test"][s_["k"]][m]
+            out.append(f"| {s_['k']} | L{s_['layer']} | {s_['val_' + m]:.3f} ± {se(s_['val_' + m], 'search'):.3f} | "
+                       f"{p:.3f} ± {se(p, 'test'):.3f} | {100 * (p - p0):+.1f} ± {100 * (se(p, 'test') ** 2 + s0 ** 2) ** 0.5:.1f} pt |")
+        gap = max(abs((s_["val_" + m] - t["teacher_" + m]) - (t["test"][s_["k"]][m] - p0)) for s_ in t["trajectory"])
+        out += ["", f"Search against test: the change against the teacher differs by at most {100 * gap:.1f} points over k."]
+    if "copy" in tasks:
+        c, plain = tasks["copy"]["test"][0], tasks["copy"]["teacher_plain"]
+        out += ["", f"Teacher on the copy passages (test): loss {c['loss']:.4f}, accuracy {c['accuracy']:.3f} on the "
+                    f"second copy; loss {plain['loss']:.4f}, accuracy {plain['accuracy']:.3f} on the same tokens without "
+                    f"the repeat" + (" (it gains nothing from the repeat)." if c["loss"] >= plain["loss"] else ".")]
+    return out
+
+def run_markdown(r):
+    """RESULTS.md's section for one run: the trajectory on search and test batches, M_best/M_opt,
+    and each experiment on it."""
+    t, L, m, test = r["timings_s"], r["n_layer"], r["metric"], r["test"]
+    out = [f"### {r['label']} (preset `{r['config']['preset']}`)", "",
+           f"`{r['command']}` on {r['machine']}, {r['date']}: teacher {t['teacher']:.0f} s, distillation "
+           f"{t['distill']:.0f} s, greedy {t['greedy']:.0f} s, total {t['total']:.0f} s"
+           + ("" if t["teacher"] else f" (teacher reused: it trained in {r['teacher']['train_s'] or 0:.0f} s"
+              f", distillation {r['distill']['train_s'] or 0:.0f} s)") + ".", "",
+           f"| k | replaced | search {m} | vs teacher | test loss | vs teacher | test accuracy |", "|---" * 7 + "|",
+           f"| 0 | - (teacher) | {r['teacher']['val_' + m]:.4f} | | {test[0]['loss']:.4f} | | {test[0]['accuracy']:.4f} |"]
+    out += [f"| {s['k']} | L{s['layer']} | {s['val_' + m]:.4f} | {100 * s['rel_change']:+.2f}% | {test[s['k']]['loss']:.4f} | "
+            f"{pct(test[s['k']]['loss'], test[0]['loss'])} | {test[s['k']]['accuracy']:.4f} |" for s in r["trajectory"]]
+    for name, sel in (("M_best", r["m_best"]), (f"M_opt (tolerance {r['tolerance']:.0%}, by search {m})", r["m_opt"])):
+        full = [i for i in range(L) if i not in sel["linear_layers"]]
+        out.append(f"\n**{name}**: {len(sel['linear_layers'])}/{L} layers linear, full attention kept in {full or 'none'}; "
+                   f"search {m} {sel['val_' + m]:.4f}, test loss {sel['test_loss']:.4f}, test accuracy {sel['test_accuracy']:.4f}.")
+    out += ["", f"Search against test: the relative change against the teacher differs by at most {gap(r):.2f} "
+                f"percentage points over k.", "",
+            "Distillation, relative MSE per layer: " + ", ".join(f"L{i} {x:.3f}" for i, x in enumerate(r["distill"]["rel_mse"])), ""]
+    if conversion_share(r):
+        out += [f"Distillation + greedy took {100 * conversion_share(r):.0f}% of the teacher's training time.", ""]
+    if "distill_curves" in r:
+        out += distill_curve.markdown(r["distill_curves"], r["teacher"].get("train_s"))
+    if "baselines" in r:
+        out += baselines.markdown(r["baselines"])
+    if "finetune" in r:
+        out += finetune.markdown(r["finetune"])
+    if "oracle" in r:
+        out += oracle.markdown(r["oracle"])
+    if "layer_selectors" in r:
+        out += layer_selectors.markdown(r["layer_selectors"])
+    if "tasks" in r:
+        out += [f"One search per target task (`--task {r['config']['task']}`), same teacher and students, test batches:", ""] + \
+               tasks_markdown(r, r["tolerance"], L) + [""]
+    if "decode_bench" in r:
+        out += bench_decode.markdown(r["decode_bench"], r)
+    return out
+
+def students_markdown(runs):
+    """The students side by side on one teacher (paper Fig. 3: does the order depend on the linear
+    module?): distillation quality and cost, the greedy order, M_opt at 1% and 2%, and Spearman's
+    rank correlation between the students' orders."""
+    out, groups = [], {}
+    for r in runs:
+        groups.setdefault(r["config"]["out_dir"], []).append(r)
+    for folder, rs in groups.items():
+        if len(rs) < 2:
+            continue
+        L = rs[0]["n_layer"]
+        out += [f"Students on the same teacher (`{folder}/teacher.pt`), test loss against the teacher's "
+                f"{rs[0]['test'][0]['loss']:.4f}:", "",
+                "| student | relative MSE per layer | greedy order | all-linear | M_opt at 1% | M_opt at 2% | distill ms/step | conversion / teacher time |",
+                "|---" * 8 + "|"]
+        for r in rs:
+            order, test = [s["layer"] for s in r["trajectory"]], r["test"]
+            m = r["metric"]
+            ks = [len(dtr.select_models(r["teacher"]["val_" + m], r["trajectory"], tol, m)[1]["linear_layers"]) for tol in (0.01, 0.02)]
+            share = conversion_share(r)
+            out.append(f"| `{r['student']}` | {' '.join(f'{x:.3f}' for x in r['distill']['rel_mse'])} | "
+                       f"{' '.join(f'L{i}' for i in order)} | {test[-1]['loss']:.4f} ({pct(test[-1]['loss'], test[0]['loss'])}) | "
+                       + " | ".join(f"{k}/{L} linear, {pct(test[k]['loss'], test[0]['loss'])}" for k in ks)
+                       + f" | {1000 * r['distill']['train_s'] / r['config']['distill_iters']:.0f} | "
+                       + (f"{100 * share:.0f}% |" if share else "|"))
+        order = lambda r: [s["layer"] for s in r["trajectory"]]
+        pairs = [(a, b) for j, a in enumerate(rs) for b in rs[j + 1:]]
+        out += ["", "Spearman correlation of the greedy orders: " + ", ".join(
+            f"`{a['student']}`-`{b['student']}` {distill_curve.spearman(order(a), order(b)):+.2f}" for a, b in pairs) + ".", ""]
+    return out
