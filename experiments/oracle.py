@@ -178,6 +178,7 @@ def run(args):
     seconds = time.time() - t0
     search, test = (metric_table(rows[s], m) for s in ("search", "test"))
     result = {"metric": m, "n_layer": L, "n_layouts": 2 ** L, "batches": {s: len(b) for s, b in splits.items()},
+              "run_val_batches": report["config"]["val_batches"],  # what greedy's order (the run's) was chosen on
               "seconds": seconds, "greedy_seconds": greedy_seconds,
               "block_forwards": {"oracle": forwards, "unshared": L * 2 ** L * total,
                                  "greedy_search": greedy_forwards(order, len(splits["search"]))},
@@ -194,7 +195,9 @@ def markdown(r):
     out = [f"The exhaustive oracle (`python experiments/oracle.py <run folder>`): all {r['n_layouts']:,} layouts scored on "
            f"{r['batches']['search']} search and {r['batches']['test']} test batches in {r['seconds']:.0f} s "
            f"({f['oracle']:,} block forwards, {1 - f['oracle'] / f['unshared']:.0%} fewer than without sharing prefixes; "
-           f"greedy's search: {r['greedy_seconds']:.0f} s, {f['greedy_search']:,} block forwards, same machine).", "",
+           f"greedy's search: {r['greedy_seconds']:.0f} s, {f['greedy_search']:,} block forwards, same machine)"
+           + (f"; greedy's layouts are the run's, chosen on its own {r['run_val_batches']} search batches"
+              if r.get("run_val_batches", r["batches"]["search"]) != r["batches"]["search"] else "") + ".", "",
            f"| k | layouts | greedy: test {m} | rank on test | rank on search | best by search: test {m} | its layers "
            f"| best on test | its layers | greedy - best on test |", "|---" * 10 + "|"]
     for p in r["per_k"][1:]:

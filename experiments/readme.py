@@ -96,7 +96,7 @@ def run(args):
     results = tables.students_markdown(runs)
     for r in runs:
         results += tables.run_markdown(r)
-    results += [f"![{os.path.splitext(os.path.basename(p))[0]}]({p})" for p in shown]
+    results += [f"![{tables.name(p)}]({p})" for p in shown]
     if args.update_project:
         fill(os.path.join(folder, "RESULTS.md"), "results", results)
         fill(os.path.join(folder, "README.md"), "headline", tables.headline(runs, shown))

@@ -24,6 +24,14 @@ def conversion_share(r):
 
 # ---- markdown ----
 
+def name(path):
+    return os.path.splitext(os.path.basename(path))[0]
+
+def budget(r):
+    """How M_opt was chosen: within the tolerance, or with --keep_full K full layers."""
+    k = r["config"].get("keep_full", -1)
+    return f"{k} full layers" if k >= 0 else f"tolerance {r['tolerance']:.0%}"
+
 def gap(r):
     """The largest difference, in percentage points, between the search and the test batches'
     relative change against the teacher, over the trajectory."""
@@ -33,12 +41,12 @@ def gap(r):
 def headline(runs, shown=(), more="Full tables: [RESULTS.md](RESULTS.md)."):
     """README's table: one line per run, on the held-out test batches (chosen on the search batches);
     then `more`, and the pictures `shown` (paths as the markdown links them)."""
-    out = ["| run | command | teacher | all-linear | M_opt (tolerance) | M_best | conversion cost |", "|---" * 7 + "|"]
+    out = ["| run | command | teacher | all-linear | M_opt | M_best | conversion cost |", "|---" * 7 + "|"]
     for r in runs:
         test, L, share = r["test"], r["n_layer"], conversion_share(r)
         t, last = test[0]["loss"], test[-1]["loss"]
         m = lambda name: f"{len(r[name]['linear_layers'])}/{L} linear, {r[name]['test_loss']:.4f} ({pct(r[name]['test_loss'], t)})"
-        out.append(f"| {r['label']} | `{r['command']}` | {t:.4f} | {last:.4f} ({pct(last, t)}) | {m('m_opt')} ({r['tolerance']:.0%}) "
+        out.append(f"| {r['label']} | `{r['command']}` | {t:.4f} | {last:.4f} ({pct(last, t)}) | {m('m_opt')} ({budget(r)}) "
                    f"| {m('m_best')} | " + (f"{100 * share:.0f}% of the teacher's training |" if share else "|"))
     gaps = [gap(r) for r in runs]
     return out + ["", f"Test loss on held-out batches that the search never saw; M_opt and M_best were chosen on "
@@ -46,9 +54,10 @@ def headline(runs, shown=(), more="Full tables: [RESULTS.md](RESULTS.md)."):
                       f"sets by at most {max(gaps):.2f} percentage points over all k ({', '.join(f'{g:.2f}' for g in gaps)} "
                       f"per run). Measured on {'; '.join(sorted({r['machine'] for r in runs}))}, "
                       f"{', '.join(sorted({r['date'] for r in runs}))}. {more}", ""] + \
-        [f"![{os.path.splitext(os.path.basename(p))[0]}]({p})" for p in shown]
+        ([f"Pictures: {', '.join(f'[{name(p)}]({p})' for p in shown)}.", ""] if shown else []) + \
+        [f"![{name(p)}]({p})" for p in shown if name(p) == "m_opt-layers"]  # the overview: which layers stay full
 
-def tasks_markdown(report, tolerance, n_layer):
+def tasks_markdown(report, n_layer):
     """RESULTS.md's per-task tables, on the test batches, each task in its own metric P; for a
     multiple-choice task, its accuracy at every k with standard errors."""
     tasks, cross = report["tasks"], report["tasks_cross_eval"]
@@ -59,12 +68,12 @@ def tasks_markdown(report, tolerance, n_layer):
     def vs(p, name):  # a loss against the task's teacher in %, an accuracy in points
         p0 = tasks[name]["test"][0][metric[name]]
         return f"{p:.4f} ({100 * (p / p0 - 1):+.1f}%)" if metric[name] == "loss" else f"{p:.3f} ({100 * (p - p0):+.1f} pt)"
-    out = [row(f"layer at M_opt (tolerance {tolerance:.0%}), k = greedy round it went linear", *tasks), rule]
+    out = [row(f"layer at M_opt ({budget(report)}), k = greedy round it went linear", *tasks), rule]
     for i in range(n_layer):
         ks = [next(t["k"] for t in r["trajectory"] if t["layer"] == i) for r in tasks.values()]
         out.append(row(f"L{i}", *(("linear" if i in r["m_opt"]["linear_layers"] else "**full**") + f" (k={k})"
                                   for r, k in zip(tasks.values(), ks))))
-    out += [row("test metric: teacher -> M_opt", *(f"{metric[n]} {r['test'][0][metric[n]]:.4f} -> {vs(r['m_opt']['test_' + metric[n]], n)}"
+    out += [row("test metric: teacher -> M_opt", *(f"{metric[n]} {r['test'][0][metric[n]]:.{4 if metric[n] == 'loss' else 3}f} -> {vs(r['m_opt']['test_' + metric[n]], n)}"
                                                     for n, r in tasks.items())),
             row("its search and test scoring (s)", *(f"{r['seconds']:.0f}" if "seconds" in r else "" for r in tasks.values())), "",
             row("M_opt of (row) on (col), test", *(f"{c} ({metric[c]})" for c in cross["cols"])), rule]
@@ -84,7 +93,9 @@ def tasks_markdown(report, tolerance, n_layer):
             out.append(f"| {s_['k']} | L{s_['layer']} | {s_['val_' + m]:.3f} ± {se(s_['val_' + m], 'search'):.3f} | "
                        f"{p:.3f} ± {se(p, 'test'):.3f} | {100 * (p - p0):+.1f} ± {100 * (se(p, 'test') ** 2 + s0 ** 2) ** 0.5:.1f} pt |")
         gap = max(abs((s_["val_" + m] - t["teacher_" + m]) - (t["test"][s_["k"]][m] - p0)) for s_ in t["trajectory"])
-        out += ["", f"Search against test: the change against the teacher differs by at most {100 * gap:.1f} points over k."]
+        out += ["", f"Search against test: the change against the teacher differs by at most {100 * gap:.1f} points over k. "
+                    f"At this accuracy two hybrids 2 points apart need about {8 * p0 * (1 - p0) / 0.02 ** 2:,.0f} items "
+                    f"to stand two standard errors apart (for 5 points: {8 * p0 * (1 - p0) / 0.05 ** 2:,.0f})."]
     if "copy" in tasks:
         c, plain = tasks["copy"]["test"][0], tasks["copy"]["teacher_plain"]
         out += ["", f"Teacher on the copy passages (test): loss {c['loss']:.4f}, accuracy {c['accuracy']:.3f} on the "
@@ -105,7 +116,7 @@ def run_markdown(r):
            f"| 0 | - (teacher) | {r['teacher']['val_' + m]:.4f} | | {test[0]['loss']:.4f} | | {test[0]['accuracy']:.4f} |"]
     out += [f"| {s['k']} | L{s['layer']} | {s['val_' + m]:.4f} | {100 * s['rel_change']:+.2f}% | {test[s['k']]['loss']:.4f} | "
             f"{pct(test[s['k']]['loss'], test[0]['loss'])} | {test[s['k']]['accuracy']:.4f} |" for s in r["trajectory"]]
-    for name, sel in (("M_best", r["m_best"]), (f"M_opt (tolerance {r['tolerance']:.0%}, by search {m})", r["m_opt"])):
+    for name, sel in (("M_best", r["m_best"]), (f"M_opt ({budget(r)}, by search {m})", r["m_opt"])):
         full = [i for i in range(L) if i not in sel["linear_layers"]]
         out.append(f"\n**{name}**: {len(sel['linear_layers'])}/{L} layers linear, full attention kept in {full or 'none'}; "
                    f"search {m} {sel['val_' + m]:.4f}, test loss {sel['test_loss']:.4f}, test accuracy {sel['test_accuracy']:.4f}.")
@@ -126,7 +137,7 @@ def run_markdown(r):
         out += layer_selectors.markdown(r["layer_selectors"])
     if "tasks" in r:
         out += [f"One search per target task (`--task {r['config']['task']}`), same teacher and students, test batches:", ""] + \
-               tasks_markdown(r, r["tolerance"], L) + [""]
+               tasks_markdown(r, L) + [""]
     if "decode_bench" in r:
         out += bench_decode.markdown(r["decode_bench"], r)
     return out
