@@ -58,7 +58,7 @@ class Config(TeacherConfig):
                                  "head attends) or fixed (g ~ 0.999 in every head)", ("span", "fixed"))
     metric: str = opt("auto", "the task metric P that greedy replacement and M_opt go by: loss (lower is better), "
                               "accuracy (the share of tokens predicted exactly, or of multiple-choice items answered "
-                              "right), acc_norm (choices scored per character); auto: accuracy for multiple-choice "
+                              "right), acc_norm (choices scored per character; on token tasks the same as accuracy); auto: accuracy for multiple-choice "
                               "tasks, loss for the others", ("auto",) + tuple(METRICS))
     tolerance: float = opt(0.02, "M_opt keeps P within this of the teacher's: loss <= (1 + tolerance) x, "
                                  "accuracy >= (1 - tolerance) x", "[0,1)")
@@ -416,8 +416,9 @@ def greedy_replace(model, students, batches, device="cpu", bf16=False, resume=No
             swap_in(blocks, [best], students)
             trajectory.append({"k": k, "layer": best, key: scores[best], "rel_change": (scores[best] - teacher) / (abs(teacher) or 1),
                                "candidates": [scores.get(i) for i in range(len(blocks))]})
+            change = f"{100 * trajectory[-1]['rel_change']:+.2f}%" if metric == "loss" else f"{100 * (scores[best] - teacher):+.2f} pt"
             print(f"greedy   round {k}/{len(blocks)} | " + " ".join(f"L{i} {l:.4f}" for i, l in scores.items()) +
-                  f" | replace L{best} -> {scores[best]:.4f} ({100 * trajectory[-1]['rel_change']:+.2f}%)")
+                  f" | replace L{best} -> {scores[best]:.4f} ({change})")
             if resume:
                 resume.save(trajectory=trajectory)
     return teacher, trajectory
@@ -591,7 +592,7 @@ def run(cfg):
         "dataset": meta["dataset"], "student": cfg.student, "device": device, "config": dataclasses.asdict(cfg),
         "command": ("python " if world() == 1 else f"torchrun --standalone --nproc_per_node={world()} ") +
                    shlex.join([os.path.basename(sys.argv[0])] + sys.argv[1:]), "machine": machine(),
-        "date": time.strftime("%Y-%m-%d"), "n_layer": cfg.n_layer, "tolerance": cfg.tolerance, "metric": lm["metric"],
+        "date": time.strftime("%Y-%m-%d"), "n_layer": cfg.n_layer, "tolerance": cfg.tolerance, "keep_full": cfg.keep_full, "metric": lm["metric"],
         "teacher": {f"val_{lm['metric']}": lm[f"teacher_{lm['metric']}"], "train_s": teacher_train_s, "init_from": cfg.init_from,
                     "reused": teacher_reused},
         "distill": {"mse": mse, "rel_mse": rel_mse, "train_s": distill_train_s, "reused": students_reused},

@@ -37,8 +37,9 @@ def task_sources(cfg):
         elif os.path.isfile(entry):
             name, source = os.path.basename(entry), ("choices" if flag == "--task" else "text", os.path.abspath(entry))
         else:
-            raise DtrError(f"unknown --task {entry!r}; use a comma-separated list of {', '.join(TASKS)} or paths to "
-                           f"your JSON Lines files" if flag == "--task" else f"--task_text {entry} is not a file")
+            raise DtrError(f"unknown --task {entry!r} (not a built-in task, nor a file that exists); use a comma-separated "
+                           f"list of {', '.join(TASKS)} or paths to your JSON Lines files" if flag == "--task" else
+                           f"--task_text {entry} is not a file")
         if (source[1] and name in TASKS) or sources.setdefault(name, source) != source:  # built-in names stay reserved
             taken = f"the built-in task {name}" if name in TASKS else sources[name][1]
             raise DtrError(f"{flag} {entry} would be the task {name!r}, the name of {taken}: tasks are named after "
@@ -143,7 +144,7 @@ def without_repeat(batches):
 
 def read_text(path, flag):
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             return f.read()
     except (OSError, UnicodeDecodeError) as e:
         raise DtrError(f"cannot read {flag} {path} as UTF-8 text ({e})") from None
@@ -199,7 +200,9 @@ def read_items(path, meta, block_size):
             item = json.loads(line)
         except json.JSONDecodeError as e:
             raise DtrError(f"{where} is not JSON ({e.msg}); each line is one item: {ITEM}") from None
-        missing = [k for k in ("context", "choices", "gold") if not isinstance(item, dict) or k not in item]
+        if not isinstance(item, dict):
+            raise DtrError(f"{where} is a JSON {type(item).__name__}, not an object; each line is one item: {ITEM}")
+        missing = [k for k in ("context", "choices", "gold") if k not in item]
         if missing:
             raise DtrError(f"{where} has no {', '.join(repr(k) for k in missing)}; each line is one item: {ITEM}")
         context, choices, gold = item["context"], item["choices"], item["gold"]

@@ -146,6 +146,9 @@ def test_file_task_is_split_into_disjoint_search_and_test_items(tmp_path):
     assert (len(search), len(test)) == (6, 5) and not set(lines[0]) & set(lines[1])
     assert sorted(lines[0] + lines[1]) == list(range(1, 12)) and lines[0] != list(range(1, 7))  # shuffled, then halved
     assert [[i["where"] for i in part] for part in tasks.split_items(read)] == lines  # the same split every time
+    bom = tmp_path / "bom.jsonl"  # a file saved with a byte-order mark (Windows editors) reads the same
+    bom.write_text("\ufeff" + (tmp_path / "mc.jsonl").read_text(), encoding="utf-8")
+    assert tasks.read_items(str(bom), META, 32)[0] == read
 
 def test_cloze_items_come_from_the_validation_split_in_disjoint_halves():
     g = torch.Generator().manual_seed(0)
@@ -226,6 +229,7 @@ def test_multiple_choice_tasks_end_to_end(tiny_run, data_dir, tmp_path, capsys):
 @pytest.mark.parametrize("line,says", [
     ('{"context": "to be", "choices": [" or", " not"], "gold": 0', "line 2 is not JSON"),
     ('{"context": "to be", "choices": [" or", " not"]}', "line 2 has no 'gold'"),
+    ('[1, 2, 3]', "line 2 is a JSON list, not an object"),
     ('{"context": "to be", "choices": [" or", " not"], "gold": 2}', "line 2: gold 2 is not the index of one of its 2 choices"),
     ('{"context": "to be", "choices": [], "gold": 0}', "line 2 has no choices"),
     ('{"context": "to be", "choices": ["", " not"], "gold": 0}', "line 2: choice 0 ('') is 0 tokens"),
@@ -243,7 +247,7 @@ def test_a_bad_task_file_is_one_line_naming_the_line(tiny_run, tmp_path, line, s
     assert fingerprint(out) == before  # refused before the teacher is even read
 
 def test_task_names_never_collide(tiny_run, tmp_path):
-    # issue 21: a file named like a built-in task (or like another file's task) would replace that
+    # a file named like a built-in task (or like another file's task) would replace that
     # task's search, m_opt.pt and report: refused before any work, through the real command line
     args = with_out_dir(tiny_run[0], tmp_path / "o")
     for name in ("lm", "copy", "cloze"):

@@ -240,7 +240,7 @@ def test_an_import_that_is_not_the_model_is_refused(tmp_path, capsys):
         pretrained.check_logits(model, hf, "llama")
 
 def test_gpt2_untied_and_unscaled_import_exactly_through_the_command_line(tmp_path):
-    # issue 21: both once converted with rc 0 and logits off by up to 40 and 0.78
+    # an earlier version converted both silently (exit code 0), with logits off by up to 40 and 0.78
     (tmp_path / "mine.txt").write_text("the quick brown fox jumps over the lazy dog. " * 200)
     for name, switch in (("untied", dict(tie_word_embeddings=False)), ("unscaled", dict(scale_attn_weights=False))):
         hf = hf_folder(tmp_path / name, "gpt2", vocab_size=50257, **switch)

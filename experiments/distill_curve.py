@@ -21,10 +21,17 @@ import dtr
 import tasks
 from plumbing import DtrError, opt, parse_flags, validate
 
+SETTINGS = ("distill_lr", "distill_batch_size", "gate_init", "seed")  # what --set may change, recorded with each budget
+
 def overrides(text):
     """--set 'a=1,b=x' -> {"a": 1, "b": "x"}: read as dtr.py's own flags, so an unknown name or a
-    value of the wrong type is refused as dtr.py refuses it (its ranges: validate, once applied)."""
+    value of the wrong type is refused as dtr.py refuses it (its ranges: validate, once applied);
+    so is any other setting (the teacher's, the search's), which this experiment would not apply."""
     pairs = [p.partition("=") for p in filter(None, text.split(","))]
+    other = [key for key, _, _ in pairs if key not in SETTINGS]
+    if other:
+        raise DtrError(f"--set {other[0]}: not a setting this experiment applies; --set takes {', '.join(SETTINGS)} "
+                       f"(the step budgets: --steps)")
     return parse_flags(dtr.Config, [a for key, _, value in pairs for a in ("--" + key, value)], "--set")
 
 @dataclass
@@ -41,9 +48,10 @@ class CurveConfig(frame.RunConfig):
             raise DtrError(f"--students {bad[0]!r} is not a student; use a comma-separated list of {', '.join(dtr.STUDENTS)}")
         if not all(s.strip().isdigit() and int(s) > 0 for s in self.steps.split(",")):
             raise DtrError(f"--steps {self.steps!r}: give comma-separated positive whole numbers of steps, e.g. 200,400")
+        if not self.name.replace("-", "").replace("_", "").replace(".", "").isalnum() or self.name.startswith("."):
+            raise DtrError(f"--name {self.name!r}: use letters, digits, '-', '_' or '.' (it names distill_curve_<name>.json)")
         overrides(self.set)  # before the run is loaded
 
-SETTINGS = ("distill_lr", "distill_batch_size", "gate_init", "seed")  # recorded with each budget, whatever --set changed
 
 def one_budget(model, cfg, train, lm, device, bf16):
     """Distil fresh students under cfg; their block MSE, all-linear test loss and M_opt (1%)."""
@@ -103,7 +111,8 @@ def seeds_markdown(curves):
         rho = [spearman(runs[a]["order"], runs[b]["order"]) for i, a in enumerate(seeds) for b in seeds[i + 1:]]
         out += [f"Distillation seeds {', '.join(map(str, seeds))} (`--set seed=N`), `{student}` at {steps} steps: greedy orders "
                 + "; ".join(" ".join(f"L{i}" for i in runs[s]["order"]) for s in seeds) + f"; Spearman correlation between "
-                f"seeds {min(rho):+.2f} to {max(rho):+.2f} (mean {sum(rho) / len(rho):+.2f}); M_opt at 1% "
+                + (f"seeds {min(rho):+.2f} to {max(rho):+.2f} (mean {sum(rho) / len(rho):+.2f})" if len(rho) > 1 else f"the seeds {rho[0]:+.2f}")
+                + "; M_opt at 1% (by search) "
                 + ", ".join(f"{len(runs[s]['m_opt_1pct']['linear_layers'])}/{len(runs[s]['order'])} linear "
                             f"{runs[s]['m_opt_1pct']['linear_layers']}" for s in seeds)
                 + "; all-linear test loss " + ", ".join(f"{runs[s]['all_linear_test_loss']:.4f}" for s in seeds) + ".", ""]
@@ -115,7 +124,7 @@ def markdown(curves, teacher_train_s=None):
     conversion time (distillation + greedy) as a share of the teacher's training time."""
     out = ["Distillation steps and what they buy (`python experiments/distill_curve.py <run folder> --set ... --name ...`), "
            "each budget a fresh distillation, test batches:", "",
-           "| settings | student | steps | all-linear test loss | M_opt at 1% (test loss) | relative MSE per layer | "
+           "| settings | student | steps | all-linear test loss | M_opt at 1% by search (its test loss) | relative MSE per layer | "
            "distill + greedy | / teacher time |", "|---" * 8 + "|"]
     for name, c in curves.items():
         t0 = c["teacher_test_loss"]

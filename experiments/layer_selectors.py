@@ -1,5 +1,5 @@
 """
-Layer selectors side by side (issue 24): which layers should keep softmax attention? With the
+Layer selectors side by side: which layers should keep softmax attention? With the
 run's teacher and students, each selector's hybrid with k linear layers, k = 1..L, scored on the
 search and the held-out test batches:
 

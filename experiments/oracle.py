@@ -1,5 +1,5 @@
 """
-The exhaustive oracle (issue 24): how good is greedy, really? Every one of the 2^L layouts (which
+The exhaustive oracle: how good is greedy, really? Every one of the 2^L layouts (which
 layers are linear) of a finished run is scored on the search and the test batches, so greedy's gap
 to the best possible hybrid with k linear layers is a measured number. Then how much of greedy's
 order is noise: each round's winning margin against the paired standard error over batches, and

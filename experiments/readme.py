@@ -5,8 +5,8 @@ tables, and the pictures (drawn by pictures.py).
     python experiments/readme.py out/shakespeare_char-cpu/gla,out/shakespeare_char-cpu/hedgehog,...
     python experiments/readme.py out/shakespeare_char-cpu/gla --update_project   # this checkout's own files
 
-By default it writes RESULTS.md (the headline table, then the full tables) and assets/ beside the
-run (for several runs, in the folder they share), or in --out. Only --update_project rewrites the
+By default it writes RESULTS.md (the headline table, then the full tables) and assets/ into the
+run's folder (for several runs, into the folder they share), or into --out; never into the checkout. Only --update_project rewrites the
 project's own RESULTS.md, README.md's headline table and assets/, in the checkout that holds this script.
 
 Each run folder holds report.json (python dtr.py) and, where the experiments ran on it,
@@ -24,7 +24,7 @@ from plumbing import DtrError, load_file, opt
 class ReadmeConfig:
     """the results to regenerate"""
     run_dirs: str = opt("", "comma-separated finished run folders, in the order to show them", positional=True)
-    out: str = opt("", "folder to write RESULTS.md and assets/ into (default: beside the run, or the runs' shared folder)")
+    out: str = opt("", "folder to write RESULTS.md and assets/ into (default: the run's folder, or the runs' shared folder)")
     update_project: bool = opt(False, "rewrite this checkout's own RESULTS.md, README.md's headline table and assets/ instead")
 
     def check(self):
@@ -91,6 +91,9 @@ def run(args):
     dirs = [d for d in args.run_dirs.split(",") if d]
     runs = load_runs(dirs)
     folder = frame.ROOT if args.update_project else args.out or os.path.commonpath([os.path.abspath(d) for d in dirs])
+    if not args.update_project and os.path.abspath(folder) == frame.ROOT:
+        raise DtrError(f"{folder} is this checkout: writing there would replace its own RESULTS.md and assets/; "
+                       f"give --out <another folder> (or --update_project to rewrite them on purpose)")
     paths = pictures.draw(runs, os.path.join(folder, "assets"))
     shown = [os.path.relpath(p, folder) for p in paths]  # as the markdown beside assets/ links them
     results = tables.students_markdown(runs)

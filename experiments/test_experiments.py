@@ -7,6 +7,7 @@ refuses files of an older version in one line.
 """
 import json
 import os
+import re
 import shutil
 import sys
 
@@ -26,6 +27,7 @@ import tasks  # noqa: E402
 import layer_selectors  # noqa: E402
 import oracle  # noqa: E402
 import train_teacher  # noqa: E402
+from plumbing import DtrError, parse_config  # noqa: E402
 
 class Zero(torch.nn.Module):
     """A stand-in student that removes its layer's attention."""
@@ -111,6 +113,8 @@ def test_results_are_written_beside_the_run_and_the_checkout_is_untouched(finish
                  f"| {report['test'][0]['loss']:.4f} |"):  # the headline table: the teacher's test loss
         assert part in text
     assert os.path.exists(os.path.join(finished_run, "assets", "m_opt-layers.png"))
+    assert "is this checkout" in refused([finished_run, "--out", ROOT], "experiments/readme.py")  # its files stay its own
+    assert checkout_files() == before
 
 def test_distill_curve_at_the_runs_own_budget_is_the_run(finished_run):
     # the experiment distils as dtr.py does: at the run's own settings and steps, the same all-linear model
@@ -123,6 +127,18 @@ def test_distill_curve_at_the_runs_own_budget_is_the_run(finished_run):
     assert r["all_linear_test_loss"] == pytest.approx(report["test"][-1]["loss"], rel=1e-6)
     assert r["mse"] == pytest.approx(report["distill"]["mse"], rel=1e-5)
     assert r["order"] == [t["layer"] for t in report["trajectory"]]
+
+@pytest.mark.parametrize("flags,says", [
+    (["--set", "n_layer=3"], "--set n_layer: not a setting"), (["--set", "gate_init=1,x"], "--set x: not a setting"),
+    (["--name", "../x"], "--name '../x': use letters"), (["--steps", "0"], "--steps '0'"), (["--students", "mamba"], "'mamba'")])
+def test_distill_curve_refuses_what_it_would_not_do(flags, says):
+    with pytest.raises(DtrError, match=re.escape(says)):
+        parse_config(distill_curve.CurveConfig, ["run"] + flags, "")
+
+def test_distill_curve_checks_a_set_value_as_dtr_does(finished_run):
+    before = sorted(os.listdir(finished_run))
+    assert "unknown --gate_init 'foo'" in refused([finished_run, "--set", "gate_init=foo"], "experiments/distill_curve.py")
+    assert sorted(os.listdir(finished_run)) == before
 
 def test_distillation_seeds_are_compared_by_rank_correlation():
     run = lambda seed, order, linear: {"student": "gla", "steps": 400, "order": order, "all_linear_test_loss": 1.7,
