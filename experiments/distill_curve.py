@@ -110,7 +110,7 @@ def seeds_markdown(curves):
         seeds = sorted(runs)
         rho = [spearman(runs[a]["order"], runs[b]["order"]) for i, a in enumerate(seeds) for b in seeds[i + 1:]]
         out += [f"Distillation seeds {', '.join(map(str, seeds))} (`--set seed=N`), `{student}` at {steps} steps: greedy orders "
-                + "; ".join(" ".join(f"L{i}" for i in runs[s]["order"]) for s in seeds) + f"; Spearman correlation between "
+                + "; ".join(" ".join(f"L{i}" for i in runs[s]["order"]) for s in seeds) + "; Spearman correlation between "
                 + (f"seeds {min(rho):+.2f} to {max(rho):+.2f} (mean {sum(rho) / len(rho):+.2f})" if len(rho) > 1 else f"the seeds {rho[0]:+.2f}")
                 + "; M_opt at 1% (by search) "
                 + ", ".join(f"{len(runs[s]['m_opt_1pct']['linear_layers'])}/{len(runs[s]['order'])} linear "
