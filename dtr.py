@@ -58,8 +58,8 @@ class Config(TeacherConfig):
                                  "head attends) or fixed (g ~ 0.999 in every head)", ("span", "fixed"))
     metric: str = opt("auto", "the task metric P that greedy replacement and M_opt go by: loss (lower is better), "
                               "accuracy (the share of tokens predicted exactly, or of multiple-choice items answered "
-                              "right), acc_norm (choices scored per character; on token tasks the same as accuracy); auto: accuracy for multiple-choice "
-                              "tasks, loss for the others", ("auto",) + tuple(METRICS))
+                              "right), acc_norm (choices scored per character; on token tasks the same as accuracy); "
+                              "auto: accuracy for multiple-choice tasks, loss for the others", ("auto",) + tuple(METRICS))
     tolerance: float = opt(0.02, "M_opt keeps P within this of the teacher's: loss <= (1 + tolerance) x, "
                                  "accuracy >= (1 - tolerance) x", "[0,1)")
     keep_full: int = opt(-1, "M_opt by a budget instead: the search's hybrid with this many full-attention layers "
@@ -76,7 +76,8 @@ class Config(TeacherConfig):
         super().check()
         task_sources(self)  # unknown tasks, clashing names and windows too short for a task are refused here
         if self.keep_full > self.n_layer:
-            raise DtrError(f"--keep_full {self.keep_full} is more than the {self.n_layer} layers; keep at most {self.n_layer} full")
+            raise DtrError(f"--keep_full {self.keep_full} is more than the {self.n_layer} layers; "
+                           f"keep at most {self.n_layer} full")
         if self.batch_size * self.val_batches < 2:
             raise DtrError("--batch_size x --val_batches must be at least 2: search and test batches each need a window")
         if world(before_init=True) > self.n_layer:
@@ -416,7 +417,8 @@ def greedy_replace(model, students, batches, device="cpu", bf16=False, resume=No
             swap_in(blocks, [best], students)
             trajectory.append({"k": k, "layer": best, key: scores[best], "rel_change": (scores[best] - teacher) / (abs(teacher) or 1),
                                "candidates": [scores.get(i) for i in range(len(blocks))]})
-            change = f"{100 * trajectory[-1]['rel_change']:+.2f}%" if metric == "loss" else f"{100 * (scores[best] - teacher):+.2f} pt"
+            change = f"{100 * trajectory[-1]['rel_change']:+.2f}%" if metric == "loss" else \
+                f"{100 * (scores[best] - teacher):+.2f} pt"  # an accuracy: in points
             print(f"greedy   round {k}/{len(blocks)} | " + " ".join(f"L{i} {l:.4f}" for i, l in scores.items()) +
                   f" | replace L{best} -> {scores[best]:.4f} ({change})")
             if resume:
