@@ -11,6 +11,7 @@ Each budget is its own run (the cosine schedule ends at that budget, as `--disti
 Writes distill_curve_<name>.json beside the run (times are this process's: run alone to compare them).
 """
 import dataclasses
+import re
 import time
 from dataclasses import dataclass
 
@@ -48,10 +49,9 @@ class CurveConfig(frame.RunConfig):
             raise DtrError(f"--students {bad[0]!r} is not a student; use a comma-separated list of {', '.join(dtr.STUDENTS)}")
         if not all(s.strip().isdigit() and int(s) > 0 for s in self.steps.split(",")):
             raise DtrError(f"--steps {self.steps!r}: give comma-separated positive whole numbers of steps, e.g. 200,400")
-        if not self.name.replace("-", "").replace("_", "").replace(".", "").isalnum() or self.name.startswith("."):
+        if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*", self.name):  # a file name, never a path
             raise DtrError(f"--name {self.name!r}: use letters, digits, '-', '_' or '.' (it names distill_curve_<name>.json)")
         overrides(self.set)  # before the run is loaded
-
 
 def one_budget(model, cfg, train, lm, device, bf16):
     """Distil fresh students under cfg; their block MSE, all-linear test loss and M_opt (1%)."""
