@@ -21,7 +21,6 @@ The paper's other experiments (placement baselines, finetuning, decoding speed, 
 tables) are scripts in experiments/ that read a finished run's folder.
 """
 import contextlib
-import copy
 import dataclasses
 import math
 import os
@@ -31,26 +30,32 @@ import time
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-from kernel import EPS, gated_delta_rule, gated_delta_rule_step, linear_attention, linear_attention_step
 from plumbing import (DtrError, Pace, Partial, atomic_save, autocast, check_resumable, choose_device, claim, cli,
                       first_words, gather_dict, load_file, machine, my_share, opt, weights_sha256, world)
 from prepare import load_data
 from tasks import (METRICS, batch_scores, evaluate, n_scored, reduce, task_batches, task_metric, task_sources,
                    without_repeat)
+from students import STUDENTS, GatedDeltaNet, JetBlock, LinearAttention, make_students, student_levers
 from train_teacher import (PRESETS as TEACHER_PRESETS, TeacherConfig, configure, cosine_lr, get_batch, load_model,
-                           load_or_train, rope, sample_text)
+                           load_or_train, sample_text)
 
 # ---- settings: the teacher's (train_teacher.py), and the method's ----
-
-STUDENTS = ("gla", "hedgehog", "gdn")
 
 @dataclass
 class Config(TeacherConfig):
     """the method: distillation, greedy replacement, M_best/M_opt, tasks (dtr.py)"""
-    student: str = opt("gla", "the linear-attention twin: gla (gated), hedgehog (plain) or gdn (gated delta rule)", STUDENTS)
+    student: str = opt("gla", "the linear-attention twin: gla (gated), hedgehog (plain), gdn (gated delta rule) or "
+                              "jet (JetBlock: gated delta rule, dynamic convolution on v, output norm and gate)", STUDENTS)
+    short_conv: int = opt(0, "the student's levers (students.py): a depthwise causal convolution of this kernel size on "
+                             "q, k and v, started as the identity (0: none)", ">=0")
+    rotary: str = opt("auto", "where a rotary teacher's rotations go in the student: before the feature map, after it "
+                              "(RoFormer's linear form; hedgehog, gla) or none; auto: before, none for jet",
+                      ("auto", "before", "after", "none"))
+    out_norm: bool = opt(False, "a per-head RMSNorm and SiLU output gate on the student's output (jet always has one)")
+    window: int = opt(0, "a sliding-window softmax branch over the last W tokens beside the linear one, at most "
+                         "block_size / 8 (0: none)", ">=0")
     distill_iters: int = opt(400, "distillation steps (all blocks train together)", ">0")
     distill_lr: float = opt(4e-3, "distillation peak learning rate", ">0")
     distill_batch_size: int = opt(8, "sequences per distillation step", ">0")
@@ -75,6 +80,14 @@ class Config(TeacherConfig):
     def check(self):
         super().check()
         task_sources(self)  # unknown tasks, clashing names and windows too short for a task are refused here
+        if self.rotary == "after" and self.student not in ("hedgehog", "gla"):
+            raise DtrError(f"--rotary after (RoFormer's linear form) is for the hedgehog and gla students; "
+                           f"give --student {self.student} --rotary before or none")
+        if self.window > self.block_size // 8:
+            raise DtrError(f"--window {self.window} is more than an eighth of the context ({self.block_size}): the "
+                           f"window would do the linear attention's work; use at most {self.block_size // 8}")
+        if self.short_conv > self.block_size:
+            raise DtrError(f"--short_conv {self.short_conv} is longer than the context ({self.block_size}); use 4")
         if self.keep_full > self.n_layer:
             raise DtrError(f"--keep_full {self.keep_full} is more than the {self.n_layer} layers; "
                            f"keep at most {self.n_layer} full")
@@ -127,131 +140,7 @@ def restore_greedy(resume, n_layer):
     print(f"greedy   resuming {resume.path} after round {len(saved['trajectory'])}/{n_layer}")
     return saved["trajectory"]
 
-# ---- 1. the linear-attention students ----
-
-def hedgehog_feature_map(x, w):
-    """Hedgehog's feature map phi(x) = softmax([xW, -xW]) per head: x (B, nh, T, hs), W (nh, hs, hs)
-    -> (B, nh, T, 2 hs), non-negative, each row summing to 1. With W = I, phi(q).phi(k) is a
-    smooth, positive stand-in for exp(q.k) that training then sharpens."""
-    x = x @ w  # each head its own map
-    return torch.cat([x, -x], dim=-1).softmax(dim=-1)
-
-class LinearAttention(nn.Module):
-    """Drop-in student for CausalSelfAttention (same forward(x, cache)). q/k/v/o start as copies
-    of the teacher's (a key and value head per query head: c_attn_per_query_head); softmax(q.k) becomes
-    phi(q).phi(k) with a learned Hedgehog feature map (per head, W initialised to the identity).
-    gated=True adds a data-dependent per-head decay g_t in (0, 1] (our compact GLA), initialised
-    close to 1, so it starts close to the plain one; distillation then starts each head's decay at
-    its teacher head's reach (start_gates, gate_init=span).
-    Positions: a teacher with learned positions has them in x already. A rotary teacher's q.k sees
-    positions only through rotating q and k, so the student rotates them the same way before the
-    feature map: phi(q) and phi(k) then start from the very vectors the teacher compares, and its
-    attention keeps the teacher's sense of relative position (where phi's softmax lets it), in
-    training, prefill and decoding alike (the cache counts the tokens it has seen)."""
-
-    def __init__(self, teacher_attn, gated):
-        super().__init__()
-        self.n_head, self.rope = teacher_attn.n_head, teacher_attn.rope
-        self.c_attn = teacher_attn.c_attn_per_query_head()
-        self.c_proj = copy.deepcopy(teacher_attn.c_proj)
-        C = self.c_attn.in_features
-        eye = torch.eye(C // self.n_head).repeat(self.n_head, 1, 1)  # (nh, hs, hs)
-        self.fmap_q = nn.Parameter(eye.clone())
-        self.fmap_k = nn.Parameter(eye.clone())
-        self.gate = None
-        if gated:
-            self.gate = nn.Linear(C, self.n_head)  # log g_t = logsigmoid(x W + b) / 16, as in GLA
-            nn.init.zeros_(self.gate.weight)
-            nn.init.constant_(self.gate.bias, 4.0)  # g ~ 0.999: long memory, close to the plain variant
-
-    def new_cache(self, batch_size, max_len):
-        """The recurrent state (with the normaliser as its last column): fixed size, whatever the context."""
-        hs = self.c_attn.in_features // self.n_head
-        return {"state": torch.zeros(batch_size, self.n_head, 2 * hs, hs + 1, device=self.c_proj.weight.device), "n": 0}
-
-    def features(self, x, cache=None):
-        """x (B, T, C) -> feature-mapped q, k (B, nh, T, 2 hs), v (B, nh, T, hs), log_g (B, nh, T) or None."""
-        B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
-        start = 0 if cache is None else cache["n"]  # the first position: after the tokens the cache has seen
-        if self.rope:  # the teacher's rotations
-            q, k = rope(q, start, *self.rope), rope(k, start, *self.rope)
-        if cache is not None:
-            cache["n"] = start + T
-        q, k = hedgehog_feature_map(q, self.fmap_q), hedgehog_feature_map(k, self.fmap_k)  # (B, nh, T, 2 hs)
-        log_g = None
-        if self.gate is not None:
-            log_g = (F.logsigmoid(self.gate(x).float()) / 16).transpose(1, 2)  # (B, nh, T)
-        return q, k, v, log_g
-
-    def forward(self, x, cache=None):
-        B, T, C = x.size()
-        q, k, v, log_g = self.features(x, cache)
-        if cache is None:
-            y = linear_attention(q, k, v, log_g)  # (B, nh, T, hs)
-        elif T == 1:  # decoding: the recurrent step, constant work per token
-            y, cache["state"] = linear_attention_step(q[:, :, 0], k[:, :, 0], v[:, :, 0],
-                                                      None if log_g is None else log_g[..., 0], cache["state"])
-            y = y[:, :, None].to(q.dtype)
-        else:  # prefill: the chunked form, starting from and handing back the state
-            y, cache["state"] = linear_attention(q, k, v, log_g, initial_state=cache["state"], output_final_state=True)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.c_proj(y)
-
-class GatedDeltaNet(LinearAttention):
-    """Gated DeltaNet (arXiv 2412.06464) as a drop-in student: the gla student's projections,
-    feature maps and gate, with the state written by the gated delta rule
-
-        S_t = g_t (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t [v_t, 1]^T,   y_t = S_t^T q_t,   o_t = y_t[:hs] / y_t[hs]
-
-    Each write corrects what S already returns for k_t instead of adding to it, so a key written
-    with beta = 1 reads back exactly its value: the in-context recall an additive state blurs.
-    Where distillation starts, and what was measured (without the division below, or with beta
-    starting at 0.5 or 0.02, it distilled worse on the tiny preset):
-    - q, k: the Hedgehog map (features >= 0 keep q.z, the normaliser below, positive); k then
-      L2-normalised (the delta rule needs ||k|| = 1 to stay stable); q's scale cancels in the ratio.
-    - o: a column of ones rides along with v, and dividing by its read q.z makes each output a
-      weighted average of values, on the teacher's scale, while keeping exact recall.
-    - beta_t = sigmoid(x W + b), W = 0, b = -2 (beta ~ 0.12): on nearly uniform features at init,
-      the delta rule averages the last ~8 tokens' values, close to the teacher's broad heads.
-    - g_t as in gla (start_gates)."""
-
-    def __init__(self, teacher_attn):
-        super().__init__(teacher_attn, gated=True)
-        self.beta = nn.Linear(self.c_attn.in_features, self.n_head)  # the write strength beta_t per head
-        nn.init.zeros_(self.beta.weight)
-        nn.init.constant_(self.beta.bias, -2.0)
-
-    chunk_size = 32  # measured 7% faster per distillation step than 64 at T = 128 on a CPU
-
-    def forward(self, x, cache=None):
-        B, T, C = x.size()
-        q, k, v, log_g = self.features(x, cache)
-        q, k = q.float(), F.normalize(k, dim=-1)  # fp32 q: an fp32 ratio below
-        v = F.pad(v, (0, 1), value=1.0)  # (B, nh, T, hs + 1): the ones column whose read is q.z
-        beta = torch.sigmoid(self.beta(x).float()).transpose(1, 2)  # (B, nh, T)
-        # the cache is LinearAttention's: the fp32 state (B, nh, 2 hs, hs + 1), z its last column
-        if cache is None:
-            y = gated_delta_rule(q, k, v, beta, log_g, chunk_size=self.chunk_size)  # (B, nh, T, hs + 1)
-        elif T == 1:  # decoding: the rank-one step, constant work per token
-            y, cache["state"] = gated_delta_rule_step(q[:, :, 0], k[:, :, 0], v[:, :, 0], beta[..., 0],
-                                                      log_g[..., 0], cache["state"])
-            y = y[:, :, None]
-        else:  # prefill: the chunked form, starting from and handing back the state
-            y, cache["state"] = gated_delta_rule(q, k, v, beta, log_g, cache["state"], output_final_state=True,
-                                                 chunk_size=self.chunk_size)
-        # subtle: with features >= 0, q.z is positive in practice (>= 0.007 seen, the smallest at
-        # t = 0 where it is beta q.k and the ratio is exactly v_0); the clamp only guards the division
-        y = y[..., :-1] / y[..., -1:].clamp_min(EPS)  # (B, nh, T, hs)
-        y = y.to(x.dtype).transpose(1, 2).contiguous().view(B, T, C)
-        return self.c_proj(y)
-
-def make_students(model, kind):
-    """One student per block, initialised from that block's attention."""
-    make = {"hedgehog": lambda attn: LinearAttention(attn, gated=False),
-            "gla": lambda attn: LinearAttention(attn, gated=True), "gdn": GatedDeltaNet}[kind]
-    return [make(block.attn) for block in model.transformer.h]
+# ---- 1. the linear-attention students (students.py: hedgehog, gla, gdn, jet, and their levers) ----
 
 def swap_in(blocks, layers, students):
     """The hybrid: the listed blocks' attention replaced by their students (setattr, no copies)."""
@@ -284,22 +173,33 @@ def block_io(model, idx):
     return inputs, outputs
 
 @torch.no_grad()
-def start_gates(model, students, x):
-    """gate_init=span: each gated head starts with the decay of its teacher head's reach. On the
-    block inputs of x (B, T), the teacher head's mean look-back d = sum_j a_ij (i - j) over the
-    queries of the window's second half; a decay g weights the token n back by g^n, whose mean
-    n is g / (1 - g), so g = d / (d + 1), and the bias b solves logsigmoid(b) / 16 = log g, capped
-    at the fixed start's b = 4 (g ~ 0.999, ~900 tokens). Prints each head's d."""
+def start_students(model, students, x, gate_init="span"):
+    """Where distillation starts, read off the teacher's own attention on the block inputs of x (B, T):
+    - gate_init=span: each gated head starts with the decay of its teacher head's reach. The teacher
+      head's mean look-back d = sum_j a_ij (i - j) over the queries of the window's second half; a
+      decay g weights the token n back by g^n, whose mean n is g / (1 - g), so g = d / (d + 1), and
+      the bias b solves logsigmoid(b) / 16 = log g, capped at the fixed start's b = 4 (g ~ 0.999).
+    - a window branch starts mixing in the teacher head's share of attention inside its window;
+    - an output norm's weight starts at the teacher head's output scale (its RMS), so that
+      rmsnorm(y) w starts on the teacher's scale.
+    Prints each gated head's d."""
     reach = []
     for i, (block, s, h) in enumerate(zip(model.transformer.h, students, block_io(model, x)[0])):
-        if s.gate is None:
-            continue
         a = block.attn.attention_weights(block.ln_1(h)).float()  # (B, nh, T, T)
         T = a.size(-1)
         pos = torch.arange(T, dtype=torch.float, device=x.device)
-        d = (pos - a @ pos)[..., T // 2:].mean(dim=(0, 2)).clamp_min(0.5)  # (nh,) tokens back
-        s.gate.bias.copy_(torch.logit((d / (d + 1)) ** 16, eps=1e-6).clamp(max=4.0))
-        reach.append(f"L{i} " + " ".join(f"{v:.1f}" for v in d.tolist()))
+        if s.gate is not None and gate_init == "span":
+            d = (pos - a @ pos)[..., T // 2:].mean(dim=(0, 2)).clamp_min(0.5)  # (nh,) tokens back
+            s.gate.bias.copy_(torch.logit((d / (d + 1)) ** 16, eps=1e-6).clamp(max=4.0))
+            reach.append(f"L{i} " + " ".join(f"{v:.1f}" for v in d.tolist()))
+        if s.window:
+            inside = (pos[:, None] - pos[None]).lt(s.window)  # (T, T): key j within the window of query i
+            share = (a * inside).sum(-1)[..., T // 2:].mean(dim=(0, 2))  # (nh,)
+            s.window_gate.bias.copy_(torch.logit(share, eps=1e-3))
+        if s.out_norm is not None:
+            _, _, v = block.attn.qkv(block.ln_1(h))
+            y = a @ v.float().repeat_interleave(a.size(1) // v.size(1), dim=1)  # (B, nh, T, hs): the heads' outputs
+            s.out_norm.copy_(y.pow(2).mean(dim=(0, 2, 3)).sqrt()[:, None, None].expand_as(s.out_norm))
     if reach:
         print("distill  decay starts at each head's reach (tokens back) " + " | ".join(reach))
 
@@ -320,9 +220,9 @@ def distill_blocks(model, students, train, cfg, device="cpu", bf16=False, resume
         s.train().requires_grad_(True)
     mine = my_share(range(len(students)))  # torchrun: this process's blocks (all of them, alone)
     optimizers = {i: torch.optim.AdamW(students[i].parameters(), lr=cfg.distill_lr, weight_decay=0.0) for i in mine}
-    if cfg.gate_init == "span":  # from batches of their own, so the training batches are the same either way
-        start_gates(model, students, get_batch(train, cfg.block_size, cfg.distill_batch_size, device,
-                                               torch.Generator().manual_seed(cfg.seed + 2))[0])
+    # from batches of their own, so the training batches are the same either way
+    start_students(model, students, get_batch(train, cfg.block_size, cfg.distill_batch_size, device,
+                                              torch.Generator().manual_seed(cfg.seed + 2))[0], cfg.gate_init)
     gen = torch.Generator().manual_seed(cfg.seed + 1)  # identical on every process: the same batches
     start = restore_distill(resume, students, optimizers, gen)
     pace = Pace(start, cfg.distill_iters)
@@ -558,8 +458,9 @@ def run(cfg):
     students_path = os.path.join(run_dir, "students.pt")
     distill_key = {"teacher_sha256": weights_sha256(model), "student": cfg.student,
                    "distill_iters": cfg.distill_iters, "distill_lr": cfg.distill_lr,
-                   "distill_batch_size": cfg.distill_batch_size, "gate_init": cfg.gate_init, "seed": cfg.seed}
-    students = [s.to(device) for s in make_students(model, cfg.student)]
+                   "distill_batch_size": cfg.distill_batch_size, "gate_init": cfg.gate_init, "seed": cfg.seed,
+                   **student_levers(cfg)}
+    students = [s.to(device) for s in make_students(model, cfg.student, **student_levers(cfg))]
     students_reused = os.path.exists(students_path)
     if students_reused:
         distill_train_s = load_students(students_path, students, device, distill_key)
@@ -621,7 +522,8 @@ def load_hybrid(path, device):
     """The teacher, or a hybrid with students where its checkpoint says (m_best.pt, m_opt.pt)."""
     fix = "pass a checkpoint a run of this project wrote: teacher.pt, m_best.pt or m_opt.pt"
     prepare = lambda model, ckpt: swap_in(model.transformer.h, ckpt.get("linear_layers", []),
-                                          make_students(model, ckpt.get("student", "gla")))
+                                          make_students(model, ckpt.get("student", "gla"),
+                                                        **student_levers(ckpt.get("config", {}))))
     return load_model(path, device, fix, prepare)
 
 # ---- 7. command line ----

@@ -32,6 +32,7 @@ import tasks
 import train_teacher
 from conftest import HERE, fingerprint, launch, periodic_gpt, refused, rel_err, tiny_gpt, torchrun, weights, with_out_dir
 from plumbing import FORMAT, DtrError
+from students import hedgehog_feature_map
 from train_teacher import Cache, val_loss
 
 # ---- the students ----
@@ -60,7 +61,7 @@ def test_gates_start_at_the_teachers_look_back(kind):
             block.attn.c_attn.bias.data[:16] = 0
     students = dtr.make_students(model, kind)
     assert all(torch.equal(s.gate.bias, torch.full((2,), 4.0)) for s in students)  # gate_init=fixed: g ~ 0.999
-    dtr.start_gates(model, students, torch.randint(20, (3, 32), generator=torch.Generator().manual_seed(0)))
+    dtr.start_students(model, students, torch.randint(20, (3, 32), generator=torch.Generator().manual_seed(0)))
     d = torch.arange(16, 32).double().div(2).mean()
     g = torch.exp(torch.nn.functional.logsigmoid(students[1].gate.bias.double()) / 16)  # the model's own map, bias -> g
     assert torch.allclose(g, d / (d + 1), rtol=1e-4) and d == 11.75
@@ -86,7 +87,7 @@ def test_student_matches_trivially_linearisable_block():
         assert rel_err(block(x) - x, teacher_out - x) < 1e-5
     assert block.attn is attn  # the teacher's attention is back
 
-@pytest.mark.parametrize("kind", dtr.STUDENTS)
+@pytest.mark.parametrize("kind", ["gla", "hedgehog", "gdn"])  # jet's output is RMS-normalised instead
 def test_student_returns_a_shared_value_unchanged(kind):
     # softmax attention's output is a convex combination of values, so a value every token shares
     # comes out unchanged; a student's normaliser must keep that (gdn's: the read of its ones
@@ -122,6 +123,91 @@ def test_cached_generation_equals_plain_forward(kind, linear):
     steps += [model(idx[:, t:t + 1], cache=cache)[0] for t in range(75, 100)]
     assert rel_err(torch.cat(steps, dim=1), full) < 1e-5
     assert cache.pos == 100
+
+def tiny_llama(seed=0):
+    """A random Llama-shaped teacher: rotary positions, 4 query / 2 key-value heads, RMSNorm, SwiGLU."""
+    torch.manual_seed(seed)
+    return train_teacher.GPT(train_teacher.GPTConfig(block_size=100, vocab_size=20, n_layer=3, n_head=4, n_kv_head=2,
+                                                     n_embd=32, pos="rope", norm="rmsnorm", mlp="swiglu", bias=False)).eval()
+
+def away_from_start(students, seed=1):
+    """Every student parameter moved off its start (identity kernels, open gates, zero generators):
+    decoding caches that only work at the start (a convolution's past, a window's keys) would pass."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for s in students:
+            for p in s.parameters():
+                p.add_(0.3 * (p.abs().mean() + 0.1) * torch.randn(p.shape, generator=g))
+    return students
+
+LEVER_SETS = [dict(), dict(short_conv=4, out_norm=True, window=8), dict(short_conv=3, rotary="none", window=1)]
+
+@pytest.mark.parametrize("kind,levers", [(k, l) for k in dtr.STUDENTS for l in LEVER_SETS] +
+                         [(k, dict(rotary="after", short_conv=4, window=8)) for k in ("gla", "hedgehog")])
+def test_every_student_decodes_as_it_trains(kind, levers):
+    # all layers linear, parameters away from their start: a prefill past the 64-token chunk, 5 tokens
+    # at once, then one at a time give one full forward's logits (fp32 sums in another order: 1e-4)
+    model = tiny_llama()
+    dtr.swap_in(model.transformer.h, [0, 1, 2], away_from_start(dtr.make_students(model, kind, **levers)))
+    idx = torch.randint(20, (2, 100), generator=torch.Generator().manual_seed(2))
+    full, _ = model(idx)
+    cache = Cache(model, 2, 100)
+    steps = [model(idx[:, :70], cache=cache)[0], model(idx[:, 70:75], cache=cache)[0]]
+    steps += [model(idx[:, t:t + 1], cache=cache)[0] for t in range(75, 100)]
+    assert rel_err(torch.cat(steps, dim=1), full) < 1e-4
+    sizes = {k: t.shape for k, t in cache.layers[0].items() if torch.is_tensor(t)}  # nothing grows with the context
+    assert all(100 not in shape and 99 not in shape for shape in sizes.values()), sizes
+
+@pytest.mark.parametrize("kind", dtr.STUDENTS)
+def test_a_short_convolution_starts_as_the_identity(kind):
+    model = tiny_llama()
+    plain, conv = dtr.make_students(model, kind)[1], dtr.make_students(model, kind, short_conv=4)[1]
+    x = torch.randn(2, 40, 32)
+    assert torch.equal(plain(x), conv(x))
+
+def test_rotations_after_the_feature_map_are_roformers_linear_form():
+    # y_t = sum_s (R_t phi(q_t)).(R_s phi(k_s)) v_s / sum_s phi(q_t).phi(k_s), written out as a T x T sum
+    model = tiny_llama()
+    s = away_from_start(dtr.make_students(model, "hedgehog", rotary="after"))[0]
+    x = torch.randn(2, 40, 32, dtype=torch.float64)
+    s = s.double()
+    B, T, C = x.shape
+    q, k, v = (t.view(B, T, 4, 8).transpose(1, 2) for t in s.c_attn(x).split(C, dim=2))
+    fq, fk = hedgehog_feature_map(q, s.fmap_q), hedgehog_feature_map(k, s.fmap_k)
+    rq, rk = train_teacher.rope(fq, 0, s.rope[0]), train_teacher.rope(fk, 0, s.rope[0])
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    num = (rq @ rk.mT).masked_fill(~causal, 0) @ v
+    den = (fq @ fk.mT).masked_fill(~causal, 0).sum(-1, keepdim=True)
+    want = s.c_proj((num / den).transpose(1, 2).reshape(B, T, C))
+    assert rel_err(s(x), want) < 1e-4  # rope turns in fp32 even for fp64 inputs
+
+def test_the_window_branch_is_softmax_over_the_last_w_tokens():
+    # linear branch switched off: exactly the teacher's attention restricted to the last W keys
+    model = tiny_llama()
+    s = dtr.make_students(model, "gla", window=5)[0]
+    s.window_only = True
+    teacher = model.transformer.h[0].attn
+    x = torch.randn(2, 30, 32)
+    q, k, v = teacher.qkv(x)
+    k, v = (t.repeat_interleave(2, dim=1) for t in (k, v))
+    i, j = torch.arange(30)[:, None], torch.arange(30)[None]
+    scores = (q @ k.mT / 8 ** 0.5).masked_fill(~((j <= i) & (j > i - 5)), float("-inf"))
+    want = teacher.c_proj((scores.softmax(-1) @ v).transpose(1, 2).reshape(2, 30, 32))
+    assert rel_err(s(x), want) < 1e-5
+
+def test_window_share_and_output_scale_start_from_the_teacher():
+    # W_q = 0: uniform attention, so a query at i puts W / (i + 1) of its weight inside a W-token window
+    model = tiny_llama()
+    for block in model.transformer.h:
+        block.attn.c_attn.weight.data[:32] = 0
+    students = dtr.make_students(model, "jet", window=4)
+    x = torch.randint(20, (3, 32), generator=torch.Generator().manual_seed(0))
+    dtr.start_students(model, students, x)
+    share = torch.sigmoid(students[0].window_gate.bias)
+    assert torch.allclose(share, (4 / torch.arange(17, 33).float()).mean().expand(4), rtol=1e-4)
+    h = model.transformer.h[0].ln_1(model.embed(x))
+    y = model.transformer.h[0].attn.attention_weights(h) @ model.transformer.h[0].attn.qkv(h)[2].repeat_interleave(2, dim=1)
+    assert torch.allclose(students[0].out_norm[:, 0, 0], y.pow(2).mean(dim=(0, 2, 3)).sqrt(), rtol=1e-5)
 
 def reference_generate(model, idx, n, generator):
     """generate() without a cache: each token from a full forward over the context generate() uses:

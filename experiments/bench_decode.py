@@ -74,7 +74,7 @@ def bench_decode(cfg, model_args, device, patterns, contexts, new_tokens=32, rep
     teacher's GPTConfig fields (its size and vocabulary)."""
     torch.manual_seed(cfg.seed)
     model = GPT(GPTConfig(**{**model_args, "block_size": max(contexts) + new_tokens, "dropout": 0.0})).to(device).eval()
-    students = [s.to(device) for s in dtr.make_students(model, cfg.student)]
+    students = [s.to(device) for s in dtr.make_students(model, cfg.student, **dtr.student_levers(cfg))]
     models = {}
     for name, layers in patterns.items():  # one model per pattern, so each compiles on its own
         with dtr.hybrid(model.transformer.h, layers, students):

@@ -22,7 +22,7 @@ import dtr
 import tasks
 from plumbing import DtrError, opt, parse_flags, validate
 
-SETTINGS = ("distill_lr", "distill_batch_size", "gate_init", "seed")  # what --set may change, recorded with each budget
+SETTINGS = ("distill_lr", "distill_batch_size", "gate_init", "seed") + dtr.LEVERS  # what --set may change, recorded with each budget
 
 def overrides(text):
     """--set 'a=1,b=x' -> {"a": 1, "b": "x"}: read as dtr.py's own flags, so an unknown name or a
@@ -56,20 +56,39 @@ class CurveConfig(frame.RunConfig):
 def one_budget(model, cfg, train, lm, device, bf16):
     """Distil fresh students under cfg; their block MSE, all-linear test loss and M_opt (1%)."""
     torch.manual_seed(cfg.seed)
-    students = [s.to(device) for s in dtr.make_students(model, cfg.student)]
+    students = [s.to(device) for s in dtr.make_students(model, cfg.student, **dtr.student_levers(cfg))]
     t0 = time.time()
     dtr.distill_blocks(model, students, train, cfg, device, bf16)
     distill_s = time.time() - t0
     mse, rel_mse = dtr.block_mse(model, students, lm[0], device, bf16)
     with dtr.hybrid(model.transformer.h, range(cfg.n_layer), students):
         all_linear = tasks.evaluate(model, lm[1], device, bf16)["loss"]
+        window_only = None
+        if cfg.window:  # the window's own work: the same students with their linear branch switched off
+            for s in students:
+                s.window_only = True
+            window_only = tasks.evaluate(model, lm[1], device, bf16)["loss"]
+            for s in students:
+                s.window_only = False
     t0 = time.time()
     teacher, trajectory = dtr.greedy_replace(model, students, lm[0], device, bf16)
-    _, m_opt = dtr.select_models(teacher, trajectory, 0.01)
-    with dtr.hybrid(model.transformer.h, m_opt["linear_layers"], students):
-        m_opt["test_loss"] = tasks.evaluate(model, lm[1], device, bf16)["loss"]
+    m_opts = {}
+    for tolerance in (0.01, 0.02):
+        _, m = dtr.select_models(teacher, trajectory, tolerance)
+        with dtr.hybrid(model.transformer.h, m["linear_layers"], students):
+            m["test_loss"] = tasks.evaluate(model, lm[1], device, bf16)["loss"]
+        m_opts[f"m_opt_{round(100 * tolerance)}pct"] = m
     return {"steps": cfg.distill_iters, "mse": mse, "rel_mse": rel_mse, "all_linear_test_loss": all_linear,
-            "order": [t["layer"] for t in trajectory], "m_opt_1pct": m_opt, "distill_s": distill_s, "greedy_s": time.time() - t0}
+            "window_only_test_loss": window_only, "order": [t["layer"] for t in trajectory], **m_opts,
+            "cache_floats": cache_floats(students[0], cfg.block_size, device), "distill_s": distill_s,
+            "greedy_s": time.time() - t0}
+
+@torch.no_grad()
+def cache_floats(student, context, device):
+    """Numbers one sequence's decode cache holds in one linear layer after `context` tokens."""
+    cache = student.new_cache(1, context)
+    student(torch.zeros(1, context, student.c_attn.in_features, device=device), cache)
+    return sum(t.numel() for t in cache.values() if torch.is_tensor(t))
 
 def run(args):
     device, bf16, cfg, report, model, _, (train, val, meta) = frame.open_run(args)

@@ -35,7 +35,7 @@ def load_run(run_dir, device):
     cfg = run_config(report)
     model, _ = load_model(os.path.join(os.path.dirname(run_dir.rstrip("/")), "teacher.pt"), device,
                           "delete the run folder and run python dtr.py again")
-    students = [s.to(device) for s in dtr.make_students(model, cfg.student)]
+    students = [s.to(device) for s in dtr.make_students(model, cfg.student, **dtr.student_levers(cfg))]
     dtr.load_students(os.path.join(run_dir, "students.pt"), students, device, {"teacher_sha256": weights_sha256(model)})
     return cfg, report, model.requires_grad_(False), students, load_data(cfg)
 
