@@ -494,7 +494,7 @@ def run(cfg):
     report = {
         "dataset": meta["dataset"], "student": cfg.student, "device": device, "config": dataclasses.asdict(cfg),
         "command": ("python " if world() == 1 else f"torchrun --standalone --nproc_per_node={world()} ") +
-                   shlex.join([os.path.basename(sys.argv[0])] + sys.argv[1:]), "machine": machine(),
+                   shlex.join([os.path.basename(sys.argv[0])] + sys.argv[1:]), "cwd": os.getcwd(), "machine": machine(),
         "date": time.strftime("%Y-%m-%d"), "n_layer": cfg.n_layer, "tolerance": cfg.tolerance, "keep_full": cfg.keep_full, "metric": lm["metric"],
         "teacher": {f"val_{lm['metric']}": lm[f"teacher_{lm['metric']}"], "train_s": teacher_train_s, "init_from": cfg.init_from,
                     "reused": teacher_reused},

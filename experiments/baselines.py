@@ -58,7 +58,8 @@ def greedy_verdict(b):
 def markdown(result):
     """RESULTS.md's tables: loss at every k of each placement, on the search and the test batches."""
     out = []
-    for split, b in result.items():
+    for split in ("search", "test"):
+        b = result[split]
         L = len(b["greedy"])
         out += [f"Placement baselines (`python experiments/baselines.py <run folder>`), loss on the {split} batches at k linear layers:", "",
                 "| placement | " + " | ".join(f"k={k}" for k in range(1, L + 1)) + " | mean |", "|---" * (L + 2) + "|"]
@@ -76,11 +77,12 @@ def run(args):
     result = {split: placement_baselines(model, students, batches, trajectory, greedy, args.n_random, cfg.seed, device, bf16)
               for split, batches, greedy in (("search", search, [t["val_loss"] for t in trajectory]),
                                              ("test", test, [s["loss"] for s in report["test"][1:]]))}
-    for split, b in result.items():
+    for split in ("search", "test"):
+        b = result[split]
         for name in ("greedy", "uniform", "importance", "random_mean"):
             print(f"baseline {split:6s} {name:11s} " + " ".join(f"{x:.4f}" for x in b[name]) + f" | mean over k {sum(b[name]) / len(b[name]):.4f}")
         print(f"baseline {split:6s} {greedy_verdict(b)}")
-    return frame.write_result(result, args, "baselines.json")
+    return frame.write_result({"key": frame.result_key(report, bf16, search=search, test=test), **result}, args, "baselines.json")
 
 def main(argv=None):
     frame.command(BaselinesConfig, run, __doc__, argv)

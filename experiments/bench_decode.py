@@ -134,25 +134,26 @@ def markdown(bench, report):
     if bench.get("compiled"):
         ratios += [(label.replace("eager", "faster mode"), key, True) for key, label in speeds[:2]]
     tok_s = lambda w, key, best: max(w[key], w[key + "_compiled"]) if best else w[key]
+    ratio = lambda a, b: a / b if b else float("nan")  # a zero measured (a cache of nothing, a stalled timing): no ratio
     for name, k in (("all_linear", L), ("m_opt", len(report["m_opt"]["linear_layers"]))):
         out += ["", f"{name} ({k}/{L} layers linear) against the teacher, same run:", "",
                 "| context | " + " | ".join(f"speed-up, {label}" for label, _, _ in ratios) + " | cache smaller by |",
                 "|---" * (len(ratios) + 2) + "|"]
-        out += [f"| {n} | " + " | ".join(f"{tok_s(by[name, n], key, best) / tok_s(by['teacher', n], key, best):.1f}x"
+        out += [f"| {n} | " + " | ".join(f"{ratio(tok_s(by[name, n], key, best), tok_s(by['teacher', n], key, best)):.1f}x"
                                          for _, key, best in ratios)
-                + f" | {by['teacher', n]['cache_bytes'] / by[name, n]['cache_bytes']:.0f}x |" for n in sorted({c for _, c in by})]
+                + f" | {ratio(by['teacher', n]['cache_bytes'], by[name, n]['cache_bytes']):.0f}x |" for n in sorted({c for _, c in by})]
     return out + [""]
 
 def run(args):
     device, _ = choose_device(args.device)
     report = load_file(os.path.join(args.run_dir, "report.json"), "run python dtr.py first", ("config", "m_opt"))
-    cfg = frame.run_config(report)
-    model_args = load_file(os.path.join(os.path.dirname(args.run_dir.rstrip("/")), "teacher.pt"),
-                           "run python dtr.py first", ("model_args",))["model_args"]  # its size; not its weights
+    cfg = frame.run_config(report, args.run_dir)
+    model_args = load_file(frame.teacher_path(args.run_dir), "run python dtr.py first",
+                           ("model_args",))["model_args"]  # its size; not its weights
     patterns = {"teacher": [], "m_opt": report["m_opt"]["linear_layers"], "all_linear": list(range(cfg.n_layer))}
     contexts = [int(c) for c in args.contexts.split(",")]
     result = bench_decode(cfg, model_args, device, patterns, contexts, args.new_tokens, args.repeats, args.batch)
-    return frame.write_result(result, args, "decode_bench.json")
+    return frame.write_result({"key": frame.run_key(args.run_dir, report), **result}, args, "decode_bench.json")
 
 def main(argv=None):
     frame.command(BenchConfig, run, __doc__, argv)

@@ -95,7 +95,8 @@ def run(args):
     change = overrides(args.set)
     lm = (tasks.lm_batches(cfg, val, device), tasks.lm_batches(cfg, val, device, test=True))  # (search, test)
     teacher_test = report["test"][0]["loss"]
-    result = {"teacher_test_loss": teacher_test, "set": change, "runs": []}
+    result = {"key": frame.result_key(report, bf16, search=lm[0], test=lm[1]), "teacher_test_loss": teacher_test,
+              "set": change, "runs": []}
     for student in args.students.split(","):
         for steps in map(int, args.steps.split(",")):
             c = validate(dataclasses.replace(cfg, student=student, distill_iters=steps, **change))
@@ -103,7 +104,7 @@ def run(args):
                  **one_budget(model, c, train, lm, device, bf16)}
             result["runs"].append(r)
             print(f"curve    {student} {steps} steps | all-linear test loss {r['all_linear_test_loss']:.4f} "
-                  f"({100 * (r['all_linear_test_loss'] / teacher_test - 1):+.2f}%) | M_opt(1%) "
+                  f"({frame.change_text(r['all_linear_test_loss'], teacher_test, 'loss')}) | M_opt(1%) "
                   f"{len(r['m_opt_1pct']['linear_layers'])}/{cfg.n_layer} linear | distill {r['distill_s']:.0f}s")
             frame.write_result(result, args, f"distill_curve_{args.name}.json")  # after each, so a kill keeps what is done
     return result
@@ -151,7 +152,7 @@ def markdown(curves, teacher_train_s=None):
             shown = ", ".join(f"{k} {v}" for k, v in r["settings"].items())
             L, k, conv = len(r["mse"]), len(r["m_opt_1pct"]["linear_layers"]), r["distill_s"] + r["greedy_s"]
             out.append(f"| {name}: {shown} | `{r['student']}` | {r['steps']} | {r['all_linear_test_loss']:.4f} "
-                       f"({100 * (r['all_linear_test_loss'] / t0 - 1):+.2f}%) | {k}/{L} ({r['m_opt_1pct']['test_loss']:.4f}) | "
+                       f"({frame.change_text(r['all_linear_test_loss'], t0, 'loss')}) | {k}/{L} ({r['m_opt_1pct']['test_loss']:.4f}) | "
                        f"{' '.join(f'{x:.3f}' for x in r['rel_mse'])} | {conv:.0f} s | "
                        + (f"{100 * conv / teacher_train_s:.0f}% |" if teacher_train_s else "|"))
     return out + ["", f"The teacher's test loss: {t0:.4f}."] + ([f"Its training took {teacher_train_s:.0f} s."] if teacher_train_s else []) + \

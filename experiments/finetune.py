@@ -49,10 +49,11 @@ def markdown(f):
 def run(args):
     device, bf16, cfg, report, model, students, (train, val, _) = frame.open_run(args)
     val_b = tasks.lm_batches(cfg, val, device, test=True)  # the held-out test batches
-    result = {"iters": args.iters, **{name: finetune(model, layers, students, train, val_b, cfg, args.iters, device, bf16)
-                                      for name, layers in (("teacher", []), ("m_opt", report["m_opt"]["linear_layers"]))}}
+    models = (("teacher", []), ("m_opt", report["m_opt"]["linear_layers"]))
+    result = {"key": frame.result_key(report, bf16, test=val_b), "iters": args.iters,
+              **{name: finetune(model, layers, students, train, val_b, cfg, args.iters, device, bf16) for name, layers in models}}
     print(f"finetune {args.iters} steps | " + " | ".join(
-        f"{n} {v['before']:.4f} -> {v['after']:.4f}" for n, v in result.items() if n != "iters"))
+        f"{n} {result[n]['before']:.4f} -> {result[n]['after']:.4f}" for n, _ in models))
     return frame.write_result(result, args, "finetune.json")
 
 def main(argv=None):

@@ -12,7 +12,9 @@ search and the held-out test batches:
 - distill_error: the layers with the largest relative block MSE after distillation stay full;
 - reverse_greedy: from the all-linear model, restore one layer at a time, each time the one that
   helps most (exercise 7), and replace in the reverse order;
-- the oracle's best layout at each k (by search, and on test), where experiments/oracle.py ran.
+- the oracle's best layout at each k (by search, and on test), from the table experiments/oracle.py
+  saved, where it scored these very batches with this teacher, these students and this metric
+  (otherwise the table is not reused, and the line that says so names what differs).
 
 Each selector decides on the search batches only. Next to the mean over k on the test batches:
 its difference from greedy's and the paired standard error of that difference over the test
@@ -27,6 +29,7 @@ import frame  # first: it puts the project's root on sys.path
 import torch
 
 import dtr
+import oracle
 import tasks
 from baselines import importance_order, uniform_layouts
 from plumbing import autocast, load_file, opt
@@ -93,18 +96,30 @@ def print_result(r, L):
     print("select   test, mean over k against greedy's (paired se over batches): " +
           ", ".join(f"{n} {v['diff']:+.4f} ({v['paired_se']:.4f})" for n, v in r["vs_greedy_test"].items()))
 
+def oracle_table(path, key, run_dir):
+    """oracle.pt where it scored these batches (each split's sha256 in `key`) with the same teacher,
+    students, metric and precision, else None, with one line saying what differs."""
+    if not os.path.exists(path):
+        return None
+    table = load_file(path, f"delete it and rerun python experiments/oracle.py {run_dir}", ("key", "metric", "search", "test"))
+    why = frame.differs(table["key"], {k: key[k] for k in ("teacher_sha256", "students_sha256", "metric", "precision",
+                                                           "search_sha256", "test_sha256")})
+    if why:
+        print(f"select   {path} not reused: it was computed {why}; every layout is scored here, and the oracle's "
+              f"rows are left out (rerun python experiments/oracle.py {run_dir} for them)")
+    return None if why else table
+
 def run(args):
     device, bf16, cfg, report, model, students, (_, val, _) = frame.open_run(args)
     L, m = cfg.n_layer, report["metric"]
     splits = {"search": tasks.lm_batches(cfg, val, device), "test": tasks.lm_batches(cfg, val, device, test=True)}
-    path = os.path.join(args.run_dir, "oracle.pt")
-    table = load_file(path, f"delete it and rerun python experiments/oracle.py {args.run_dir}") if os.path.exists(path) else None
-    # the oracle's table, where it scored these very batches
-    usable = lambda s: table is not None and table["metric"] == m and table[s].shape[1] == len(splits[s])
-    scores = {s: Scores(model, students, b, table[s] if usable(s) else None, device, bf16) for s, b in splits.items()}
+    key = frame.result_key(report, bf16, **splits)
+    table = oracle_table(os.path.join(args.run_dir, "oracle.pt"), key, args.run_dir)
+    scores = {s: Scores(model, students, b, None if table is None else table[s], device, bf16) for s, b in splits.items()}
     P = {s: (lambda layers, s=s: tasks.reduce(scores[s](layers), m)) for s in splits}
     layouts = select(report, P["search"], L, m, args.n_random, cfg.seed)
-    result = {"metric": m, "layouts": layouts, "n_random": args.n_random, "from_oracle_table": {s: usable(s) for s in splits}}
+    result = {"key": key, "metric": m, "layouts": layouts, "n_random": args.n_random,
+              "from_oracle_table": {s: table is not None for s in splits}}
     for s in splits:
         curves = {name: [P[s](layers) for layers in ls] for name, ls in layouts.items()}
         rand = torch.tensor([curves.pop(f"random{n}") for n in range(args.n_random)])
@@ -115,12 +130,12 @@ def run(args):
     mean_k["random_mean"] = torch.stack([mean_k.pop(f"random{n}") for n in range(args.n_random)]).mean(0)
     n = len(splits["test"])
     result["vs_greedy_test"] = {name: {"diff": (v - mean_k["greedy"]).mean().item(),
-                                       "paired_se": ((v - mean_k["greedy"]).std() / n ** 0.5).item()}
+                                       "paired_se": ((v - mean_k["greedy"]).std() / n ** 0.5).item() if n > 1 else float("nan")}
                                 for name, v in mean_k.items() if name != "greedy"}
-    oracle_json = os.path.join(args.run_dir, "oracle.json")
-    if os.path.exists(oracle_json):
-        o = load_file(oracle_json, f"delete it and rerun python experiments/oracle.py {args.run_dir}", ("per_k",))
-        result["oracle"] = {f"{s}_{pick}": [p[pick][s] for p in o["per_k"][1:]] for s in ("search", "test")
+    if table is not None:  # the oracle's best at each k, on the table of these very batches
+        table_of = lambda s: oracle.metric_table([scores[s].rows[mask] for mask in range(2 ** L)], m)
+        per_k = oracle.per_k(table_of("search"), table_of("test"), [t["layer"] for t in report["trajectory"]], m)
+        result["oracle"] = {f"{s}_{pick}": [p[pick][s] for p in per_k[1:]] for s in splits
                             for pick in ("best_by_search", "best_on_test")}
     print_result(result, L)
     return frame.write_result(result, args, "layer_selectors.json")

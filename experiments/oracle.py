@@ -110,8 +110,10 @@ def noise(rows, metric, tolerance, draws, seed=0):
         if rest:
             runner = min(rest, key=lambda i: sign * tasks.reduce(rows[mask | 1 << i], metric))
             diff = sign * (per_batch(mask | 1 << runner) - per_batch(mask | 1 << winner))  # > 0: the winner is better
-            se = (diff.std() / n ** 0.5).item() if n > 1 else float("nan")
-            rounds.append({"k": k, "winner": winner, "runner_up": runner, "margin": diff.mean().item(), "paired_se": se})
+            margin, se = diff.mean().item(), (diff.std() / n ** 0.5).item() if n > 1 else float("nan")
+            # subtle: a tie (0 by 0) and one batch (no se) are no clear win, so not `margin < 2 se`
+            rounds.append({"k": k, "winner": winner, "runner_up": runner, "margin": margin, "paired_se": se,
+                           "within_2se": not margin > 2 * se})
         mask |= 1 << winner
     m_opt = lambda result: dtr.select_models(*result, tolerance, metric)[1]["linear_layers"]
     gen = random.Random(seed)
@@ -125,7 +127,7 @@ def noise(rows, metric, tolerance, draws, seed=0):
         return {"n": size, "order_same": same_order / draws, "m_opt_same": same_opt / draws}
 
     sizes = sorted({s for s in (1, 2, 4, 8, 16, 32, 64) if s < n})
-    return {"rounds": rounds, "within_2se": sum(r["margin"] < 2 * r["paired_se"] for r in rounds),
+    return {"rounds": rounds, "within_2se": sum(r["within_2se"] for r in rounds),
             "bootstrap": agreement(lambda s: [gen.randrange(n) for _ in range(s)], n),
             "subsets": [agreement(lambda s: sorted(gen.sample(range(n), s)), s) for s in sizes]}
 
@@ -139,6 +141,13 @@ def greedy_forwards(order, n_batches):
         linear.add(layer)
     return total * n_batches
 
+def rounds_text(r):
+    """Greedy's rounds within the noise, and those won by more, each round named in its group."""
+    show = lambda within: ", ".join(f"k={x['k']} L{x['winner']} over L{x['runner_up']} by {x['margin']:.4f} (se {x['paired_se']:.4f})"
+                                    for x in r["rounds"] if x["within_2se"] == within) or "none"
+    return (f"{r['within_2se']} of {len(r['rounds'])} greedy rounds won by at most 2 paired standard errors over the "
+            f"search batches (a tie, or one batch with no se, among them): {show(True)}; by more: {show(False)}")
+
 def print_result(r):
     f = r["block_forwards"]
     print(f"oracle   {r['seconds']:.1f} s, greedy's search {r['greedy_seconds']:.1f} s on the same batches; "
@@ -150,8 +159,7 @@ def print_result(r):
         g = p["greedy"]
         print(f"oracle   {p['k']:3d} | {g['test']:18.4f} {g['rank_test']:5d} / {p['n_layouts']:<5d} (search rank {g['rank_search']}) | "
               f"{p['best_by_search']['test']:.4f} {p['best_by_search']['layers']} | {p['best_on_test']['test']:.4f} {p['best_on_test']['layers']}")
-    print(f"noise    {r['within_2se']} of {len(r['rounds'])} greedy rounds won by less than 2 paired standard errors: " +
-          ", ".join(f"k={x['k']} L{x['winner']} over L{x['runner_up']} by {x['margin']:.4f} (se {x['paired_se']:.4f})" for x in r["rounds"]))
+    print(f"noise    {rounds_text(r)}")
     print(f"noise    bootstrap over {r['batches']['search']} search batches: same order {r['bootstrap']['order_same']:.0%}, "
           f"same M_opt {r['bootstrap']['m_opt_same']:.0%}; fewer batches: " +
           ", ".join(f"{s['n']}: order {s['order_same']:.0%}, M_opt {s['m_opt_same']:.0%}" for s in r["subsets"]))
@@ -182,11 +190,13 @@ def run(args):
               "seconds": seconds, "greedy_seconds": greedy_seconds,
               "block_forwards": {"oracle": forwards, "unshared": L * 2 ** L * total,
                                  "greedy_search": greedy_forwards(order, len(splits["search"]))},
-              "per_k": per_k(search, test, order, m), **noise(rows["search"], m, report["tolerance"], args.draws, cfg.seed)}
+              "per_k": per_k(search, test, order, m), **noise(rows["search"], m, report["tolerance"], args.draws, cfg.seed),
+              "key": frame.result_key(report, bf16, **splits)}  # what it was computed from: layer_selectors.py checks it
     if cfg.val_batches == report["config"]["val_batches"]:  # the run's own search batches: greedy's numbers come back
         result["greedy_reproduced"] = max(abs(search[sum(1 << i for i in order[:t["k"]])] - t["val_" + m]) for t in report["trajectory"])
     print_result(result)
-    frame.write_result({"metric": m, **{s: torch.tensor(r, dtype=torch.float64) for s, r in rows.items()}}, args, "oracle.pt")
+    frame.write_result({"key": result["key"], "metric": m, **{s: torch.tensor(r, dtype=torch.float64) for s, r in rows.items()}},
+                       args, "oracle.pt")
     return frame.write_result(result, args, "oracle.json")
 
 def markdown(r):
@@ -205,9 +215,7 @@ def markdown(r):
         out.append(f"| {p['k']} | {p['n_layouts']} | {g['test']:.4f} | {g['rank_test']} | {g['rank_search']} | {s['test']:.4f} | "
                    f"{s['layers']} | {t['test']:.4f} | {t['layers']} | {g['test'] - t['test']:+.4f} |")
     b, sub = r["bootstrap"], r["subsets"]
-    return out + ["", f"Noise: {r['within_2se']} of {len(r['rounds'])} greedy rounds were won by less than two paired standard "
-                      f"errors over the search batches (" + ", ".join(f"k={x['k']}: L{x['winner']} over L{x['runner_up']} by "
-                      f"{x['margin']:.4f}, se {x['paired_se']:.4f}" for x in r["rounds"]) + f"). Greedy replayed on "
+    return out + ["", f"Noise: {rounds_text(r)}. Greedy replayed on "
                       f"{r['batches']['search']} search batches drawn with replacement gives the same order in "
                       f"{b['order_same']:.0%} and the same M_opt in {b['m_opt_same']:.0%} of draws; on fewer batches: "
                       + ", ".join(f"{x['n']}: order {x['order_same']:.0%}, M_opt {x['m_opt_same']:.0%}" for x in sub) + ".", ""]

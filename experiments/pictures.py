@@ -3,9 +3,10 @@ The pictures of the results, drawn with matplotlib from finished runs (loaded by
 also writes the tables): per run, the placement baselines (paper Fig. 4), the task-specific
 hybrids (§4) and decoding speed (Fig. 2) where it has them; for all runs, M_opt's layers (Fig. 3).
 """
+import math
 import os
 
-import frame  # noqa: F401  first: it puts the project's root on sys.path
+import frame  # first: it puts the project's root on sys.path
 from tasks import METRICS
 
 def pyplot():
@@ -25,6 +26,14 @@ def save_figure(plt, fig, path):
     os.replace(path + ".tmp", path)
     plt.close(fig)
     return path
+
+def log_scale(ax, x=False, y=True):
+    """Log axes where the data drawn has a positive value; an axis of zeros or NaNs only stays linear
+    (matplotlib cannot log-scale it)."""
+    if x and math.isfinite(ax.dataLim.minposx):
+        ax.set_xscale("log")
+    if y and math.isfinite(ax.dataLim.minposy):
+        ax.set_yscale("log")
 
 def overlaps(curves):
     """Notes for curves drawn on top of each other, so that none hides silently: 'b = a at k = ...'."""
@@ -65,14 +74,16 @@ def draw_tasks(plt, r, title, path):
     names = list(tasks)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [2, 1]})
     m = {name: t.get("metric", r["metric"]) for name, t in tasks.items()}  # each task in its own metric, worse upwards
-    rel = {name: [100 * METRICS[m[name]] * (s[m[name]] / t["test"][0][m[name]] - 1) for s in t["test"]] for name, t in tasks.items()}
+    rel = {name: [METRICS[m[name]] * frame.change(s[m[name]], t["test"][0][m[name]], m[name]) for s in t["test"]]
+           for name, t in tasks.items()}  # a loss in %, an accuracy in points (frame.change)
     for name, curve in rel.items():
         ax1.plot(range(L + 1), curve, marker="o", label=f"{name} ({m[name]})")
-    ax1.plot([0, L], [100 * tol] * 2, color="gray", ls="--", label=f"tolerance {tol:.0%}")
-    ax1.set(xlabel="layers replaced, in each task's greedy order (k)", ylabel="test metric vs the task's teacher (%, up: worse)",
+    ax1.plot([0, L], [100 * tol] * 2, color="gray", ls="--", label=f"tolerance {tol:.0%} (of a loss)")
+    ax1.set(xlabel="layers replaced, in each task's greedy order (k)",
+            ylabel="test metric vs the task's teacher\n(loss: %, accuracy: points; up: worse)",
             title="each task's own greedy search")
     fig.suptitle(f"Task-specific hybrids, paper §4: {title}", fontsize=11)
-    if max(abs(x) for curve in rel.values() for x in curve) > 50:
+    if max((abs(x) for curve in rel.values() for x in curve if x == x), default=0) > 50:  # (x == x: not NaN)
         ax1.set_yscale("symlog", linthresh=5)  # a task whose loss explodes would flatten the others
     ax1.legend(fontsize=8)
     full = [[i not in tasks[n]["m_opt"]["linear_layers"] for n in names] for i in range(L)]  # (layer, task)
@@ -103,9 +114,11 @@ def draw_decode(plt, r, title, path):
                     label=f"{shown}, batch {batch}")
         axes[-1].plot(ctx, [w["cache_bytes"] / 2**20 for w in rows], marker="o", color=f"C{n}", label=shown)
     for ax, mode in zip(axes, modes):
-        ax.set(xscale="log", yscale="log", xlabel="context (tokens)", ylabel="decoded tokens/s", title=f"decoding, {mode}")
+        ax.set(xlabel="context (tokens)", ylabel="decoded tokens/s", title=f"decoding, {mode}")
+        log_scale(ax, x=True)
         ax.legend(fontsize=7)
-    axes[-1].set(xscale="log", yscale="log", xlabel="context (tokens)", ylabel="cache MiB", title="cache memory")
+    axes[-1].set(xlabel="context (tokens)", ylabel="cache MiB", title="cache memory")
+    log_scale(axes[-1], x=True)
     axes[-1].legend(fontsize=7)
     contexts = sorted({w["context"] for w in bench["rows"]})
     for ax in axes:  # the measured contexts as plain numbers
@@ -124,7 +137,7 @@ def draw_distill(plt, r, title, path):
         for student in dict.fromkeys(x["student"] for x in c["runs"]):
             runs = [x for x in c["runs"] if x["student"] == student]
             ax1.plot([x["distill_s"] + x["greedy_s"] for x in runs],
-                     [100 * (x["all_linear_test_loss"] / c["teacher_test_loss"] - 1) for x in runs],
+                     [frame.change(x["all_linear_test_loss"], c["teacher_test_loss"], "loss") for x in runs],
                      marker=marker[student], color=plt.cm.tab20(n % 20), label=f"{student}, {name}")  # 20 colours
     name, c = max(r["distill_curves"].items(), key=lambda kv: len(kv[1]["runs"]))
     for m, student in enumerate(dict.fromkeys(x["student"] for x in c["runs"])):
@@ -133,9 +146,11 @@ def draw_distill(plt, r, title, path):
             ax2.plot([x["steps"] for x in runs], [x["rel_mse"][i] for x in runs], marker=marker[student],
                      ls=("-", ":", "--")[m % 3], color=f"C{i}", label=f"{student} L{i}")
     ax1.axhline(1.0, color="gray", ls=":", label="1%")
-    ax1.set(xlabel="distillation + greedy (s)", ylabel="all-linear test loss vs teacher (%)", yscale="log",
+    log_scale(ax1)
+    ax1.set(xlabel="distillation + greedy (s)", ylabel="all-linear test loss vs teacher (%)",
             title="quality against conversion time")
-    ax2.set(xscale="log", yscale="log", xlabel="distillation steps", ylabel="relative MSE (held out)", title=f"per layer ({name})")
+    ax2.set(xlabel="distillation steps", ylabel="relative MSE (held out)", title=f"per layer ({name})")
+    log_scale(ax2, x=True)
     ax1.legend(fontsize=7)
     ax2.legend(fontsize=6, ncol=2)
     fig.suptitle(f"Distillation (BLD, paper §3.1): {title}", fontsize=10)
@@ -153,7 +168,8 @@ def draw(runs, folder):
         title, ks, L = r["label"].replace("`", ""), range(1, r["n_layer"] + 1), r["n_layer"]
         if "baselines" in r:
             fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
-            for ax, (split, b) in zip(axes, r["baselines"].items()):
+            for ax, split in zip(axes, ("search", "test")):
+                b = r["baselines"][split]
                 for name, style in (("uniform", ":"), ("importance", "--"), ("greedy", "-")):
                     ax.plot(ks, b[name], marker="o", ls=style, lw=2.5 if name == "greedy" else 1.5, label=name, zorder=3)
                 ax.errorbar(ks, b["random_mean"], yerr=b["random_std"], marker="o", capsize=3,

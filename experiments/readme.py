@@ -9,8 +9,11 @@ By default it writes RESULTS.md (the headline table, then the full tables) and a
 run's folder (for several runs, into the folder they share), or into --out; never into the checkout. Only --update_project rewrites the
 project's own RESULTS.md, README.md's headline table and assets/, in the checkout that holds this script.
 
-Each run folder holds report.json (python dtr.py) and, where the experiments ran on it,
+Each run folder holds report.json and students.pt (python dtr.py) and, where the experiments ran on it,
 baselines.json, finetune.json, decode_bench.json, oracle.json, layer_selectors.json and distill_curve_*.json. Pictures are named after the run they show.
+Each experiment's file is shown only if it was computed from this run (frame.run_key: its teacher's and
+students' weights, its batches' settings, its metric, greedy's order and M_opt); otherwise it is refused,
+naming the difference. Runs are compared side by side where they share a teacher (its weights, not its folder).
 """
 import os
 from dataclasses import dataclass
@@ -35,17 +38,34 @@ class ReadmeConfig:
 
 # what the tables read from each file; a file from an older version of the project lacks some
 NEEDS = {"report": ("config", "trajectory", "test", "metric", "tolerance", "m_best", "m_opt", "teacher", "distill", "timings_s"),
-         "baselines": ("search", "test"), "finetune": ("iters", "teacher", "m_opt"), "decode_bench": ("rows", "batch"),
-         "oracle": ("per_k", "rounds", "bootstrap"), "layer_selectors": ("test", "vs_greedy_test")}
+         "baselines": ("key", "search", "test"), "finetune": ("key", "iters", "teacher", "m_opt"),
+         "decode_bench": ("key", "rows", "batch"), "oracle": ("key", "per_k", "rounds", "bootstrap"),
+         "layer_selectors": ("key", "test", "vs_greedy_test"), "distill_curve": ("key", "teacher_test_loss", "set", "runs")}
+# what a distillation curve depends on: the teacher and the batches, not the run's students or search
+CURVE_KEY = ("teacher_sha256", "dataset", "block_size", "batch_size", "val_batches")
 
-def read(d, name, fix):
-    """<d>/<name>.json, refused with one line if it comes from an older version of the project."""
+def read(d, name, fix, key=None):
+    """<d>/<name>.json, refused with one line if it comes from an older version of the project, or
+    was computed from another run than `key` says (the fields of key only)."""
     path = os.path.join(d, name + ".json")
     obj = load_file(path, fix)
-    missing = [k for k in NEEDS[name] if not isinstance(obj, dict) or k not in obj]
+    kind = "distill_curve" if name.startswith("distill_curve_") else name
+    missing = [k for k in NEEDS[kind] if not isinstance(obj, dict) or k not in obj]
     if missing:
         raise DtrError(f"{path} comes from an older version of this project (it has no {', '.join(missing)}); {fix}")
+    why = key and frame.differs(obj["key"], key)
+    if why:
+        raise DtrError(f"{path} was computed {why}: not the run now in {d}; {fix}")
     return obj
+
+def slug(d, taken):
+    """A run's name for its pictures: its --out_dir's folder and its own (shakespeare_char-cpu-gla), numbered
+    where two runs would share one."""
+    parts = os.path.abspath(d).split(os.sep)[-2:]
+    name, n = "-".join(p for p in parts if p), 1
+    while (name if n == 1 else f"{name}-{n}") in taken:
+        n += 1
+    return name if n == 1 else f"{name}-{n}"
 
 def load_runs(run_dirs):
     """One dict per run: its report, plus baselines / finetune / decode_bench where present, and
@@ -57,17 +77,18 @@ def load_runs(run_dirs):
         r = read(d, "report", f"rerun the python dtr.py command that made {d} with this version to rewrite it"
                  if os.path.exists(os.path.join(d, "report.json")) else "run python dtr.py first; give a student's folder, "
                  "e.g. out/shakespeare_char-cpu/gla")
+        r["key"] = frame.run_key(d, r)
         for extra in ("baselines", "finetune", "decode_bench", "oracle", "layer_selectors"):
             if os.path.exists(os.path.join(d, extra + ".json")):
                 script = "bench_decode" if extra == "decode_bench" else extra
-                r[extra] = read(d, extra, f"rerun python experiments/{script}.py {d}")
-        curves = sorted(f for f in os.listdir(d) if f.startswith("distill_curve_") and f.endswith(".json"))
+                r[extra] = read(d, extra, f"rerun python experiments/{script}.py {d}", r["key"])
+        curves = sorted(f[:-len(".json")] for f in os.listdir(d) if f.startswith("distill_curve_") and f.endswith(".json"))
         if curves:  # experiments/distill_curve.py, one file per --name
-            r["distill_curves"] = {f[len("distill_curve_"):-len(".json")]: load_file(os.path.join(d, f), f"rerun python "
-                                   f"experiments/distill_curve.py {d}", ("teacher_test_loss", "set", "runs")) for f in curves}
+            r["distill_curves"] = {f[len("distill_curve_"):]: read(d, f, f"rerun python experiments/distill_curve.py {d} "
+                                   f"--name {f[len('distill_curve_'):]}", {k: r["key"][k] for k in CURVE_KEY}) for f in curves}
         copy_frac = r["config"].get("copy_frac", 0.0)
         r["label"] = f"`{r['student']}` student on {r['dataset']}" + (f", teacher trained with copy_frac {copy_frac}" if copy_frac else "")
-        r["slug"] = os.path.relpath(d, "out").strip("./").replace(os.sep, "-")
+        r["slug"] = slug(d, {x["slug"] for x in runs})
         runs.append(r)
     return runs
 

@@ -1,11 +1,13 @@
 """
 The results as markdown, from finished runs (experiments/readme.py reads them and writes the files;
 pictures.py draws): the README's headline table, and RESULTS.md's section for each run with the
-tables of each experiment that ran on it (each experiment's own markdown()).
+tables of each experiment that ran on it (each experiment's own markdown()). A change against the
+teacher is shown as the console shows it (frame.change): a loss's in %, an accuracy's in points.
 """
+import math
 import os
 
-import frame  # noqa: F401  first: it puts the project's root on sys.path
+import frame  # first: it puts the project's root on sys.path
 import baselines
 import bench_decode
 import distill_curve
@@ -15,7 +17,7 @@ import layer_selectors
 import oracle
 
 def pct(loss, ref):
-    return f"{100 * (loss / ref - 1):+.2f}%"
+    return frame.change_text(loss, ref, "loss")
 
 def conversion_share(r):
     """Distillation + greedy as a share of the teacher's training time (None if unknown)."""
@@ -33,10 +35,10 @@ def budget(r):
     return f"{k} full layers" if k >= 0 else f"tolerance {r['tolerance']:.0%}"
 
 def gap(r):
-    """The largest difference, in percentage points, between the search and the test batches'
-    relative change against the teacher, over the trajectory."""
-    m, test = r["metric"], r["test"]
-    return max(abs(100 * s["rel_change"] - 100 * (test[s["k"]][m] / test[0][m] - 1)) for s in r["trajectory"])
+    """The largest difference between the search and the test batches' change against the teacher
+    (frame.change: of a loss in %, of an accuracy in points), over the trajectory."""
+    m, test, teacher = r["metric"], r["test"], r["teacher"]["val_" + r["metric"]]
+    return max(abs(frame.change(s["val_" + m], teacher, m) - frame.change(test[s["k"]][m], test[0][m], m)) for s in r["trajectory"])
 
 def headline(runs, shown=(), more="Full tables: [RESULTS.md](RESULTS.md)."):
     """README's table: one line per run, on the held-out test batches (chosen on the search batches);
@@ -50,8 +52,8 @@ def headline(runs, shown=(), more="Full tables: [RESULTS.md](RESULTS.md)."):
                    f"| {m('m_best')} | " + (f"{100 * share:.0f}% of the teacher's training |" if share else "|"))
     gaps = [gap(r) for r in runs]
     return out + ["", f"Test loss on held-out batches that the search never saw; M_opt and M_best were chosen on "
-                      f"the search batches, and their relative change against the teacher differs between the two "
-                      f"sets by at most {max(gaps):.2f} percentage points over all k ({', '.join(f'{g:.2f}' for g in gaps)} "
+                      f"the search batches, and their change against the teacher (a loss's in %, an accuracy's in points) "
+                      f"differs between the two sets by at most {max(gaps):.2f} points over all k ({', '.join(f'{g:.2f}' for g in gaps)} "
                       f"per run). Measured on {'; '.join(sorted({r['machine'] for r in runs}))}, "
                       f"{', '.join(sorted({r['date'] for r in runs}))}. {more}", ""] + \
         ([f"Pictures: {', '.join(f'[{name(p)}]({p})' for p in shown)}.", ""] if shown else []) + \
@@ -65,9 +67,9 @@ def tasks_markdown(report, n_layer):
     row = lambda *cells: "| " + " | ".join(cells) + " |"
     rule = row(*["---"] * (len(tasks) + 1))
 
-    def vs(p, name):  # a loss against the task's teacher in %, an accuracy in points
-        p0 = tasks[name]["test"][0][metric[name]]
-        return f"{p:.4f} ({100 * (p / p0 - 1):+.1f}%)" if metric[name] == "loss" else f"{p:.3f} ({100 * (p - p0):+.1f} pt)"
+    def vs(p, name):  # against the task's teacher: a loss in %, an accuracy in points
+        m = metric[name]
+        return f"{p:.{4 if m == 'loss' else 3}f} ({frame.change_text(p, tasks[name]['test'][0][m], m, 1)})"
     out = [row(f"layer at M_opt ({budget(report)}), k = greedy round it went linear", *tasks), rule]
     for i in range(n_layer):
         ks = [next(t["k"] for t in r["trajectory"] if t["layer"] == i) for r in tasks.values()]
@@ -81,11 +83,14 @@ def tasks_markdown(report, n_layer):
     for name, t in tasks.items():
         if metric[name] == "loss" or not t.get("n"):
             continue
-        m, n = metric[name], t["n"]
-        se = lambda p, split: (p * (1 - p) / n[split]) ** 0.5
+        m, n, unit = metric[name], t["n"], "item" if t.get("multiple_choice") else "token"  # (a token task's scored targets)
+        se = lambda p, split: (p * (1 - p) / n[split]) ** 0.5 if n[split] else math.nan
         p0, s0 = t["test"][0][m], se(t["test"][0][m], "test")
-        out += ["", f"`{name}`, searched by {m} on {n['search']} items, tested on {n['test']} others (± one standard error, "
-                    f"sqrt(p (1 - p) / n); a drop's is that of two independent accuracies, an upper bound for the same items):", "",
+        many = lambda k, word: f"{k:,} {word}{'' if k == 1 else 's'}"
+        out += ["", f"`{name}`, searched by {m} on {many(n['search'], unit)}, tested on {many(n['test'], 'other')} (± one "
+                    f"standard error, sqrt(p (1 - p) / n)" + ("" if unit == "item" else ", a lower bound: the tokens of one "
+                    "window are not independent") + f"; a drop's is that of two independent accuracies, an upper bound for "
+                    f"the same {unit}s):", "",
                 f"| k | replaced | search {m} | test {m} | test drop vs teacher |", "|---" * 5 + "|",
                 f"| 0 | - (teacher) | {t['teacher_' + m]:.3f} ± {se(t['teacher_' + m], 'search'):.3f} | {p0:.3f} ± {s0:.3f} | |"]
         for s_ in t["trajectory"]:
@@ -94,8 +99,9 @@ def tasks_markdown(report, n_layer):
                        f"{p:.3f} ± {se(p, 'test'):.3f} | {100 * (p - p0):+.1f} ± {100 * (se(p, 'test') ** 2 + s0 ** 2) ** 0.5:.1f} pt |")
         gap = max(abs((s_["val_" + m] - t["teacher_" + m]) - (t["test"][s_["k"]][m] - p0)) for s_ in t["trajectory"])
         out += ["", f"Search against test: the change against the teacher differs by at most {100 * gap:.1f} points over k. "
-                    f"At this accuracy two hybrids 2 points apart need about {8 * p0 * (1 - p0) / 0.02 ** 2:,.0f} items "
-                    f"to stand two standard errors apart (for 5 points: {8 * p0 * (1 - p0) / 0.05 ** 2:,.0f})."]
+                    + (f"At this accuracy two hybrids 2 points apart need about {8 * p0 * (1 - p0) / 0.02 ** 2:,.0f} {unit}s "
+                       f"to stand two standard errors apart (for 5 points: {8 * p0 * (1 - p0) / 0.05 ** 2:,.0f})." if 0 < p0 < 1 else
+                       f"At the teacher's test {m} of {p0:.3f} the standard error is no measure of the noise.")]
     if "copy" in tasks:
         c, plain = tasks["copy"]["test"][0], tasks["copy"]["teacher_plain"]
         out += ["", f"Teacher on the copy passages (test): loss {c['loss']:.4f}, accuracy {c['accuracy']:.3f} on the "
@@ -107,21 +113,23 @@ def run_markdown(r):
     """RESULTS.md's section for one run: the trajectory on search and test batches, M_best/M_opt,
     and each experiment on it."""
     t, L, m, test = r["timings_s"], r["n_layer"], r["metric"], r["test"]
+    other, teacher = "accuracy" if m == "loss" else "loss", r["teacher"]["val_" + m]  # the run's metric, and the other one
     out = [f"### {r['label']} (preset `{r['config']['preset']}`)", "",
            f"`{r['command']}` on {r['machine']}, {r['date']}: teacher {t['teacher']:.0f} s, distillation "
            f"{t['distill']:.0f} s, greedy {t['greedy']:.0f} s, total {t['total']:.0f} s"
            + ("" if t["teacher"] else f" (teacher reused: it trained in {r['teacher']['train_s'] or 0:.0f} s"
               f", distillation {r['distill']['train_s'] or 0:.0f} s)") + ".", "",
-           f"| k | replaced | search {m} | vs teacher | test loss | vs teacher | test accuracy |", "|---" * 7 + "|",
-           f"| 0 | - (teacher) | {r['teacher']['val_' + m]:.4f} | | {test[0]['loss']:.4f} | | {test[0]['accuracy']:.4f} |"]
-    out += [f"| {s['k']} | L{s['layer']} | {s['val_' + m]:.4f} | {100 * s['rel_change']:+.2f}% | {test[s['k']]['loss']:.4f} | "
-            f"{pct(test[s['k']]['loss'], test[0]['loss'])} | {test[s['k']]['accuracy']:.4f} |" for s in r["trajectory"]]
+           f"| k | replaced | search {m} | vs teacher | test {m} | vs teacher | test {other} |", "|---" * 7 + "|",
+           f"| 0 | - (teacher) | {teacher:.4f} | | {test[0][m]:.4f} | | {test[0][other]:.4f} |"]
+    out += [f"| {s['k']} | L{s['layer']} | {s['val_' + m]:.4f} | {frame.change_text(s['val_' + m], teacher, m)} | "
+            f"{test[s['k']][m]:.4f} | {frame.change_text(test[s['k']][m], test[0][m], m)} | {test[s['k']][other]:.4f} |"
+            for s in r["trajectory"]]
     for name, sel in (("M_best", r["m_best"]), (f"M_opt ({budget(r)}, by search {m})", r["m_opt"])):
         full = [i for i in range(L) if i not in sel["linear_layers"]]
         out.append(f"\n**{name}**: {len(sel['linear_layers'])}/{L} layers linear, full attention kept in {full or 'none'}; "
                    f"search {m} {sel['val_' + m]:.4f}, test loss {sel['test_loss']:.4f}, test accuracy {sel['test_accuracy']:.4f}.")
-    out += ["", f"Search against test: the relative change against the teacher differs by at most {gap(r):.2f} "
-                f"percentage points over k.", "",
+    out += ["", f"Search against test: the change against the teacher ({'in %' if m == 'loss' else 'in points'}) differs "
+                f"by at most {gap(r):.2f} points over k.", "",
             "Distillation, relative MSE per layer: " + ", ".join(f"L{i} {x:.3f}" for i, x in enumerate(r["distill"]["rel_mse"])), ""]
     if conversion_share(r):
         out += [f"Distillation + greedy took {100 * conversion_share(r):.0f}% of the teacher's training time.", ""]
@@ -145,27 +153,30 @@ def run_markdown(r):
 def students_markdown(runs):
     """The students side by side on one teacher (paper Fig. 3: does the order depend on the linear
     module?): distillation quality and cost, the greedy order, M_opt at 1% and 2%, and Spearman's
-    rank correlation between the students' orders."""
+    rank correlation between the students' orders. Runs share a teacher when its weights are the
+    same (readme.py's run key), whatever their folders are called."""
     out, groups = [], {}
     for r in runs:
-        groups.setdefault(r["config"]["out_dir"], []).append(r)
-    for folder, rs in groups.items():
+        groups.setdefault(r["key"]["teacher_sha256"], []).append(r)
+    for sha, rs in groups.items():
         if len(rs) < 2:
             continue
-        L = rs[0]["n_layer"]
-        out += [f"Students on the same teacher (`{folder}/teacher.pt`), test loss against the teacher's "
-                f"{rs[0]['test'][0]['loss']:.4f}:", "",
+        L, folders = rs[0]["n_layer"], dict.fromkeys(f"`{r['config']['out_dir']}/teacher.pt`" for r in rs)
+        out += [f"Students on the same teacher ({', '.join(folders)}, weights sha256 {sha[:12]}), test loss against the "
+                f"teacher's {rs[0]['test'][0]['loss']:.4f}:", "",
                 "| student | relative MSE per layer | greedy order | all-linear | M_opt at 1% | M_opt at 2% | distill ms/step | conversion / teacher time |",
                 "|---" * 8 + "|"]
         for r in rs:
             order, test = [s["layer"] for s in r["trajectory"]], r["test"]
             m = r["metric"]
-            ks = [len(dtr.select_models(r["teacher"]["val_" + m], r["trajectory"], tol, m)[1]["linear_layers"]) for tol in (0.01, 0.02)]
+            teacher, step_s = r["teacher"]["val_" + m], r["distill"]["train_s"]
+            ks = [len(dtr.select_models(teacher, r["trajectory"], tol, m)[1]["linear_layers"]) if math.isfinite(teacher) else 0
+                  for tol in (0.01, 0.02)]  # (a teacher without a score keeps every layer full)
             share = conversion_share(r)
             out.append(f"| `{r['student']}` | {' '.join(f'{x:.3f}' for x in r['distill']['rel_mse'])} | "
                        f"{' '.join(f'L{i}' for i in order)} | {test[-1]['loss']:.4f} ({pct(test[-1]['loss'], test[0]['loss'])}) | "
                        + " | ".join(f"{k}/{L} linear, {pct(test[k]['loss'], test[0]['loss'])}" for k in ks)
-                       + f" | {1000 * r['distill']['train_s'] / r['config']['distill_iters']:.0f} | "
+                       + (f" | {1000 * step_s / r['config']['distill_iters']:.0f} | " if step_s is not None else " | | ")
                        + (f"{100 * share:.0f}% |" if share else "|"))
         order = lambda r: [s["layer"] for s in r["trajectory"]]
         pairs = [(a, b) for j, a in enumerate(rs) for b in rs[j + 1:]]

@@ -3,12 +3,21 @@ Tests of the experiments: python -m pytest -q experiments/test_experiments.py (C
 The placement baselines choose the layers they say on a constructed case; the README's speed-up
 table compares each model in its faster mode; each script runs on a finished tiny run from its
 documented command; readme.py writes beside the run unless told to update the project, and
-refuses files of an older version in one line.
+refuses files of an older version in one line. The check that the checkout is untouched looks at
+the project's files, not the runs beside it. Then the experiments through their main, in this
+process: a saved result is reused only for the same students, batches and settings (else rescored
+or refused, by name); runs are compared on the same teacher's weights; every table and picture
+copes with 0, NaN and one item; a change is shown in the run's unit; a run's paths resolve from
+anywhere; the oracle names which rounds are within the noise.
 """
+import contextlib
+import io
 import json
+import math
 import os
 import re
 import shutil
+import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -23,11 +32,13 @@ import baselines  # noqa: E402
 import bench_decode  # noqa: E402
 import distill_curve  # noqa: E402
 import dtr  # noqa: E402
+import finetune  # noqa: E402
 import tasks  # noqa: E402
 import layer_selectors  # noqa: E402
 import oracle  # noqa: E402
+import readme  # noqa: E402
 import train_teacher  # noqa: E402
-from plumbing import DtrError, parse_config  # noqa: E402
+from plumbing import DtrError, atomic_save, load_file, parse_config  # noqa: E402
 
 class Zero(torch.nn.Module):
     """A stand-in student that removes its layer's attention."""
@@ -64,15 +75,43 @@ def test_decode_speedups_compare_each_model_in_its_faster_mode():
     assert "| 8192 | 2.0x | 2.0x | 4.0x | 4.0x | 100x |" in text  # all_linear: 200 / 100 eager, 400 / 100 best
     assert "| 8192 | 1.5x | 1.5x | 2.0x | 2.0x | 2x |" in text  # m_opt
 
-def checkout_files():
-    """Every file of the checkout (git's own files and caches aside) with its time and size."""
+def checkout_files(root=ROOT):
+    """The project's own files, each with its time and size (None: gone): git's tracked files and the
+    untracked ones it does not ignore, so a run writing into out/ or data/ beside the suite is not
+    the project changing; without git, every file but those folders' and caches."""
+    try:
+        names = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.split("\0")
+    except (OSError, subprocess.CalledProcessError):  # not a git checkout
+        names = []
+        for d, dirs, found in os.walk(root):
+            dirs[:] = [x for x in dirs if x not in (".git", "__pycache__", ".pytest_cache", "out", "data")]
+            names += [os.path.relpath(os.path.join(d, n), root) for n in found]
     files = {}
-    for d, dirs, names in os.walk(ROOT):
-        dirs[:] = [x for x in dirs if x not in (".git", "__pycache__", ".pytest_cache")]
-        for n in names:
-            st = os.stat(os.path.join(d, n))
-            files[os.path.join(d, n)] = (st.st_mtime_ns, st.st_size)
+    for n in filter(None, names):
+        path = os.path.join(root, n)
+        files[n] = (os.stat(path).st_mtime_ns, os.stat(path).st_size) if os.path.exists(path) else None
     return files
+
+def test_the_checkout_check_sees_the_projects_files_not_the_users_runs(tmp_path):
+    """A run writing into the ignored out/ and data/ beside the suite leaves the project's files as they
+    were; a changed tracked file, a new source file and a deleted one do not."""
+    git = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)
+    git("init", "-q")
+    (tmp_path / ".gitignore").write_text("out/\ndata/\n")
+    (tmp_path / "dtr.py").write_text("x = 1\n")
+    (tmp_path / "kernel.py").write_text("y = 1\n")
+    git("add", ".gitignore", "dtr.py", "kernel.py")
+    before = checkout_files(tmp_path)
+    for run in ("out/shakespeare_char-cpu/gla/report.json", "data/shakespeare_char/train.bin"):
+        (tmp_path / run).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / run).write_text("a run going on")
+    assert checkout_files(tmp_path) == before
+    (tmp_path / "dtr.py").write_text("x = 22\n")
+    (tmp_path / "new.py").write_text("")
+    (tmp_path / "kernel.py").unlink()
+    after = checkout_files(tmp_path)
+    assert {n for n in after if after[n] != before.get(n)} == {"dtr.py", "new.py", "kernel.py"}
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, data_dir):
@@ -247,6 +286,8 @@ def test_oracle_on_a_finished_run(finished_run):
         assert p["best_by_search"]["search"] <= p["greedy"]["search"] and p["best_on_test"]["test"] <= p["greedy"]["test"]
         assert 1 <= p["greedy"]["rank_test"] <= p["n_layouts"]
     assert r["block_forwards"]["oracle"] == sum(r["batches"].values()) * (2 ** (r["n_layer"] + 1) - 2)
+    assert [x["within_2se"] for x in r["rounds"]] == [not x["margin"] > 2 * x["paired_se"] for x in r["rounds"]]
+    assert r["within_2se"] == sum(x["within_2se"] for x in r["rounds"])
 
 # ---- the layer selectors ----
 
@@ -279,5 +320,200 @@ def test_selectors_on_a_finished_run(finished_run):
     with open(os.path.join(finished_run, "layer_selectors.json")) as f, open(os.path.join(finished_run, "report.json")) as g:
         r, report = json.load(f), json.load(g)
     assert r["from_oracle_table"] == {"search": True, "test": True}
+    with open(os.path.join(finished_run, "oracle.json")) as f:  # the oracle's best, on these very batches
+        o = json.load(f)
+    assert r["oracle"]["test_best_on_test"] == pytest.approx([p["best_on_test"]["test"] for p in o["per_k"][1:]], rel=1e-12)
+    assert r["oracle"]["test_best_by_search"] == pytest.approx([p["best_by_search"]["test"] for p in o["per_k"][1:]], rel=1e-12)
     assert r["test"]["greedy"] == pytest.approx([t["loss"] for t in report["test"][1:]], rel=1e-6)  # the run's own numbers
     assert len({round(r["test"][n][-1], 6) for n in layer_selectors.NAMES}) == 1  # k = L: every selector is all-linear
+
+# ---- the experiments as the command line runs them, in this process (seconds, not a process each) ----
+
+def run_main(module, argv, capsys):
+    """module.main(argv) as its command line runs it: (exit code, what it printed)."""
+    try:
+        module.main(argv)
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    said = capsys.readouterr()
+    return code, said.out + said.err
+
+def copy_run(finished_run, dest):
+    """The finished run's --out_dir (teacher.pt, gla/ with every experiment's file) copied to dest:
+    its run folder there."""
+    shutil.copytree(os.path.dirname(finished_run), dest)
+    return str(dest / os.path.basename(finished_run))
+
+def edit_json(path, change):
+    with open(path) as f:
+        obj = json.load(f)
+    obj = change(obj) or obj
+    with open(path, "w") as f:
+        json.dump(obj, f)
+
+@pytest.fixture(scope="module")
+def one_batch_run(finished_run, tmp_path_factory):
+    """A copy of the finished run whose oracle scored one search and one test batch (--val_batches 1,
+    the run has 2), and what the oracle printed."""
+    run = copy_run(finished_run, tmp_path_factory.mktemp("one") / "out")
+    said = io.StringIO()
+    with contextlib.redirect_stdout(said):
+        oracle.main([run, "--val_batches", "1", "--draws", "2"])
+    return run, said.getvalue()
+
+def test_selectors_reuse_no_oracle_table_of_other_students_and_readme_refuses_stale_results(finished_run, tmp_path, capsys):
+    """The students distilled again after the experiments: the selectors score every layout anew and
+    leave the oracle out, saying why in one line; readme.py refuses each older result by name."""
+    run = copy_run(finished_run, tmp_path / "out")
+    saved = load_file(os.path.join(run, "students.pt"), "")
+    first = next(iter(saved["students"][0]))
+    saved["students"][0][first] = saved["students"][0][first] + 0.01  # other students, the same teacher and settings
+    atomic_save(saved, os.path.join(run, "students.pt"))
+    code, said = run_main(layer_selectors, [run, "--n_random", "2"], capsys)
+    assert code == 0 and f"select   {run}/oracle.pt not reused: it was computed from other students; " in said
+    with open(os.path.join(run, "layer_selectors.json")) as f:
+        r = json.load(f)
+    assert r["from_oracle_table"] == {"search": False, "test": False} and "oracle" not in r
+    with open(os.path.join(finished_run, "layer_selectors.json")) as f:
+        assert r["test"]["greedy"] != json.load(f)["test"]["greedy"]  # scored with the new students
+    code, said = run_main(readme, [run, "--out", str(tmp_path / "results")], capsys)
+    assert code == 2 and said.strip().splitlines()[-1] == (f"error: {run}/baselines.json was computed from other students: "
+                                                           f"not the run now in {run}; rerun python experiments/baselines.py {run}")
+
+def test_selectors_compare_with_the_oracle_only_on_the_same_batches(one_batch_run, capsys):
+    """An oracle run on other batches (--val_batches 1): its table is not reused and its "best on
+    test" is not shown beside selectors scored on the run's own test batches."""
+    run, _ = one_batch_run
+    code, said = run_main(layer_selectors, [run, "--n_random", "2"], capsys)
+    assert code == 0 and f"select   {run}/oracle.pt not reused: it was computed from other search batches; " in said
+    with open(os.path.join(run, "layer_selectors.json")) as f:
+        assert "oracle" not in json.load(f)
+
+def test_oracle_says_which_rounds_are_within_the_noise(one_batch_run):
+    """On one search batch no round has a standard error: every round is named as within the noise,
+    none as a clear win."""
+    run, said = one_batch_run
+    with open(os.path.join(run, "oracle.json")) as f:
+        r = json.load(f)
+    assert r["batches"] == {"search": 1, "test": 1} and all(x["within_2se"] and math.isnan(x["paired_se"]) for x in r["rounds"])
+    rounds = ", ".join(f"k={x['k']} L{x['winner']} over L{x['runner_up']} by {x['margin']:.4f} (se nan)" for x in r["rounds"])
+    assert (f"noise    3 of 3 greedy rounds won by at most 2 paired standard errors over the search batches (a tie, or one "
+            f"batch with no se, among them): {rounds}; by more: none\n") in said
+
+def test_a_tied_round_is_within_the_noise():
+    """A round won by 0 with a standard error of 0 (two candidates equal on every batch) is a tie, not
+    a clear win; a margin of 0.1 on every batch (se 0) is one. The line names each in its group."""
+    v = {0: 1.0, 0b001: 1.3, 0b010: 1.1, 0b100: 1.2, 0b011: 1.4, 0b101: 1.4, 0b110: 1.4, 0b111: 2.0}
+    rows = [[(v[m], 0, 1), (v[m], 0, 1)] for m in range(8)]  # round 1: L1 by 0.1 over L2; round 2: L0 ties L2 at 1.4
+    n = oracle.noise(rows, "loss", tolerance=0.5, draws=4)
+    assert [(x["winner"], x["runner_up"], x["within_2se"]) for x in n["rounds"]] == [(1, 2, False), (0, 2, True)]
+    assert oracle.rounds_text(n) == ("1 of 2 greedy rounds won by at most 2 paired standard errors over the search batches "
+                                     "(a tie, or one batch with no se, among them): k=2 L0 over L2 by 0.0000 (se 0.0000); "
+                                     "by more: k=1 L1 over L2 by 0.1000 (se 0.0000)")
+
+def test_students_are_compared_only_on_the_same_teacher(finished_run, tmp_path, capsys):
+    """Two runs made with the same --out_dir name: side by side (with a rank correlation) only when
+    their teacher's weights are the same; their pictures keep apart."""
+    runs = []
+    for name in ("char", "bpe"):
+        os.makedirs(tmp_path / name / "run" / "gla")
+        for f in ("report.json", "students.pt"):
+            shutil.copy(os.path.join(finished_run, f), tmp_path / name / "run" / "gla" / f)
+        edit_json(tmp_path / name / "run" / "gla" / "report.json", lambda r: r["config"].update(out_dir="run"))
+        runs.append(str(tmp_path / name / "run" / "gla"))
+    args = [",".join(runs), "--out", str(tmp_path / "results")]
+    assert run_main(readme, args, capsys)[0] == 0
+    text = (tmp_path / "results" / "RESULTS.md").read_text()
+    assert "Students on the same teacher (`run/teacher.pt`, weights sha256 " in text and "`gla`-`gla` +1.00" in text
+    assert "(assets/run-gla-tasks.png)" in text and "(assets/run-gla-2-tasks.png)" in text
+    saved = load_file(os.path.join(runs[1], "students.pt"), "")
+    saved["key"]["teacher_sha256"] = "0" * 64  # another teacher, in a folder of the same name
+    atomic_save(saved, os.path.join(runs[1], "students.pt"))
+    assert run_main(readme, args, capsys)[0] == 0
+    assert "Students on the same teacher" not in (tmp_path / "results" / "RESULTS.md").read_text()
+
+def every_float(obj, value):
+    """obj with each float in it (not the ints: layers, counts) replaced by value."""
+    if isinstance(obj, dict):
+        return {k: every_float(v, value) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [every_float(v, value) for v in obj]
+    return value if isinstance(obj, float) else obj
+
+def one_item(obj):
+    """A report whose every task was searched and tested on one item (or target) each."""
+    for t in obj.get("tasks", {}).values():
+        t["n"] = {"search": 1, "test": 1}
+    return obj
+
+@pytest.mark.parametrize("case,says", [
+    pytest.param("zero", ["| 1 | L{layer} | 0.0000 | +0.00% | 0.0000 | +0.00% | 0.0000 |", "accuracy 0.000 -> 0.000 (+0.0 pt)",
+                          "At the teacher's test accuracy of 0.000 the standard error is no measure of the noise."], id="zero"),
+    pytest.param("nan", ["| 1 | L{layer} | nan | +nan% | nan | +nan% | nan |", "accuracy nan -> nan (+nan pt)"], id="nan"),
+    pytest.param("one item", ["`cloze`, searched by accuracy on 1 item, tested on 1 other (± one standard error"], id="one-item"),
+])
+def test_every_table_and_picture_copes_with_a_zero_a_nan_and_one_item(finished_run, tmp_path, capsys, case, says):
+    """Every number of the run and of each experiment's file 0 (a teacher's accuracy of 0 among them),
+    or NaN; or a task of one item: RESULTS.md and every picture are written, each change as it is."""
+    run = copy_run(finished_run, tmp_path / "out")
+    for f in os.listdir(run):
+        if f.endswith(".json"):
+            edit_json(os.path.join(run, f), lambda obj: every_float(obj, 0.0) if case == "zero" else
+                      every_float(obj, float("nan")) if case == "nan" else one_item(obj))
+    code, said = run_main(readme, [run, "--out", str(tmp_path / "results")], capsys)
+    assert code == 0, said
+    text = (tmp_path / "results" / "RESULTS.md").read_text()
+    with open(os.path.join(run, "report.json")) as f:
+        layer = json.load(f)["trajectory"][0]["layer"]
+    for part in says:
+        assert part.format(layer=layer) in text
+    assert len(os.listdir(tmp_path / "results" / "assets")) == 6  # baselines, selectors, tasks, distill, decode, m_opt-layers
+
+def test_a_table_says_what_was_measured_in_the_runs_unit(finished_run, data_dir, tmp_path, capsys):
+    """A run searched by acc_norm: the lm task is counted in tokens, not items, and each change
+    against the teacher is in points, exactly as the console printed it."""
+    out = tmp_path / "out"
+    os.makedirs(out / "gla")
+    shutil.copy(os.path.join(os.path.dirname(finished_run), "teacher.pt"), out)
+    shutil.copy(os.path.join(finished_run, "students.pt"), out / "gla")  # only greedy runs again
+    dtr.main(["--preset", "tiny", "--data_dir", data_dir, "--out_dir", str(out), "--task", "lm,cloze", "--cloze_items", "40",
+              "--sample_tokens", "0", "--metric", "acc_norm"])
+    console = capsys.readouterr().out
+    first = next(line for line in console.splitlines() if line.startswith("  1 |"))  # the lm task's round k = 1
+    assert first.split("|")[3].strip().endswith(" pt")
+    assert run_main(readme, [str(out / "gla"), "--out", str(tmp_path / "results")], capsys)[0] == 0
+    text = (tmp_path / "results" / "RESULTS.md").read_text()
+    with open(out / "gla" / "report.json") as f:
+        report = json.load(f)
+    t, n = report["trajectory"][0], report["tasks"]["lm"]["n"]
+    assert f"| 1 | L{t['layer']} | {t['val_acc_norm']:.4f} | {first.split('|')[3].strip()} | " in text
+    assert f"`lm`, searched by acc_norm on {n['search']:,} tokens, tested on {n['test']:,} others (" in text
+    assert "items, tested" not in text.split("`lm`, searched")[1].split("\n")[0]
+
+@pytest.mark.parametrize("case", ["dot", "recorded cwd", "from the run folder", "no teacher"])
+def test_paths_resolve_from_anywhere(finished_run, data_dir, tmp_path, monkeypatch, capsys, case):
+    """A run made in a project folder with a relative --data_dir (and --out_dir), read as `.` from
+    inside its run folder, or from another folder: through the cwd its report recorded, or (an older
+    report, or a project moved since) from where the run folder sits. A missing teacher is named,
+    and nothing is offered for deletion."""
+    proj = tmp_path / "proj"
+    run = copy_run(finished_run, proj / "out" / "tiny")
+    shutil.copytree(data_dir, proj / "data")
+    recorded = case == "recorded cwd"
+    edit_json(os.path.join(run, "report.json"), lambda r: r.update(
+        cwd=str(proj) if recorded else "/a/project/moved/since",
+        config={**r["config"], "data_dir": "data", "out_dir": str(proj / "out" / "tiny") if recorded else "out/tiny"}))
+    if case == "no teacher":
+        os.remove(proj / "out" / "tiny" / "teacher.pt")
+    os.makedirs(tmp_path / "elsewhere")
+    monkeypatch.chdir(run if case == "dot" else tmp_path / "elsewhere")
+    code, said = run_main(finetune, ["." if case == "dot" else run, "--iters", "1"], capsys)
+    if case == "no teacher":
+        assert code == 2 and said.strip().splitlines()[-1] == (
+            f"error: {proj}/out/tiny/teacher.pt is missing: give a run folder where python dtr.py wrote it, beside its "
+            f"teacher.pt (<out_dir>/<student>)")
+        return
+    assert code == 0, said
+    with open(os.path.join(run, "finetune.json")) as f, open(os.path.join(run, "report.json")) as g:
+        assert json.load(f)["teacher"]["before"] == pytest.approx(json.load(g)["test"][0]["loss"], rel=1e-6)  # the run's own data
