@@ -37,7 +37,7 @@ from plumbing import (DtrError, Pace, Partial, atomic_save, autocast, check_resu
 from prepare import load_data
 from tasks import (METRICS, batch_scores, evaluate, n_scored, reduce, task_batches, task_metric, task_sources,
                    without_repeat)
-from students import STUDENTS, GatedDeltaNet, JetBlock, LinearAttention, make_students, student_levers
+from students import LEVERS, STUDENTS, GatedDeltaNet, JetBlock, LinearAttention, make_students, student_levers
 from train_teacher import (PRESETS as TEACHER_PRESETS, TeacherConfig, configure, cosine_lr, get_batch, load_model,
                            load_or_train, sample_text)
 

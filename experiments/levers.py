@@ -1,0 +1,104 @@
+"""
+Which student converts a teacher, and what each lever buys (students.py): for each variant (a
+student and its levers), fresh students distilled from a finished run's teacher at the run's own
+settings, then per layer the held-out block MSE, the all-linear model's test loss (for a window,
+also with its linear branch switched off: the window's own work), M_opt at 1% and 2% (greedy on
+the search batches) with its test loss, the conversion time, and the decode cache a linear layer
+holds against full attention's at the run's context.
+
+    python experiments/levers.py out/shakespeare_char-cpu/gla
+    python experiments/levers.py out/llama/gla --variants "gla;gla short_conv=4;jet window=16"
+    python experiments/levers.py out/shakespeare_char-cpu/gla,out/llama/gla --markdown   # RESULTS.md's table
+
+Writes levers.json beside the run, after each variant (times are this process's: run alone).
+"""
+import dataclasses
+from dataclasses import dataclass
+
+import frame  # first: it puts the project's root on sys.path
+import distill_curve
+import dtr
+import tasks
+from plumbing import DtrError, load_file, opt, parse_flags, validate
+
+VARIANTS = ("gla; gla short_conv=4; gla rotary=none; gla rotary=after; gla out_norm; gla window=16; "
+            "gla short_conv=4 out_norm; gla short_conv=4 out_norm window=16; gdn; gdn short_conv=4; "
+            "gdn window=16; jet; jet short_conv=4; jet window=16; hedgehog")
+
+def parse_variants(text):
+    """'gla; gla short_conv=4 out_norm' -> [("gla", {}), ("gla", {"short_conv": 4, "out_norm": True})]: a
+    student, then its levers as dtr.py's flags (name=value, or a switch's name alone), read by dtr.py's
+    own flag parser, so an unknown lever or a wrong value is refused as dtr.py refuses it."""
+    out = []
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        student, *pairs = part.split()
+        if student not in dtr.STUDENTS:
+            raise DtrError(f"--variants: {student!r} is not a student; start each variant with one of {', '.join(dtr.STUDENTS)}")
+        bad = [p for p in pairs if p.partition("=")[0] not in dtr.LEVERS]
+        if bad:
+            raise DtrError(f"--variants: {bad[0]!r} is not a lever; give {', '.join(dtr.LEVERS)} (name=value, out_norm alone)")
+        argv = [a for p in pairs for a in ["--" + p.partition("=")[0]] + ([p.partition("=")[2]] if "=" in p else [])]
+        out.append((student, parse_flags(dtr.Config, argv, "--variants")))
+    if not out:
+        raise DtrError("--variants is empty; give e.g. \"gla; gla short_conv=4\"")
+    return out
+
+@dataclass
+class LeversConfig(frame.RunConfig):
+    """the lever table"""
+    variants: str = opt(VARIANTS, "semicolon-separated variants, each a student and its levers as name=value")
+    markdown: bool = opt(False, "print RESULTS.md's table from the levers.json of the comma-separated run folders instead")
+
+    def check(self):
+        parse_variants(self.variants)
+
+def name(student, levers):
+    return " ".join([f"`{student}`"] + [f"{k}={v}" for k, v in levers.items()])
+
+def run(args):
+    if args.markdown:
+        return print("\n".join(markdown(args.run_dir.split(","))))
+    device, bf16, cfg, report, model, _, (train, val, meta) = frame.open_run(args)
+    lm = (tasks.lm_batches(cfg, val, device), tasks.lm_batches(cfg, val, device, test=True))  # (search, test)
+    teacher_test = report["test"][0]["loss"]
+    result = {"key": frame.result_key(report, bf16, search=lm[0], test=lm[1]), "teacher_test_loss": teacher_test,
+              "teacher_train_s": report["teacher"]["train_s"], "arch": cfg.arch, "block_size": cfg.block_size,
+              "full_cache_floats": 2 * model.transformer.h[0].attn.new_cache(1, cfg.block_size)["k"].numel(), "runs": []}
+    for student, levers in parse_variants(args.variants):
+        defaults = {k: f.default for k, f in dtr.Config.__dataclass_fields__.items() if k in dtr.LEVERS}
+        c = validate(dataclasses.replace(cfg, student=student, **{**defaults, **levers}))
+        r = {"student": student, "levers": levers, **distill_curve.one_budget(model, c, train, lm, device, bf16)}
+        result["runs"].append(r)
+        print(f"levers   {name(student, levers)} | all-linear test loss {r['all_linear_test_loss']:.4f} "
+              f"({frame.change_text(r['all_linear_test_loss'], teacher_test, 'loss')}) | M_opt(2%) "
+              f"{len(r['m_opt_2pct']['linear_layers'])}/{cfg.n_layer} linear | distill {r['distill_s']:.0f}s")
+        frame.write_result(result, args, "levers.json")  # after each, so a kill keeps what is done
+    return result
+
+def markdown(run_dirs):
+    """RESULTS.md's lever table: one row per teacher and variant."""
+    out = ["| teacher | student and levers | all-linear test loss | linear branch off | M_opt at 1% (test loss) | "
+           "M_opt at 2% (test loss) | relative MSE per layer | distill + greedy | / teacher time | cache per layer |",
+           "|---" * 10 + "|"]
+    for d in run_dirs:
+        res = load_file(f"{d.rstrip('/')}/levers.json", f"run python experiments/levers.py {d} first", ("runs", "key"))
+        t0, L = res["teacher_test_loss"], None
+        for r in res["runs"]:
+            L = len(r["mse"])
+            off = r.get("window_only_test_loss")
+            m = {p: f"{len(r[f'm_opt_{p}pct']['linear_layers'])}/{L} ({r[f'm_opt_{p}pct']['test_loss']:.4f})" for p in (1, 2)}
+            conv = r["distill_s"] + r["greedy_s"]
+            out.append(f"| {res['arch']} ({t0:.4f}) | {name(r['student'], r['levers'])} | {r['all_linear_test_loss']:.4f} "
+                       f"({frame.change_text(r['all_linear_test_loss'], t0, 'loss')}) | "
+                       + (f"{off:.4f} ({frame.change_text(off, t0, 'loss')})" if off is not None else "-")
+                       + f" | {m[1]} | {m[2]} | {' '.join(f'{x:.3f}' for x in r['rel_mse'])} | {conv:.0f} s | "
+                       f"{100 * conv / res['teacher_train_s']:.0f}% | {r['cache_floats']:,} |")
+        out.append(f"| {res['arch']} | full attention at context {res['block_size']} | | | | | | | | "
+                   f"{res['full_cache_floats']:,} |")
+    return out
+
+def main(argv=None):
+    frame.command(LeversConfig, run, __doc__, argv)
+
+if __name__ == "__main__":
+    main()
