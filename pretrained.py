@@ -47,14 +47,14 @@ WHY = {  # each switch of a family we read but do not implement, and what it wou
     "attention_bias": "biases on q, k, v and o; Qwen2's q, k, v biases are implemented, a bias on o is not",
     "mlp_bias": "biases in the MLP's gate, up and down projections", "hidden_act": "an MLP activation other than SiLU",
     "head_dim": "heads whose width times their number is not hidden_size",
-    "rope_parameters": "rotary positions scaled other than Llama 3's way", "layer_types": "layers other than (sliding) attention",
+    "rope_parameters": "rope_scaling of another kind than Llama 3's", "layer_types": "layers other than (sliding) attention",
     "activation_function": "a GELU other than gelu, gelu_new or gelu_pytorch_tanh", "add_cross_attention": "cross-attention",
     "scale_attn_by_inverse_layer_idx": "attention scores divided by the layer's index"}
 
 # what a model saved from inside a wrapper carries before every key, and the fix
 WRAPPERS = {"base_model.model.": "a PEFT model's: merge the adapter (merge_and_unload()) and save the merged model",
             "module.": "DDP's: save the unwrapped model (model.module)",
-            "_orig_mod.": "torch.compile's: save the original model (model._orig_mod)"}
+            "_orig_mod.": "torch.compile's: save the unwrapped model (model._orig_mod)"}
 
 def init_name(init_from):
     """--init_from's name, for the data cache and the run folder: a hub name's last part (gpt2), or the
@@ -78,16 +78,6 @@ def transformers_load(kind, name, **kwargs):
         raise DtrError(f"transformers could not load {name} ({type(e).__name__}: {first_words(e)}); "
                        f"download it once while online (it is cached in ~/.cache/huggingface), or pass a folder "
                        f"saved by save_pretrained") from None
-
-def files_sha256(paths):
-    """One fingerprint of the files' names and bytes, read 1 MiB at a time."""
-    h = hashlib.sha256()
-    for path in paths:
-        h.update(os.path.basename(path).encode())
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
 
 @functools.cache
 def read_tokenizer(name, stamp):
@@ -184,6 +174,7 @@ def hf_state_dict(sd, config):
     return out
 
 def few(names, n=3):
+    """The first n names, then how many more."""
     return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
 
 def check_keys(name, missing, unexpected, expected, misshapen=()):
@@ -197,11 +188,11 @@ def check_keys(name, missing, unexpected, expected, misshapen=()):
             prefix = next((w for w in WRAPPERS if k.startswith(w)), prefix)
             fix = WRAPPERS.get(prefix, "a wrapper's: save the unwrapped model")
             raise DtrError(f"{name}'s weights carry the prefix {prefix!r} (e.g. {k}), {fix}")
-    said = [f"lacks {few(missing)}"] if missing else []
-    said += [f"holds {few(unexpected)}, which the model has no place for"] if unexpected else []
-    said += [f"holds {few([f'{k} as {tuple(a)}, not {tuple(b)}' for k, a, b in sorted(misshapen)])}"] if misshapen else []
+    said = [f"missing {few(missing)} (the file lacks them)"] if missing else []
+    said += [f"unexpected {few(unexpected)} (the model has no place for them)"] if unexpected else []
+    said += [f"misshapen {few([f'{k} {tuple(a)}, not {tuple(b)}' for k, a, b in sorted(misshapen)])}"] if misshapen else []
     if said:
-        raise DtrError(f"{name}'s weights are not the model its config describes: it {'; it '.join(said)}; "
+        raise DtrError(f"{name}'s weights are not the model its config describes: {'; '.join(said)}; "
                        f"save the whole model again (save_pretrained writes every weight)")
 
 def read_source(init_from, weights=True):
@@ -283,6 +274,15 @@ def check_logits(model, hf, name):
         raise DtrError(f"{name}: our model's logits differ from transformers' by up to {diff:.3g}, so some setting of "
                        f"its config is not one we implement; {INIT_FIX}")
     print(f"teacher  import checked: logits match transformers' (max abs diff {diff:.1g})")
+
+def files_sha256(paths):
+    """One fingerprint of the files' bytes in turn, read 1 MiB at a time (of one file: its sha256)."""
+    h = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
 
 WEIGHT_FILES = (".safetensors", ".bin", ".index.json")  # with config.json, a save_pretrained folder's model
 

@@ -318,24 +318,24 @@ def prefixed(prefix):
     return lambda sd: {prefix + k: v for k, v in sd.items()}
 
 @pytest.mark.parametrize("kind,switches,edit,layout,says", [
-    pytest.param("llama", dict(tie_word_embeddings=False), without("lm_head.weight"), "one", "lacks lm_head.weight;", id="untied-no-lm_head"),
-    pytest.param("llama", {}, without("model.layers.1.mlp.up_proj.weight"), "one", "lacks model.layers.1.mlp.up_proj.weight;", id="no-layer-weight"),
-    pytest.param("llama", {}, without("model.norm.weight"), "sharded", "lacks model.norm.weight;", id="sharded"),
-    pytest.param("llama", {}, without("model.layers.0.self_attn.k_proj.weight"), "bin", "lacks model.layers.0.self_attn.k_proj.weight;", id="bin"),
-    pytest.param("qwen2", {}, without("model.layers.0.self_attn.q_proj.bias"), "one", "lacks model.layers.0.self_attn.q_proj.bias;", id="qwen2-no-bias"),
+    pytest.param("llama", dict(tie_word_embeddings=False), without("lm_head.weight"), "one", "missing lm_head.weight (the file lacks them);", id="untied-no-lm_head"),
+    pytest.param("llama", {}, without("model.layers.1.mlp.up_proj.weight"), "one", "missing model.layers.1.mlp.up_proj.weight (the file lacks them);", id="no-layer-weight"),
+    pytest.param("llama", {}, without("model.norm.weight"), "sharded", "missing model.norm.weight (the file lacks them);", id="sharded"),
+    pytest.param("llama", {}, without("model.layers.0.self_attn.k_proj.weight"), "bin", "missing model.layers.0.self_attn.k_proj.weight (the file lacks them);", id="bin"),
+    pytest.param("qwen2", {}, without("model.layers.0.self_attn.q_proj.bias"), "one", "missing model.layers.0.self_attn.q_proj.bias (the file lacks them);", id="qwen2-no-bias"),
     pytest.param("gpt2", dict(vocab_size=50257), without("transformer.wpe.weight", "transformer.h.0.ln_1.bias"), "one",
-                 "lacks transformer.h.0.ln_1.bias, transformer.wpe.weight;", id="gpt2-no-wpe"),
+                 "missing transformer.h.0.ln_1.bias, transformer.wpe.weight (the file lacks them);", id="gpt2-no-wpe"),
     pytest.param("llama", {}, prefixed("base_model.model."), "sharded", "carry the prefix 'base_model.model.' (e.g. base_model.model.lm_head."
                  "weight), a PEFT model's: merge the adapter (merge_and_unload()) and save the merged model", id="peft-prefix"),
     pytest.param("gpt2", dict(vocab_size=50257), prefixed("module."), "one", "carry the prefix 'module.' (e.g. module.transformer.h.0.attn.c_attn.weight), "
                  "DDP's: save the unwrapped model (model.module)", id="ddp-prefix"),
     pytest.param("mistral", {}, prefixed("backbone."), "one", "carry the prefix 'backbone.' (e.g. backbone.lm_head.weight), "
                  "a wrapper's: save the unwrapped model", id="any-prefix"),
-    pytest.param("llama", {}, lambda sd: {**sd, "extra": torch.zeros(1), **{f"model.layers.{i}.self_attn.o_proj.bias": torch.zeros(32) for i in (0, 1)}},
-                 "one", "holds extra, model.layers.0.self_attn.o_proj.bias, model.layers.1.self_attn.o_proj.bias, which the model has no place for;",
-                 id="unexpected"),
+    pytest.param("llama", {}, lambda sd: {**sd, "extra.a": torch.zeros(1), "extra.b": torch.zeros(1),
+                                          **{f"model.layers.{i}.self_attn.o_proj.bias": torch.zeros(32) for i in (0, 1)}}, "one",
+                 "unexpected extra.a, extra.b, model.layers.0.self_attn.o_proj.bias and 1 more (the model has no place for them);", id="unexpected"),
     pytest.param("llama", {}, lambda sd: {**sd, "model.layers.0.mlp.up_proj.weight": torch.zeros(40, 32)}, "one",
-                 "holds model.layers.0.mlp.up_proj.weight as (40, 32), not (48, 32);", id="misshapen"),
+                 "misshapen model.layers.0.mlp.up_proj.weight (40, 32), not (48, 32);", id="misshapen"),
 ])
 def test_weights_that_are_not_the_model_are_refused_by_name(tmp_path, capsys, kind, switches, edit, layout, says):
     # each converted with "import checked: logits match" before: transformers fills a tensor the file lacks with random
@@ -379,10 +379,10 @@ MASKS = {f"transformer.h.{i}.attn.bias": torch.ones(1, 1, 32, 32).tril() for i i
     pytest.param(lambda sd: {("module." if "h.1" in k else "") + k: v for k, v in sd.items()},
                  "error: {ckpt}'s weights carry the prefix 'module.' (e.g. module.transformer.h.1.attn.c_attn.weight), DDP's: "
                  "save the unwrapped model (model.module)", id="prefix-on-some-keys"),
-    pytest.param(without("transformer.h.1.mlp.c_fc.weight"), "error: {ckpt}'s weights are not the model its config describes: it lacks "
-                 "transformer.h.1.mlp.c_fc.weight;", id="missing"),
+    pytest.param(without("transformer.h.1.mlp.c_fc.weight"), "error: {ckpt}'s weights are not the model its config describes: missing "
+                 "transformer.h.1.mlp.c_fc.weight (the file lacks them);", id="missing"),
     pytest.param(lambda sd: {**sd, "transformer.h.0.attn.c_attn.bias": torch.zeros(48)}, "error: {ckpt}'s weights are not the model its "
-                 "config describes: it holds transformer.h.0.attn.c_attn.bias, which the model has no place for;", id="unexpected"),
+                 "config describes: unexpected transformer.h.0.attn.c_attn.bias (the model has no place for them);", id="unexpected"),
 ])
 def test_nanogpt_checkpoint_keys(tmp_path, capsys, edit, says):
     # a DDP (or DDP of torch.compile) save holds the very tensors under a prefix on every key: read as nanoGPT reads _orig_mod.;
@@ -409,7 +409,7 @@ def test_unsupported_settings_of_a_supported_family_are_named(tmp_path, capsys):
                                              "are implemented, a bias on o is not), which this project does not implement; only a llama without it converts"),
         ("llama", dict(mlp_bias=True), "is a llama model with mlp_bias=True (biases in the MLP's"),
         ("mistral", dict(hidden_act="gelu"), "is a mistral model with hidden_act='gelu' (an MLP activation other than SiLU)"),
-        ("qwen2", dict(rope_parameters=dict(rope_type="linear", rope_theta=1e4, factor=2.0)), "is a qwen2 model with rope_parameters="),
+        ("qwen2", dict(rope_parameters=dict(rope_type="linear", rope_theta=1e4, factor=2.0)), "(rope_scaling of another kind than Llama 3's)"),
         ("llama", dict(head_dim=16), "is a llama model with head_dim=16 (heads whose width"),
         ("llama", dict(tie_encoder_decoder=True), "is a llama model with tie_encoder_decoder=True (a setting this project does not read)"),
         ("gpt2", dict(n_layer=2, n_embd=32, n_head=2, activation_function="relu"), "is a gpt2 model with activation_function='relu' (a GELU other"),
