@@ -72,6 +72,16 @@ def refused(args, script="dtr.py", env=None):
     assert r.returncode == 2 and "Traceback" not in r.stderr and err and err[-1].startswith("error: "), r.stdout[-2000:] + r.stderr[-2000:]
     return err[-1]
 
+def refused_here(main, args, capsys):
+    """Run a script's real command line (its main) in this process, quicker than a subprocess where the
+    models are read again anyway, and return its one error line: exit code 2."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and err and err[-1].startswith("error: ") and "Traceback" not in "\n".join(err), err
+    return err[-1]
+
 def torchrun(script, args, nproc=2):
     return launch([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", script] + args)
 

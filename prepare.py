@@ -5,6 +5,7 @@ imported teacher's own), split 90/10 into train and val, and cached in data_dir 
 with a meta.json. train_teacher.py cuts these into batches.
 """
 import hashlib
+import json
 import os
 import urllib.request
 
@@ -33,17 +34,25 @@ def gpt2_encoding():
         raise DtrError(f"could not load GPT-2's BPE through tiktoken ({type(e).__name__}); connect to the internet "
                        f"once, or set TIKTOKEN_CACHE_DIR to a folder that holds its cache") from None
 
-def tokenize(text, tokenizer):
-    """text -> characters, or the ids of GPT-2's BPE or of an imported model's own tokenizer (its name)."""
+def tokenize(text, tokenizer, sha256=None):
+    """text -> characters, or the ids of GPT-2's BPE or of an imported model's own tokenizer (its name; sha256:
+    the fingerprint it must still have)."""
     if tokenizer == "char":
         return list(text)
     if tokenizer == "gpt2":
         return gpt2_encoding().encode_ordinary(text)
-    return auto_tokenizer(tokenizer).encode(text, add_special_tokens=False)
+    return auto_tokenizer(tokenizer, sha256).encode(text, add_special_tokens=False)
+
+def tokenizer_sha256(tokenizer, vocab):
+    """What an imported teacher's ids mean, as a fingerprint: its own tokenizer's, or its vocabulary's (a nanoGPT
+    meta.pkl's characters), so that a folder saved again in place is never read with the old ids."""
+    if tokenizer not in ("char", "gpt2"):
+        return auto_tokenizer(tokenizer, fingerprint=True)
+    return hashlib.sha256(json.dumps(vocab).encode()).hexdigest()
 
 def encode(text, meta, what="the text"):
     """Text -> ids in our compact vocabulary; a character (or GPT-2 token) it lacks is a DtrError."""
-    pieces = tokenize(text, meta["tokenizer"])
+    pieces = tokenize(text, meta["tokenizer"], meta.get("tokenizer_sha256"))
     ids = {t: i for i, t in enumerate(meta["vocab"])}  # character or GPT-2 id -> compact id
     missing = next((p for p in pieces if p not in ids), None)
     if missing is not None:
@@ -56,7 +65,7 @@ def decode(ids, meta):
     tokens = [meta["vocab"][i] for i in ids if i < len(meta["vocab"])]  # nanoGPT pads GPT-2's 50,257 ids to 50,304 rows
     if meta["tokenizer"] in ("char", "gpt2"):
         return "".join(tokens) if meta["tokenizer"] == "char" else gpt2_encoding().decode(tokens)
-    return auto_tokenizer(meta["tokenizer"]).decode(tokens)
+    return auto_tokenizer(meta["tokenizer"], meta.get("tokenizer_sha256")).decode(tokens)
 
 def download(url, path):
     print(f"downloading {url} -> {path}")
@@ -97,9 +106,10 @@ def check_split(data, block_size, split):
         raise DtrError(f"the {split} split has {len(data)} tokens, fewer than the context "
                        f"({block_size}) + 2; use a longer text or a smaller --block_size")
 
-def read_cache(folder, src, sha, tokenizer, vocab):
+def read_cache(folder, src, sha, tokenizer, vocab, tokenizer_sha):
     """The encoded splits cached in folder, if meta.json says they were made from this text (sha) with
-    this tokenizer and vocabulary and the lengths match; else None (no cache or a broken one: encode again)."""
+    this tokenizer (an imported one's fingerprint too) and vocabulary and the lengths match; else None (no
+    cache, a broken one or another tokenizer's: encode again)."""
     try:
         meta = load_file(os.path.join(folder, "meta.json"), "", ("source_sha256", "tokenizer", "n_train", "n_val"))
         dtype = np.uint16 if len(meta.get("vocab", [])) <= 1 << 16 else np.uint32
@@ -107,13 +117,15 @@ def read_cache(folder, src, sha, tokenizer, vocab):
     except (DtrError, OSError):
         return None
     if meta["source_sha256"] == sha and meta["tokenizer"] == tokenizer and vocab in (None, meta.get("vocab")) and \
-            [len(s) for s in splits] == [meta["n_train"], meta["n_val"]]:
+            meta.get("tokenizer_sha256") == tokenizer_sha and [len(s) for s in splits] == [meta["n_train"], meta["n_val"]]:
         return (*(torch.from_numpy(s.astype(np.int32)) for s in splits), meta)
     if meta["source_sha256"] != sha and meta.get("source", os.path.abspath(src)) != os.path.abspath(src):
         print(f"data     {folder} holds {meta['source']}, another text of the same name; encoding {src} in its place")
+    if meta.get("tokenizer_sha256") not in (None, tokenizer_sha) and meta["tokenizer"] == tokenizer:
+        print(f"data     {folder} was encoded with another version of the teacher's tokenizer ({tokenizer}); encoding again")
     return None
 
-def encode_splits(cfg, text, src, sha, tokenizer, vocab):
+def encode_splits(cfg, text, src, sha, tokenizer, vocab, tokenizer_sha):
     """Encode the text's two splits into compact ids (the rows of `vocab`, or of the ids that occur) and
     write the cache: the splits first, meta.json last (it marks the cache complete)."""
     n = int(0.9 * len(text))
@@ -134,7 +146,7 @@ def encode_splits(cfg, text, src, sha, tokenizer, vocab):
     train, val = (np.concatenate([np.take(row.astype(dtype), p) for p in parts]) for parts in splits)
     folder = os.path.join(cfg.data_dir, data_name(cfg))
     meta = {"dataset": data_name(cfg), "tokenizer": tokenizer, "vocab": vocab, "source": os.path.abspath(src),
-            "source_sha256": sha, "n_train": len(train), "n_val": len(val)}
+            "source_sha256": sha, "tokenizer_sha256": tokenizer_sha, "n_train": len(train), "n_val": len(val)}
     for split, arr in (("train", train), ("val", val)):
         atomic_save(arr, os.path.join(folder, split + ".bin"))  # rank 0 only: the others encoded the same tokens
     atomic_save(meta, os.path.join(folder, "meta.json"))  # written last: it marks the cache complete
@@ -164,11 +176,12 @@ def load_data(cfg):
         tokenizer = os.path.abspath(cfg.init_from) if os.path.isdir(cfg.init_from) else cfg.init_from
     folder = os.path.join(cfg.data_dir, data_name(cfg))
     sha = hashlib.sha256(text.encode()).hexdigest()
-    cached = read_cache(folder, src, sha, tokenizer, vocab)
+    tokenizer_sha = tokenizer_sha256(tokenizer, vocab) if cfg.init_from else None  # (made here: sha says it all)
+    cached = read_cache(folder, src, sha, tokenizer, vocab, tokenizer_sha)
     if cached:
         train, val, meta = cached
     else:
-        train, val, meta = encode_splits(cfg, text, src, sha, tokenizer, vocab)
+        train, val, meta = encode_splits(cfg, text, src, sha, tokenizer, vocab, tokenizer_sha)
     check_split(train, cfg.block_size, "training")
     check_split(val, cfg.block_size, "validation")
     return train, val, meta

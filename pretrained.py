@@ -43,6 +43,18 @@ IGNORED = {"_name_or_path", "architectures", "model_type", "transformers_version
            "output_hidden_states", "chunk_size_feed_forward", "tokenizer_class", "summary_type", "summary_use_proj",
            "summary_activation", "summary_proj_to_labels", "summary_first_dropout", "is_llama_config"}  # (SmolLM2's export tag)
 LLAMA3 = {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}
+WHY = {  # each switch of a family we read but do not implement, and what it would change
+    "attention_bias": "biases on q, k, v and o; Qwen2's q, k, v biases are implemented, a bias on o is not",
+    "mlp_bias": "biases in the MLP's gate, up and down projections", "hidden_act": "an MLP activation other than SiLU",
+    "head_dim": "heads whose width times their number is not hidden_size",
+    "rope_parameters": "rope_scaling of another kind than Llama 3's", "layer_types": "layers other than (sliding) attention",
+    "activation_function": "a GELU other than gelu, gelu_new or gelu_pytorch_tanh", "add_cross_attention": "cross-attention",
+    "scale_attn_by_inverse_layer_idx": "attention scores divided by the layer's index"}
+
+# what a model saved from inside a wrapper carries before every key, and the fix
+WRAPPERS = {"base_model.model.": "a PEFT model's: merge the adapter (merge_and_unload()) and save the merged model",
+            "module.": "DDP's: save the unwrapped model (model.module)",
+            "_orig_mod.": "torch.compile's: save the unwrapped model (model._orig_mod)"}
 
 def init_name(init_from):
     """--init_from's name, for the data cache and the run folder: a hub name's last part (gpt2), or the
@@ -68,9 +80,22 @@ def transformers_load(kind, name, **kwargs):
                        f"saved by save_pretrained") from None
 
 @functools.cache
-def auto_tokenizer(name):
-    """An imported Llama, Qwen2 or Mistral's own tokenizer: a hub name, or a save_pretrained folder's path."""
-    return transformers_load("AutoTokenizer", name)
+def read_tokenizer(name, stamp):
+    """(the tokenizer, its fingerprint: everything it encodes and decodes by), once per version of its files (stamp)."""
+    tok = transformers_load("AutoTokenizer", name)
+    text = tok.backend_tokenizer.to_str() if hasattr(tok, "backend_tokenizer") else repr(sorted(tok.get_vocab().items()))
+    return tok, hashlib.sha256(text.encode()).hexdigest()
+
+def auto_tokenizer(name, sha256=None, fingerprint=False):
+    """An imported Llama, Qwen2 or Mistral's own tokenizer: a hub name, or a save_pretrained folder's path, read
+    again when the folder is saved again. sha256: the fingerprint it must still have (a run's ids were made with
+    it); fingerprint=True returns the fingerprint instead."""
+    stamp = tuple((e.name, e.stat().st_mtime_ns, e.stat().st_size) for e in os.scandir(name)) if os.path.isdir(name) else None
+    tok, sha = read_tokenizer(name, stamp)
+    if sha256 and sha != sha256:
+        raise DtrError(f"{name}'s tokenizer is not the one this run's ids were made with (it was saved again since); "
+                       f"put that one back, or rerun with a fresh --out_dir")
+    return sha if fingerprint else tok
 
 GPT2_VOCAB = 50257
 
@@ -95,15 +120,17 @@ def from_transformers(init_from):
 
 def hf_config(c, name):
     """A transformers config as (our GPTConfig's arguments, what else it says: model_type, sliding_window)."""
-    def refuse(what):
-        raise DtrError(f"{name} has {what}, which this project does not implement; {INIT_FIX}")
+    def refuse(k, why):  # a supported family: name the switch, not the families
+        raise DtrError(f"{name} is a {kind} model with {k}={getattr(c, k, None)!r} ({why}), which this project does "
+                       f"not implement; only a {kind} without it converts")
     kind = getattr(c, "model_type", "?")
     if kind not in READ:
-        refuse(f"model_type {kind!r} (not gpt2, llama, qwen2 or mistral)")
+        raise DtrError(f"{name} has model_type {kind!r} (not gpt2, llama, qwen2 or mistral), which this project does "
+                       f"not implement; {INIT_FIX}")
     default = type(c)().to_dict()
     for k, v in c.to_dict().items():  # subtle: a switch we do not know is refused unless off or at its default
         if k not in READ[kind] | IGNORED and v not in (None, False, default.get(k)):
-            refuse(f"{k}={v!r}")
+            refuse(k, "a setting this project does not read")
     if kind == "gpt2":
         gelu = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"}
         unsupported = {"activation_function": c.activation_function not in gelu, "add_cross_attention": c.add_cross_attention,
@@ -121,7 +148,7 @@ def hf_config(c, name):
                        "layer_types": set(layer_types) - {"full_attention", "sliding_attention"}}
     for k, bad in unsupported.items():
         if bad:
-            refuse(f"{k}={getattr(c, k, None)!r}")
+            refuse(k, WHY[k])
     if kind == "gpt2":
         return dict(n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, block_size=c.n_positions, vocab_size=c.vocab_size,
                          gelu=gelu[c.activation_function], mlp_hidden=c.n_inner or 0, norm_eps=c.layer_norm_epsilon,
@@ -146,6 +173,28 @@ def hf_state_dict(sd, config):
         out[ours + "mlp.c_proj.weight"] = sd[hf + "mlp.down_proj.weight"]
     return out
 
+def few(names, n=3):
+    """The first n names, then how many more."""
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
+
+def check_keys(name, missing, unexpected, expected, misshapen=()):
+    """An import is the model only if every tensor comes from its file: one the file lacks (transformers would
+    leave it random, and the logit check would compare a random model with itself), holds besides the model's
+    (`expected`) or holds in another shape is refused by name; keys under a wrapper's prefix, with the fix."""
+    missing, unexpected = sorted(missing), sorted(unexpected)
+    for k in unexpected:  # a wrapper's prefix over one of the model's keys: base_model.model.lm_head.weight
+        prefix = next((k[:i + 1] for i, ch in enumerate(k) if ch == "." and k[i + 1:] in expected), None)
+        if prefix:
+            prefix = next((w for w in WRAPPERS if k.startswith(w)), prefix)
+            fix = WRAPPERS.get(prefix, "a wrapper's: save the unwrapped model")
+            raise DtrError(f"{name}'s weights carry the prefix {prefix!r} (e.g. {k}), {fix}")
+    said = [f"missing {few(missing)} (the file lacks them)"] if missing else []
+    said += [f"unexpected {few(unexpected)} (the model has no place for them)"] if unexpected else []
+    said += [f"misshapen {few([f'{k} {tuple(a)}, not {tuple(b)}' for k, a, b in sorted(misshapen)])}"] if misshapen else []
+    if said:
+        raise DtrError(f"{name}'s weights are not the model its config describes: {'; '.join(said)}; "
+                       f"save the whole model again (save_pretrained writes every weight)")
+
 def read_source(init_from, weights=True):
     """--init_from as (our GPTConfig's arguments, its weights as our state_dict or None, what the source says: nanoGPT's
     dataset, iter_num and best_val_loss; transformers' model_type, sliding window, and the model itself, "hf")."""
@@ -154,8 +203,10 @@ def read_source(init_from, weights=True):
         config, info = hf_config(c, init_from)
         if not weights:
             return config, None, info
-        hf = transformers_load("AutoModelForCausalLM", init_from, dtype=torch.float32).eval()
-        sd = hf.state_dict()
+        hf, loaded = transformers_load("AutoModelForCausalLM", init_from, dtype=torch.float32, output_loading_info=True,
+                                       ignore_mismatched_sizes=True)  # (named below with the rest)
+        sd = hf.eval().state_dict()
+        check_keys(init_from, loaded["missing_keys"], loaded["unexpected_keys"], sd, loaded["mismatched_keys"])
         sd = {k: v.t() if k.endswith(CONV1D) else v for k, v in sd.items()} if c.model_type == "gpt2" else hf_state_dict(sd, config)
         return config, sd, {**info, "hf": hf}
     if not os.path.isfile(init_from):
@@ -168,8 +219,14 @@ def read_source(init_from, weights=True):
     config = {**{k: args[k] for k in NANOGPT_ARGS}, "bias": args.get("bias", True), "dropout": args.get("dropout", 0.0)}
     info = {k: float(ckpt[k]) for k in ("iter_num", "best_val_loss") if k in ckpt}
     info["dataset"] = (ckpt.get("config") or {}).get("dataset", "")
-    # subtle: torch.compile'd models save their weights under _orig_mod.
-    return config, {k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()}, info
+    # subtle: a torch.compile'd model saves its weights under _orig_mod. (nanoGPT strips it), a DDP one under
+    # module.: the same tensors, so a prefix on every key is read without it (one on some keys is refused)
+    sd = ckpt["model"]
+    while prefix := next((w for w in WRAPPERS if sd and all(k.startswith(w) for k in sd)), None):
+        sd = {k.removeprefix(prefix): v for k, v in sd.items()}
+        if weights:
+            print(f"teacher  {init_from}: every weight under {prefix!r} ({WRAPPERS[prefix].split(':')[0]}), read without it")
+    return config, sd, info
 
 def import_settings(cfg):
     """--init_from decides the model and the tokenizer, checked before any work: its size replaces
@@ -218,12 +275,24 @@ def check_logits(model, hf, name):
                        f"its config is not one we implement; {INIT_FIX}")
     print(f"teacher  import checked: logits match transformers' (max abs diff {diff:.1g})")
 
-def init_sha256(cfg):
-    """The --init_from file's fingerprint, read 1 MiB at a time (None for GPT-2 by name or a folder)."""
-    if not os.path.isfile(cfg.init_from):
-        return None
+def files_sha256(paths):
+    """One fingerprint of the files' bytes in turn, read 1 MiB at a time (of one file: its sha256)."""
     h = hashlib.sha256()
-    with open(cfg.init_from, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    for path in paths:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
     return h.hexdigest()
+
+WEIGHT_FILES = (".safetensors", ".bin", ".index.json")  # with config.json, a save_pretrained folder's model
+
+def init_sha256(init_from):
+    """The fingerprint of --init_from's model, so that a reused teacher.pt is still its import: the file (nanoGPT's
+    ckpt.pt), or the config and weight files of a save_pretrained folder (for a hub name, its downloaded copy).
+    Its tokenizer has a fingerprint of its own (auto_tokenizer)."""
+    if os.path.isfile(init_from):
+        return files_sha256([init_from])
+    if not os.path.isdir(init_from):  # a hub name: the copy transformers reads
+        from transformers.utils import cached_file
+        init_from = os.path.dirname(cached_file(init_from, "config.json"))
+    return files_sha256(sorted(e.path for e in os.scandir(init_from) if e.name == "config.json" or e.name.endswith(WEIGHT_FILES)))

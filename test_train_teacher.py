@@ -3,8 +3,10 @@ Tests of the teacher (train_teacher.py) and the plumbing (plumbing.py): python -
 
 What is where: the copying rows it can train on -> data (the splits, the cache, BPE) -> a teacher
 you already have (--init_from a nanoGPT checkpoint or GPT-2) -> the families (Llama, Qwen2, Mistral
-and GPT-2's switches: transformers' logits, refusals, a Llama folder end to end, --arch llama) ->
-torchrun training one step like one process -> no silently wrong result (window starts on huge
+and GPT-2's switches: transformers' logits, refusals, a Llama folder end to end) -> an import is the
+model or is refused by name (weights missing, extra, misshapen or under a wrapper's prefix, settings we
+do not implement) -> a reused import is the same content (a folder or ckpt.pt saved again in place) ->
+--arch llama -> torchrun training one step like one process -> no silently wrong result (window starts on huge
 splits, failed writes, a busy folder, changed settings, older files, resume states, shared checks).
 CPU only; the helpers that run the real command line live in conftest.py.
 """
@@ -29,6 +31,7 @@ from conftest import (
     SHARED,
     launch,
     refused,
+    refused_here,
     rel_err,
     torchrun,
     weights,
@@ -130,7 +133,7 @@ def test_nanogpt_checkpoint_converts_end_to_end(tmp_path):
     saved = torch.load(ckpt, weights_only=True)
     saved["iter_num"] = 600
     torch.save(saved, ckpt)
-    with pytest.raises(DtrError, match="was imported from another"):
+    with pytest.raises(DtrError, match="weights or config have changed since"):
         dtr.run(dtr.parse_args(args))
 
 def test_gpt2_from_a_save_pretrained_folder(tmp_path):
@@ -188,13 +191,14 @@ def test_text_the_teacher_cannot_read_is_refused(tmp_path):
 # are drawn wider than transformers' init (norm weights and biases far from 1 and 0), so that a switch
 # read wrongly moves the logits by far more than rounding (fp32 rounding gives ~1e-7 relative).
 
-def hf_folder(path, kind, vocab_size=320, **switches):
-    """A random transformers model of family `kind` saved at `path` with our tiny tokenizer; returns the model."""
+def hf_folder(path, kind, vocab_size=320, seed=0, tokens=300, **switches):
+    """A random transformers model of family `kind` (weights drawn from `seed`) saved at `path` with our tiny
+    tokenizer (`tokens` of them); returns the model."""
     transformers = pytest.importorskip("transformers", reason="the families are imported through Hugging Face transformers")
     size = dict(n_layer=2, n_head=2, n_embd=32, n_positions=64) if kind == "gpt2" else \
         dict(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, hidden_size=32, intermediate_size=48, max_position_embeddings=64)
     config = transformers.AutoConfig.for_model(kind, vocab_size=vocab_size, **{**size, **switches})
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     hf = transformers.AutoModelForCausalLM.from_config(config).eval()
     with torch.no_grad():
         for p in hf.parameters():
@@ -204,7 +208,7 @@ def hf_folder(path, kind, vocab_size=320, **switches):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
-    tok.train_from_iterator([SAMPLE_TEXT], trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    tok.train_from_iterator([SAMPLE_TEXT], trainers.BpeTrainer(vocab_size=tokens, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                                                 show_progress=False))
     transformers.PreTrainedTokenizerFast(tokenizer_object=tok).save_pretrained(path)
     return hf
@@ -288,6 +292,175 @@ def test_unsupported_models_are_refused(tmp_path):
         assert says in line and "not implement" in line, line
     transformers.AutoConfig.for_model("llama", **size).save_pretrained(tmp_path / "fine")  # a teacher brings its own shape
     assert "brings its own" in refused(base + ["--init_from", str(tmp_path / "fine"), "--arch", "llama"])
+
+# ---- an import is the model, or it is refused by name ----
+
+def save_weights(folder, sd, layout):
+    """Replace a save_pretrained folder's weights by sd: one safetensors file, two shards and their index, or a .bin."""
+    from safetensors.torch import save_file
+    for f in os.listdir(folder):
+        if f.startswith(("model", "pytorch_model")):
+            os.remove(folder / f)
+    if layout == "bin":
+        return torch.save(sd, folder / "pytorch_model.bin")
+    names = sorted(sd)
+    shards = {"model.safetensors": names} if layout == "one" else \
+        {f"model-0000{i + 1}-of-00002.safetensors": names[i::2] for i in range(2)}
+    for f, keys in shards.items():
+        save_file({k: sd[k].contiguous() for k in keys}, folder / f, metadata={"format": "pt"})
+    if layout == "sharded":
+        (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": {k: f for f, ks in shards.items() for k in ks}}))
+
+def without(*names):
+    return lambda sd: {k: v for k, v in sd.items() if k not in names}
+
+def prefixed(prefix):
+    return lambda sd: {prefix + k: v for k, v in sd.items()}
+
+@pytest.mark.parametrize("kind,switches,edit,layout,says", [
+    pytest.param("llama", dict(tie_word_embeddings=False), without("lm_head.weight"), "one", "missing lm_head.weight (the file lacks them);", id="untied-no-lm_head"),
+    pytest.param("llama", {}, without("model.layers.1.mlp.up_proj.weight"), "one", "missing model.layers.1.mlp.up_proj.weight (the file lacks them);", id="no-layer-weight"),
+    pytest.param("llama", {}, without("model.norm.weight"), "sharded", "missing model.norm.weight (the file lacks them);", id="sharded"),
+    pytest.param("llama", {}, without("model.layers.0.self_attn.k_proj.weight"), "bin", "missing model.layers.0.self_attn.k_proj.weight (the file lacks them);", id="bin"),
+    pytest.param("qwen2", {}, without("model.layers.0.self_attn.q_proj.bias"), "one", "missing model.layers.0.self_attn.q_proj.bias (the file lacks them);", id="qwen2-no-bias"),
+    pytest.param("gpt2", dict(vocab_size=50257), without("transformer.wpe.weight", "transformer.h.0.ln_1.bias"), "one",
+                 "missing transformer.h.0.ln_1.bias, transformer.wpe.weight (the file lacks them);", id="gpt2-no-wpe"),
+    pytest.param("llama", {}, prefixed("base_model.model."), "sharded", "carry the prefix 'base_model.model.' (e.g. base_model.model.lm_head."
+                 "weight), a PEFT model's: merge the adapter (merge_and_unload()) and save the merged model", id="peft-prefix"),
+    pytest.param("gpt2", dict(vocab_size=50257), prefixed("module."), "one", "carry the prefix 'module.' (e.g. module.transformer.h.0.attn.c_attn.weight), "
+                 "DDP's: save the unwrapped model (model.module)", id="ddp-prefix"),
+    pytest.param("mistral", {}, prefixed("backbone."), "one", "carry the prefix 'backbone.' (e.g. backbone.lm_head.weight), "
+                 "a wrapper's: save the unwrapped model", id="any-prefix"),
+    pytest.param("llama", {}, lambda sd: {**sd, "extra.a": torch.zeros(1), "extra.b": torch.zeros(1),
+                                          **{f"model.layers.{i}.self_attn.o_proj.bias": torch.zeros(32) for i in (0, 1)}}, "one",
+                 "unexpected extra.a, extra.b, model.layers.0.self_attn.o_proj.bias and 1 more (the model has no place for them);", id="unexpected"),
+    pytest.param("llama", {}, lambda sd: {**sd, "model.layers.0.mlp.up_proj.weight": torch.zeros(40, 32)}, "one",
+                 "misshapen model.layers.0.mlp.up_proj.weight (40, 32), not (48, 32);", id="misshapen"),
+])
+def test_weights_that_are_not_the_model_are_refused_by_name(tmp_path, capsys, kind, switches, edit, layout, says):
+    # each converted with "import checked: logits match" before: transformers fills a tensor the file lacks with random
+    # numbers (and ignores one it does not know), and the logit check compared that random model with itself
+    from safetensors.torch import load_file as load_safetensors
+    hf_folder(tmp_path / "m", kind, **switches)
+    save_weights(tmp_path / "m", edit(load_safetensors(tmp_path / "m" / "model.safetensors")), layout)
+    (tmp_path / "mine.txt").write_text(SAMPLE_TEXT * 3)
+    line = refused_here(train_teacher.main, ["--init_from", str(tmp_path / "m"), "--dataset", str(tmp_path / "mine.txt"), "--preset", "tiny",
+                                             "--block_size", "32", "--data_dir", str(tmp_path / "d"), "--out_dir", str(tmp_path / "o")], capsys)
+    assert line.startswith(f"error: {tmp_path / 'm'}'s weights ") and says in line, line
+    assert not os.path.exists(tmp_path / "o" / "teacher.pt")
+
+@pytest.mark.parametrize("layout", ["sharded", "bin"])
+def test_sharded_and_bin_weights_import_exactly(tmp_path, layout):
+    from safetensors.torch import load_file as load_safetensors
+    hf = hf_folder(tmp_path / "m", "llama", tie_word_embeddings=False)
+    save_weights(tmp_path / "m", load_safetensors(tmp_path / "m" / "model.safetensors"), layout)
+    (tmp_path / "mine.txt").write_text(SAMPLE_TEXT * 3)
+    train_teacher.main(["--init_from", str(tmp_path / "m"), "--dataset", str(tmp_path / "mine.txt"), "--preset", "tiny", "--block_size", "32",
+                        "--data_dir", str(tmp_path / "d"), "--out_dir", str(tmp_path / "o")])
+    model, _ = train_teacher.load_model(str(tmp_path / "o" / "teacher.pt"), "cpu", "")
+    idx = torch.randint(320, (2, 32))
+    with torch.no_grad():
+        assert rel_err(model(idx)[0], hf(idx).logits) < 1e-5
+
+def nanogpt_variant(root, edit):
+    """write_nanogpt_checkpoint's ckpt.pt with its weights (their keys without _orig_mod.) edited; returns (path, the model)."""
+    want = write_nanogpt_checkpoint(root)
+    ckpt = torch.load(root / "out" / "ckpt.pt", weights_only=True)
+    ckpt["model"] = edit({k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()})
+    torch.save(ckpt, root / "out" / "ckpt.pt")
+    return str(root / "out" / "ckpt.pt"), want
+
+MASKS = {f"transformer.h.{i}.attn.bias": torch.ones(1, 1, 32, 32).tril() for i in (0, 1)}  # nanoGPT's causal masks (before flash attention)
+
+@pytest.mark.parametrize("edit,says", [
+    pytest.param(prefixed("module."), "every weight under 'module.' (DDP's), read without it", id="ddp"),
+    pytest.param(prefixed("module._orig_mod."), "every weight under '_orig_mod.' (torch.compile's), read without it", id="ddp-compiled"),
+    pytest.param(lambda sd: {**sd, **MASKS}, "teacher  imported", id="masks-dropped"),
+    pytest.param(lambda sd: {("module." if "h.1" in k else "") + k: v for k, v in sd.items()},
+                 "error: {ckpt}'s weights carry the prefix 'module.' (e.g. module.transformer.h.1.attn.c_attn.weight), DDP's: "
+                 "save the unwrapped model (model.module)", id="prefix-on-some-keys"),
+    pytest.param(without("transformer.h.1.mlp.c_fc.weight"), "error: {ckpt}'s weights are not the model its config describes: missing "
+                 "transformer.h.1.mlp.c_fc.weight (the file lacks them);", id="missing"),
+    pytest.param(lambda sd: {**sd, "transformer.h.0.attn.c_attn.bias": torch.zeros(48)}, "error: {ckpt}'s weights are not the model its "
+                 "config describes: unexpected transformer.h.0.attn.c_attn.bias (the model has no place for them);", id="unexpected"),
+])
+def test_nanogpt_checkpoint_keys(tmp_path, capsys, edit, says):
+    # a DDP (or DDP of torch.compile) save holds the very tensors under a prefix on every key: read as nanoGPT reads _orig_mod.;
+    # a prefix on some keys, a missing or an unexpected tensor is refused by name (before: a generic "does not fit")
+    ckpt, want = nanogpt_variant(tmp_path, edit)
+    (tmp_path / "mine.txt").write_text("".join(VOCAB[i] for i in torch.randint(len(VOCAB), (6000,), generator=torch.Generator().manual_seed(0))))
+    args = ["--init_from", ckpt, "--dataset", str(tmp_path / "mine.txt"), "--preset", "tiny", "--data_dir", str(tmp_path / "d"),
+            "--out_dir", str(tmp_path / "o")]
+    if says.startswith("error: "):
+        assert refused_here(train_teacher.main, args, capsys).startswith(says.format(ckpt=ckpt))
+        return
+    train_teacher.main(args)
+    assert says in capsys.readouterr().out
+    got = torch.load(tmp_path / "o" / "teacher.pt", weights_only=True)["state_dict"]
+    assert got.keys() == want.state_dict().keys() and all(torch.equal(got[k], v) for k, v in want.state_dict().items())
+
+def test_unsupported_settings_of_a_supported_family_are_named(tmp_path, capsys):
+    # a Llama with attention_bias=True was refused as if it were no Llama: "pass ... a GPT-2, Llama, Qwen2 or Mistral model"
+    transformers = pytest.importorskip("transformers")
+    (tmp_path / "mine.txt").write_text(SAMPLE_TEXT)
+    size = dict(num_hidden_layers=2, num_attention_heads=4, hidden_size=32, intermediate_size=48, vocab_size=320)
+    cases = [
+        ("llama", dict(attention_bias=True), "is a llama model with attention_bias=True (biases on q, k, v and o; Qwen2's q, k, v biases "
+                                             "are implemented, a bias on o is not), which this project does not implement; only a llama without it converts"),
+        ("llama", dict(mlp_bias=True), "is a llama model with mlp_bias=True (biases in the MLP's"),
+        ("mistral", dict(hidden_act="gelu"), "is a mistral model with hidden_act='gelu' (an MLP activation other than SiLU)"),
+        ("qwen2", dict(rope_parameters=dict(rope_type="linear", rope_theta=1e4, factor=2.0)), "(rope_scaling of another kind than Llama 3's)"),
+        ("llama", dict(head_dim=16), "is a llama model with head_dim=16 (heads whose width"),
+        ("llama", dict(tie_encoder_decoder=True), "is a llama model with tie_encoder_decoder=True (a setting this project does not read)"),
+        ("gpt2", dict(n_layer=2, n_embd=32, n_head=2, activation_function="relu"), "is a gpt2 model with activation_function='relu' (a GELU other"),
+        ("qwen2", dict(use_sliding_window=True, sliding_window=16, max_window_layers=0), "attends within a sliding window of 16 tokens"),
+    ]
+    for i, (kind, switches, says) in enumerate(cases):
+        transformers.AutoConfig.for_model(kind, **{**(size if kind != "gpt2" else {}), **switches}).save_pretrained(tmp_path / str(i))
+        line = refused_here(train_teacher.main, ["--init_from", str(tmp_path / str(i)), "--dataset", str(tmp_path / "mine.txt"), "--preset",
+                                                 "tiny", "--block_size", "32", "--out_dir", str(tmp_path / "o")], capsys)
+        assert says in line and pretrained.INIT_FIX not in line, line
+
+# ---- a reused teacher, data cache or tokenizer is the same content, not the same path ----
+
+def test_a_folder_saved_again_in_place_is_never_reused_as_the_old_one(tmp_path, capsys):
+    hf_folder(tmp_path / "llama", "llama")
+    (tmp_path / "mine.txt").write_text(SAMPLE_TEXT * 3)
+    args = ["--init_from", str(tmp_path / "llama"), "--dataset", str(tmp_path / "mine.txt"), "--preset", "tiny", "--block_size", "32",
+            "--data_dir", str(tmp_path / "d"), "--out_dir", str(tmp_path / "o")]
+    train_teacher.main(args)
+    train_teacher.main(args)
+    assert "teacher  reusing" in capsys.readouterr().out  # the same folder: its teacher.pt is reused
+    hf_folder(tmp_path / "llama", "llama", seed=1)  # new weights, the same tokenizer
+    line = refused_here(train_teacher.main, args, capsys)
+    assert line == (f"error: {tmp_path / 'llama'}'s weights or config have changed since {tmp_path / 'o' / 'teacher.pt'} was "
+                    f"imported from it; delete {tmp_path / 'o' / 'teacher.pt'} to import it again, or pass another --out_dir")
+    # a new tokenizer too: a fresh --out_dir encodes the text again with it (the data cache was keyed by the folder's path)
+    hf_folder(tmp_path / "llama", "llama", seed=1, tokens=280)
+    train_teacher.main(with_out_dir(args, tmp_path / "o2"))
+    assert f"was encoded with another version of the teacher's tokenizer ({tmp_path / 'llama'}); encoding again" in capsys.readouterr().out
+    train = prepare.load_data(dtr.parse_args(with_out_dir(args, tmp_path / "o2")))[0]
+    new = pretrained.auto_tokenizer(str(tmp_path / "llama"))
+    assert len(new) == 280 and train[:30].tolist() == new.encode(SAMPLE_TEXT, add_special_tokens=False)[:30]
+    # the first run's teacher is neither reused by its command nor decoded with the new tokenizer
+    assert "teacher.pt was made from another tokenizer; " in refused_here(train_teacher.main, args, capsys)
+    line = refused_here(dtr.main, ["--sample", str(tmp_path / "o" / "teacher.pt"), "--sample_tokens", "5"], capsys)
+    assert line.startswith(f"error: {tmp_path / 'llama'}'s tokenizer is not the one this run's ids were made with")
+
+def test_a_nanogpt_checkpoint_or_meta_replaced_in_place_is_never_reused(tmp_path, capsys):
+    ckpt, _ = nanogpt_variant(tmp_path, lambda sd: sd)
+    (tmp_path / "mine.txt").write_text(VOCAB * 300)
+    args = ["--init_from", ckpt, "--dataset", str(tmp_path / "mine.txt"), "--preset", "tiny", "--data_dir", str(tmp_path / "d"),
+            "--out_dir", str(tmp_path / "o")]
+    train_teacher.main(args)
+    with open(tmp_path / "data" / "mine" / "meta.pkl", "wb") as f:  # the same characters, in another order
+        pickle.dump({"vocab_size": len(VOCAB), "itos": dict(enumerate(VOCAB[::-1]))}, f)
+    assert "teacher.pt was made from another tokenizer; " in refused_here(train_teacher.main, args, capsys)
+    train_teacher.main(with_out_dir(args, tmp_path / "o2"))  # a fresh folder: the text encoded again, in the new ids
+    assert prepare.load_data(dtr.parse_args(args))[0][:3].tolist() == [len(VOCAB) - 1 - VOCAB.index(c) for c in VOCAB[:3]]
+    nanogpt_variant(tmp_path / "again", lambda sd: {k: v + 1 for k, v in sd.items()})
+    shutil.copy(tmp_path / "again" / "out" / "ckpt.pt", ckpt)  # new weights in place
+    assert "weights or config have changed since" in refused_here(train_teacher.main, with_out_dir(args, tmp_path / "o2"), capsys)
 
 def test_arch_llama_trains_a_llama_shaped_teacher(tmp_path, data_dir):
     train_teacher.main(["--arch", "llama", "--preset", "tiny", "--max_iters", "2", "--data_dir", data_dir, "--out_dir", str(tmp_path)])

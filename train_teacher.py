@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from plumbing import (DtrError, Pace, Partial, atomic_save, autocast, barrier, check_resumable, choose_device, claim, cli,
                       first_words, load_file, opt, parse_flags, rank, validate, world)
 from prepare import BUILTIN, check_split, data_name, decode, encode, load_data
-from pretrained import INIT_FIX, check_logits, import_settings, init_sha256, read_source
+from pretrained import INIT_FIX, check_keys, check_logits, import_settings, init_sha256, read_source
 
 # ---- the model (nanoGPT's, module names kept) ----
 # One GPT for GPT-2, Llama, Qwen2 and Mistral, as litgpt has it: the switches below the line in
@@ -350,6 +350,7 @@ def teacher_key(cfg, meta, fields=MODEL_FIELDS + ("copy_frac",)):
     """What a teacher must share with this run: the data first (the likeliest difference), then the
     model; a half-trained one (teacher.partial.pt) its schedule too."""
     return {"dataset": meta["dataset"], "tokenizer": meta["tokenizer"], "data_sha256": meta["source_sha256"],
+            "tokenizer_sha256": meta.get("tokenizer_sha256"),  # an imported teacher's ids (prepare.py)
             "init_from": getattr(cfg, "init_from", ""), "arch": getattr(cfg, "arch", "gpt2"), **{f: getattr(cfg, f) for f in fields}}
 
 @torch.no_grad()
@@ -434,9 +435,13 @@ def import_model(init_from):
     where it came through transformers; and what the source says (read_source)."""
     config, sd, info = read_source(init_from)
     hf, model = info.pop("hf", None), GPT(GPTConfig(**config))
-    sd.setdefault("lm_head.weight", sd.get("transformer.wte.weight"))  # tied to wte; some save it once
-    try:  # a missing or misshapen weight fails; unused buffers (GPT-2's attention masks) are dropped
-        model.load_state_dict({k: v for k, v in sd.items() if k in model.state_dict()})
+    if model.config.tie_embeddings and "transformer.wte.weight" in sd:
+        sd.setdefault("lm_head.weight", sd["transformer.wte.weight"])  # tied to wte; some save it once
+    ours = model.state_dict()  # every weight from the file; unused buffers (GPT-2's attention masks) are dropped
+    sd = {k: v for k, v in sd.items() if k in ours or not k.endswith((".attn.bias", ".attn.masked_bias"))}
+    check_keys(init_from, ours.keys() - sd.keys(), sd.keys() - ours.keys(), ours)
+    try:  # a misshapen weight fails
+        model.load_state_dict(sd)
     except RuntimeError as e:
         raise DtrError(f"{init_from}'s weights do not fit the model it describes ({first_words(e)}); {INIT_FIX}") from None
     if hf is not None:
@@ -452,7 +457,7 @@ def import_teacher(cfg, val_data, meta, device, bf16, path):
     model.to(device)
     vl = val_loss(model, fixed_batches(val_data, cfg.block_size, cfg.batch_size, cfg.val_batches, device), device, bf16)
     atomic_save({"model_args": dataclasses.asdict(model.config), "state_dict": model.state_dict(), "meta": meta,
-                 "config": dataclasses.asdict(cfg), "val_loss": vl, "init_sha256": init_sha256(cfg), **info}, path)
+                 "config": dataclasses.asdict(cfg), "val_loss": vl, "init_sha256": init_sha256(cfg.init_from), **info}, path)
     barrier()  # the other processes read teacher.pt next
     said = f" (nanoGPT's best_val_loss {info['best_val_loss']:.4f} at iter {info['iter_num']:.0f})" if "best_val_loss" in info else ""
     kv = f" ({model.config.n_kv_head} key/value)" if model.config.n_kv_head not in (0, cfg.n_head) else ""
@@ -566,8 +571,9 @@ def load_or_train(cfg, train_data, val_data, meta, device, bf16):
     # every setting that shaped the teacher must match: a reused teacher is the one this run's settings describe
     fields = MODEL_FIELDS + ("copy_frac",) + (() if cfg.init_from else TRAIN_FIELDS)
     check_resumable(teacher_key(types.SimpleNamespace(**ckpt["config"]), ckpt["meta"], fields), teacher_key(cfg, meta, fields), path)
-    if ckpt.get("init_sha256") != init_sha256(cfg):
-        raise DtrError(f"{path} was imported from another {cfg.init_from}; delete it to import the new one")
+    if cfg.init_from and ckpt.get("init_sha256") != init_sha256(cfg.init_from):  # the same path, saved again in place
+        raise DtrError(f"{cfg.init_from}'s weights or config have changed since {path} was imported from it; delete "
+                       f"{path} to import it again, or pass another --out_dir")
     print(f"teacher  reusing {path} (val loss {ckpt['val_loss']:.4f})")
     return model, ckpt.get("train_s"), 0.0
 
