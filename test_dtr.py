@@ -577,7 +577,7 @@ def test_killed_runs_resume_to_the_same_result(tiny_run, tmp_path):
 
 # ---- the layout: imports form a tree, every name defined before it is used ----
 
-CORE = ["plumbing.py", "kernel.py", "pretrained.py", "prepare.py", "train_teacher.py", "tasks.py", "dtr.py"]  # in import order
+CORE = ["plumbing.py", "kernel.py", "pretrained.py", "prepare.py", "train_teacher.py", "tasks.py", "students.py", "dtr.py"]  # in import order
 PROJECT = CORE + sorted(
     os.path.join("experiments", f) for f in os.listdir(os.path.join(HERE, "experiments")) if f.endswith(".py"))
 
@@ -624,7 +624,8 @@ def test_imports_form_a_tree_and_names_are_defined_before_use():
     graph = {os.path.splitext(os.path.basename(p))[0]: project_imports(p) for p in PROJECT}
     assert graph["plumbing"] == set() and graph["kernel"] == set()  # the two leaves import nothing of ours
     assert graph["train_teacher"] == {"plumbing", "pretrained", "prepare"}
-    assert graph["dtr"] == {"plumbing", "kernel", "prepare", "tasks", "train_teacher"}
+    assert graph["students"] == {"kernel", "train_teacher"}
+    assert graph["dtr"] == {"plumbing", "prepare", "tasks", "students", "train_teacher"}
     order = [os.path.splitext(p)[0] for p in CORE]  # each imports only those before it; experiments only core modules
     for name, deps in graph.items():
         assert all(d in order[:order.index(name)] if name in order else d != name for d in deps), (name, deps)

@@ -53,6 +53,13 @@ class CurveConfig(frame.RunConfig):
             raise DtrError(f"--name {self.name!r}: use letters, digits, '-', '_' or '.' (it names distill_curve_<name>.json)")
         overrides(self.set)  # before the run is loaded
 
+@torch.no_grad()
+def cache_floats(student, context, device):
+    """Numbers one sequence's decode cache holds in one linear layer after `context` tokens."""
+    cache = student.new_cache(1, context)
+    student(torch.zeros(1, context, student.c_attn.in_features, device=device), cache)
+    return sum(t.numel() for t in cache.values() if torch.is_tensor(t))
+
 def one_budget(model, cfg, train, lm, device, bf16):
     """Distil fresh students under cfg; their block MSE, all-linear test loss and M_opt (1%)."""
     torch.manual_seed(cfg.seed)
@@ -82,13 +89,6 @@ def one_budget(model, cfg, train, lm, device, bf16):
             "window_only_test_loss": window_only, "order": [t["layer"] for t in trajectory], **m_opts,
             "cache_floats": cache_floats(students[0], cfg.block_size, device), "distill_s": distill_s,
             "greedy_s": time.time() - t0}
-
-@torch.no_grad()
-def cache_floats(student, context, device):
-    """Numbers one sequence's decode cache holds in one linear layer after `context` tokens."""
-    cache = student.new_cache(1, context)
-    student(torch.zeros(1, context, student.c_attn.in_features, device=device), cache)
-    return sum(t.numel() for t in cache.values() if torch.is_tensor(t))
 
 def run(args):
     device, bf16, cfg, report, model, _, (train, val, meta) = frame.open_run(args)

@@ -27,6 +27,44 @@ class RunConfig:
     run_dir: str = opt("", "a finished run's folder, e.g. out/shakespeare_char-cpu/gla", positional=True)
     device: str = opt("auto", "where to run", ("auto", "cpu", "cuda", "mps"))
 
+# ---- what a run and a result were computed from: reused only where it is the same ----
+
+def sha256(tensors):
+    """A fingerprint of tensors' values, in order (weights, or the tokens of batches)."""
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+def run_key(run_dir, report):
+    """What a run's results are computed from: its teacher's and its students' weights (sha256; the
+    teacher's as the students were distilled from it, in students.pt), the settings that make its
+    batches, its metric, and greedy's order and M_opt, which the experiments start from."""
+    saved = load_file(os.path.join(run_dir, "students.pt"), f"rerun the python dtr.py command that made {run_dir}",
+                      ("key", "students"))
+    c = report["config"]
+    return {"teacher_sha256": saved["key"]["teacher_sha256"],
+            "students_sha256": sha256(t for sd in saved["students"] for t in sd.values()),
+            **{k: c[k] for k in ("dataset", "block_size", "batch_size", "val_batches")}, "metric": report["metric"],
+            "order": [t["layer"] for t in report["trajectory"]], "m_opt": report["m_opt"]["linear_layers"]}
+
+def result_key(report, bf16, **batches):
+    """A result's key, saved with it: the run's (load_run), the precision it was scored in, and the
+    sha256 of the tokens of each set of batches it scored, e.g. search=..., test=...."""
+    return {**report["key"], "precision": "bf16" if bf16 else "fp32",
+            **{f"{split}_sha256": sha256(t for batch in b for t in batch[:2]) for split, b in batches.items()}}
+
+NAMED = {"teacher_sha256": "another teacher", "students_sha256": "other students", "search_sha256": "other search batches",
+         "test_sha256": "other test batches", "order": "another greedy order", "m_opt": "another M_opt"}
+
+def differs(saved, want):
+    """The first way a saved result's key differs from `want` (the fields of want only), as words
+    ('from other students', 'with val_batches 16, not 8'); None where it is the same."""
+    for k, v in want.items():
+        if (saved or {}).get(k) != v:
+            return f"from {NAMED[k]}" if k in NAMED else f"with {k} {(saved or {}).get(k)}, not {v}"
+    return None
+
 # ---- the run: its settings, its paths, its teacher and students ----
 
 PATHS = ("data_dir", "dataset", "init_from", "meta", "task_text")  # settings that name files or folders
@@ -79,44 +117,6 @@ def open_run(args):
     (device, bf16, cfg, report, teacher, students, (train, val, meta))."""
     device, bf16 = choose_device(args.device)
     return (device, bf16, *load_run(args.run_dir, device))
-
-# ---- what a result was computed from: reused only where it is the same ----
-
-def sha256(tensors):
-    """A fingerprint of tensors' values, in order (weights, or the tokens of batches)."""
-    h = hashlib.sha256()
-    for t in tensors:
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-def run_key(run_dir, report):
-    """What a run's results are computed from: its teacher's and its students' weights (sha256; the
-    teacher's as the students were distilled from it, in students.pt), the settings that make its
-    batches, its metric, and greedy's order and M_opt, which the experiments start from."""
-    saved = load_file(os.path.join(run_dir, "students.pt"), f"rerun the python dtr.py command that made {run_dir}",
-                      ("key", "students"))
-    c = report["config"]
-    return {"teacher_sha256": saved["key"]["teacher_sha256"],
-            "students_sha256": sha256(t for sd in saved["students"] for t in sd.values()),
-            **{k: c[k] for k in ("dataset", "block_size", "batch_size", "val_batches")}, "metric": report["metric"],
-            "order": [t["layer"] for t in report["trajectory"]], "m_opt": report["m_opt"]["linear_layers"]}
-
-def result_key(report, bf16, **batches):
-    """A result's key, saved with it: the run's (load_run), the precision it was scored in, and the
-    sha256 of the tokens of each set of batches it scored, e.g. search=..., test=...."""
-    return {**report["key"], "precision": "bf16" if bf16 else "fp32",
-            **{f"{split}_sha256": sha256(t for batch in b for t in batch[:2]) for split, b in batches.items()}}
-
-NAMED = {"teacher_sha256": "another teacher", "students_sha256": "other students", "search_sha256": "other search batches",
-         "test_sha256": "other test batches", "order": "another greedy order", "m_opt": "another M_opt"}
-
-def differs(saved, want):
-    """The first way a saved result's key differs from `want` (the fields of want only), as words
-    ('from other students', 'with val_batches 16, not 8'); None where it is the same."""
-    for k, v in want.items():
-        if (saved or {}).get(k) != v:
-            return f"from {NAMED[k]}" if k in NAMED else f"with {k} {(saved or {}).get(k)}, not {v}"
-    return None
 
 def write_result(result, args, name):
     """The common tail: `result` written atomically as <run_dir>/<name>, and where it went."""

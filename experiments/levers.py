@@ -55,26 +55,6 @@ class LeversConfig(frame.RunConfig):
 def name(student, levers):
     return " ".join([f"`{student}`"] + [f"{k}={v}" for k, v in levers.items()])
 
-def run(args):
-    if args.markdown:
-        return print("\n".join(markdown(args.run_dir.split(","))))
-    device, bf16, cfg, report, model, _, (train, val, meta) = frame.open_run(args)
-    lm = (tasks.lm_batches(cfg, val, device), tasks.lm_batches(cfg, val, device, test=True))  # (search, test)
-    teacher_test = report["test"][0]["loss"]
-    result = {"key": frame.result_key(report, bf16, search=lm[0], test=lm[1]), "teacher_test_loss": teacher_test,
-              "teacher_train_s": report["teacher"]["train_s"], "arch": cfg.arch, "block_size": cfg.block_size,
-              "full_cache_floats": 2 * model.transformer.h[0].attn.new_cache(1, cfg.block_size)["k"].numel(), "runs": []}
-    for student, levers in parse_variants(args.variants):
-        defaults = {k: f.default for k, f in dtr.Config.__dataclass_fields__.items() if k in dtr.LEVERS}
-        c = validate(dataclasses.replace(cfg, student=student, **{**defaults, **levers}))
-        r = {"student": student, "levers": levers, **distill_curve.one_budget(model, c, train, lm, device, bf16)}
-        result["runs"].append(r)
-        print(f"levers   {name(student, levers)} | all-linear test loss {r['all_linear_test_loss']:.4f} "
-              f"({frame.change_text(r['all_linear_test_loss'], teacher_test, 'loss')}) | M_opt(2%) "
-              f"{len(r['m_opt_2pct']['linear_layers'])}/{cfg.n_layer} linear | distill {r['distill_s']:.0f}s")
-        frame.write_result(result, args, "levers.json")  # after each, so a kill keeps what is done
-    return result
-
 def markdown(run_dirs):
     """RESULTS.md's lever table: one row per teacher and variant."""
     out = ["| teacher | student and levers | all-linear test loss | linear branch off | M_opt at 1% (test loss) | "
@@ -96,6 +76,26 @@ def markdown(run_dirs):
         out.append(f"| {res['arch']} | full attention at context {res['block_size']} | | | | | | | | "
                    f"{res['full_cache_floats']:,} |")
     return out
+
+def run(args):
+    if args.markdown:
+        return print("\n".join(markdown(args.run_dir.split(","))))
+    device, bf16, cfg, report, model, _, (train, val, meta) = frame.open_run(args)
+    lm = (tasks.lm_batches(cfg, val, device), tasks.lm_batches(cfg, val, device, test=True))  # (search, test)
+    teacher_test = report["test"][0]["loss"]
+    result = {"key": frame.result_key(report, bf16, search=lm[0], test=lm[1]), "teacher_test_loss": teacher_test,
+              "teacher_train_s": report["teacher"]["train_s"], "arch": cfg.arch, "block_size": cfg.block_size,
+              "full_cache_floats": 2 * model.transformer.h[0].attn.new_cache(1, cfg.block_size)["k"].numel(), "runs": []}
+    for student, levers in parse_variants(args.variants):
+        defaults = {k: f.default for k, f in dtr.Config.__dataclass_fields__.items() if k in dtr.LEVERS}
+        c = validate(dataclasses.replace(cfg, student=student, **{**defaults, **levers}))
+        r = {"student": student, "levers": levers, **distill_curve.one_budget(model, c, train, lm, device, bf16)}
+        result["runs"].append(r)
+        print(f"levers   {name(student, levers)} | all-linear test loss {r['all_linear_test_loss']:.4f} "
+              f"({frame.change_text(r['all_linear_test_loss'], teacher_test, 'loss')}) | M_opt(2%) "
+              f"{len(r['m_opt_2pct']['linear_layers'])}/{cfg.n_layer} linear | distill {r['distill_s']:.0f}s")
+        frame.write_result(result, args, "levers.json")  # after each, so a kill keeps what is done
+    return result
 
 def main(argv=None):
     frame.command(LeversConfig, run, __doc__, argv)
