@@ -11,7 +11,7 @@ recurrence as a plain loop, or the paper's formula itself. No stored numbers.
 With DTR_SOLUTION, a function your file does not define skips its exercise (the skip names
 it), a stub that raises NotImplementedError fails as "not written yet", and a wrong value
 fails with where it first differs and, for the common mistakes, which one it looks like.
-Without DTR_SOLUTION the functions come from kernel.py (exercises 1-3), dtr.py (4-6) and
+Without DTR_SOLUTION the functions come from kernel.py (exercises 1-3), students.py (4), dtr.py (5-6) and
 experiments/reverse_greedy.py (7, an open exercise; that script also measures it on a finished run).
 
 Map: ex1 naive recurrence, ex2 chunked form, ex3 one-token step, ex4 Hedgehog student,
@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 import dtr
 import kernel
+import students
 from conftest import HERE, rel_err, tiny_gpt
 
 TOL = 1e-5
@@ -44,7 +45,7 @@ EPS = 1e-6  # the normaliser's eps, as in kernel.py
 SOLUTION = os.environ.get("DTR_SOLUTION")
 REVERSE_GREEDY = os.path.join(HERE, "experiments", "reverse_greedy.py")  # exercise 7's reference
 
-# name -> exercise number; exercises 1-3 live in kernel.py, 4-6 in dtr.py, 7 in REVERSE_GREEDY
+# name -> exercise number; exercises 1-3 live in kernel.py, 4 in students.py, 5-6 in dtr.py, 7 in REVERSE_GREEDY
 EXERCISE = {"naive_linear_attention": 1, "chunked_linear_attention": 2, "linear_attention_step": 3,
             "hedgehog_feature_map": 4, "LinearAttention": 4, "distill_loss": 5,
             "greedy_round": 6, "greedy_replace": 6, "select_models": 6, "reverse_greedy": 7}
@@ -71,7 +72,7 @@ def get(name):
     elif n == 7:
         fn = load_solution(REVERSE_GREEDY)[name]
     else:
-        fn = getattr(kernel if n <= 3 else dtr, name)
+        fn = getattr(kernel if n <= 3 else students if n == 4 else dtr, name)
 
     def call(*args, **kwargs):
         try:
