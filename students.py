@@ -80,7 +80,7 @@ def window_attention(q, k, v, window, scale, past=None):
     band = (j <= i) & (j > i - window)  # (T, S)
     y = F.scaled_dot_product_attention(q, k, v, attn_mask=band, scale=scale)
     keep = S - min(window - 1, S)
-    return y, (k[:, :, keep:], v[:, :, keep:])
+    return y, (k[:, :, keep:].clone(), v[:, :, keep:].clone())  # copies: a view would hold the whole prefill
 
 # ---- what every student shares: the teacher's q/k/v/o, the levers, forward(x, cache) ----
 

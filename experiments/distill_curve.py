@@ -149,7 +149,8 @@ def markdown(curves, teacher_train_s=None):
     for name, c in curves.items():
         t0 = c["teacher_test_loss"]
         for r in c["runs"]:
-            shown = ", ".join(f"{k} {v}" for k, v in r["settings"].items())
+            shown = ", ".join(f"{k} {v}" for k, v in r["settings"].items()  # levers only where one is pulled
+                              if k not in dtr.LEVERS or v != dtr.Config.__dataclass_fields__[k].default)
             L, k, conv = len(r["mse"]), len(r["m_opt_1pct"]["linear_layers"]), r["distill_s"] + r["greedy_s"]
             out.append(f"| {name}: {shown} | `{r['student']}` | {r['steps']} | {r['all_linear_test_loss']:.4f} "
                        f"({frame.change_text(r['all_linear_test_loss'], t0, 'loss')}) | {k}/{L} ({r['m_opt_1pct']['test_loss']:.4f}) | "

@@ -517,3 +517,26 @@ def test_paths_resolve_from_anywhere(finished_run, data_dir, tmp_path, monkeypat
     assert code == 0, said
     with open(os.path.join(run, "finetune.json")) as f, open(os.path.join(run, "report.json")) as g:
         assert json.load(f)["teacher"]["before"] == pytest.approx(json.load(g)["test"][0]["loss"], rel=1e-6)  # the run's own data
+
+def test_levers_reproduce_the_run_and_show_the_windows_own_work(finished_run):
+    """python experiments/levers.py: the default variant at the run's settings is the run itself; a
+    window variant reports its linear branch switched off; the table has a row for each."""
+    launch([sys.executable, "experiments/levers.py", finished_run, "--variants", "gla; jet window=4 short_conv=4"])
+    with open(os.path.join(finished_run, "levers.json")) as f:
+        res = json.load(f)
+    with open(os.path.join(finished_run, "report.json")) as f:
+        report = json.load(f)
+    gla, jet = res["runs"]
+    assert gla["all_linear_test_loss"] == pytest.approx(report["test"][-1]["loss"], rel=1e-6)
+    assert gla["window_only_test_loss"] is None and jet["window_only_test_loss"] > 0
+    assert jet["levers"] == {"window": 4, "short_conv": 4}
+    assert gla["cache_floats"] < res["full_cache_floats"] * 4  # a state, not a growing KV cache
+    table = launch([sys.executable, "experiments/levers.py", finished_run, "--markdown"])
+    assert "| `jet` short_conv=4 window=4 |" in table and "| gpt2 | full attention at context" in table
+
+@pytest.mark.parametrize("variants,says", [("mamba", "'mamba' is not a student"), ("gla foo=1", "'foo=1' is not a lever"),
+                                           ("gla window=x", "--window"), ("gdn rotary=after", "")])
+def test_levers_refuse_a_variant_dtr_would_refuse(finished_run, variants, says):
+    if not says:  # a variant dtr.py's own checks refuse (Config.check), before any distillation
+        says = "--rotary after (RoFormer's linear form) is for the hedgehog and gla students"
+    assert says in refused([finished_run, "--variants", variants], "experiments/levers.py")
