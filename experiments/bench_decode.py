@@ -1,8 +1,10 @@
 """
 Decoding speed and cache memory (paper Fig. 2, Table 2): prefill N tokens, then decode one token
-at a time, with the teacher, a finished run's M_opt and the all-linear model taking turns.
+at a time, with the teacher, a finished run's M_opt and an all-linear model of each student asked
+for (--students; the run's own by default) taking turns.
 
     python experiments/bench_decode.py out/shakespeare_char-cpu/gla --contexts 512,2048,8192   # writes decode_bench.json
+    python experiments/bench_decode.py out/shakespeare_char-cpu/gla --students "gla,gdn,jet,jet window=16"
 
 Full-attention layers keep a KV cache that grows with the context; linear layers keep a
 fixed-size state. Decoding is timed for one sequence and for `batch` sequences at once (the
@@ -13,6 +15,7 @@ Random weights of the run's model size: weights do not change speed; the positio
 stretched to the longest context just for timing.
 """
 import copy
+import dataclasses
 import itertools
 import os
 import time
@@ -22,7 +25,8 @@ import frame  # first: it puts the project's root on sys.path
 import torch
 
 import dtr
-from plumbing import DtrError, choose_device, load_file, machine, opt
+import levers
+from plumbing import DtrError, choose_device, load_file, machine, opt, validate
 from train_teacher import GPT, Cache, GPTConfig
 
 @dataclass
@@ -32,22 +36,34 @@ class BenchConfig(frame.RunConfig):
     new_tokens: int = opt(32, "tokens decoded after each prefill", ">0")
     repeats: int = opt(5, "timed repeats (median)", ">0")
     batch: int = opt(8, "sequences decoded at once in the batched timing", ">0")
+    students: str = opt("", "comma-separated students to time all-linear, each a student and its levers (name=value, "
+                            "or a switch alone), e.g. \"gla,gdn,jet window=16\" (default: the run's own, with its levers)")
+    compile: bool = opt(True, "also time decoding through torch.compile (a while per model to compile)")
 
     def check(self):
         if not all(c.strip().isdigit() and int(c) > 0 for c in self.contexts.split(",")):
             raise DtrError(f"--contexts wants comma-separated token counts, e.g. 512,2048,8192; got {self.contexts!r}")
+        if self.students:
+            levers.parse_variants(self.students, ",", "--students")
+
+DEFAULT_LEVERS = {k: f.default for k, f in dtr.Config.__dataclass_fields__.items() if k in dtr.LEVERS}
+
+def variant_name(student, kw):
+    """A variant as --students spells it, its levers at their defaults left out: "jet window=16"."""
+    return " ".join([student] + [k if v is True else f"{k}={v}" for k, v in kw.items() if v != DEFAULT_LEVERS[k]])
 
 def cache_bytes(cache):
     return sum(t.numel() * t.element_size() for layer in cache.layers for t in layer.values() if torch.is_tensor(t))
 
 def copy_cache(cache, B):
-    """The same prefilled cache for B sequences."""
+    """The same prefilled cache for B sequences: every tensor entry (KV cache, state, a convolution's or
+    the window's last inputs, each (1, ...)) repeated along the batch; the token count "n" as it is."""
     out = copy.copy(cache)
     out.layers = [{k: v.expand(B, *v.shape[1:]).clone() if torch.is_tensor(v) else v for k, v in layer.items()}
                   for layer in cache.layers]
     return out
 
-def compiled_decoder(model, batch, device, context=70):
+def compiled_decoder(model, batch, device, name, context=70):
     """torch.compile(model) for one-token decoding steps, compiled here for 1 and `batch`
     sequences (shapes dynamic, so every context reuses the graphs) and checked against the
     eager model's logits. None, with the reason printed, where compiling does not work."""
@@ -63,24 +79,32 @@ def compiled_decoder(model, batch, device, context=70):
                 got, _ = step(idx[:B, t:t + 1], cache=comp)
                 torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     except Exception as e:  # no C++ compiler, an unsupported platform, ...: time eager decoding only
-        print(f"decode   compiled decoding skipped: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+        print(f"decode   compiled decoding skipped ({name}): {type(e).__name__}: {str(e).splitlines()[0][:200]}")
         return None
     return step
 
 @torch.inference_mode()
-def bench_decode(cfg, model_args, device, patterns, contexts, new_tokens=32, repeats=5, batch=8):
-    """Per pattern ({name: linear layers}) and context: prefill seconds, cache bytes, and decoding
-    tokens/s (1 sequence and `batch`, eager and compiled), median of `repeats`. model_args: the
-    teacher's GPTConfig fields (its size and vocabulary)."""
+def bench_decode(cfg, model_args, device, patterns, contexts, new_tokens=32, repeats=5, batch=8, compile=True):
+    """Per pattern ({name: (student, its levers, linear layers)}) and context: prefill seconds, cache
+    bytes, and decoding tokens/s (1 sequence and `batch`, eager and compiled), median of `repeats`.
+    model_args: the teacher's GPTConfig fields (its size and vocabulary)."""
     torch.manual_seed(cfg.seed)
     model = GPT(GPTConfig(**{**model_args, "block_size": max(contexts) + new_tokens, "dropout": 0.0})).to(device).eval()
-    students = [s.to(device) for s in dtr.make_students(model, cfg.student, **dtr.student_levers(cfg))]
     models = {}
-    for name, layers in patterns.items():  # one model per pattern, so each compiles on its own
-        with dtr.hybrid(model.transformer.h, layers, students):
+    for name, (student, kw, layers) in patterns.items():  # one model per pattern, so each compiles on its own
+        with dtr.hybrid(model.transformer.h, layers, [s.to(device) for s in dtr.make_students(model, student, **kw)]):
             models[name] = copy.deepcopy(model)
-    steps = {name: {"eager": m, "compiled": compiled_decoder(m, batch, device)} for name, m in models.items()}
-    modes = ["eager"] + (["compiled"] if all(s["compiled"] is not None for s in steps.values()) else [])
+    # subtle: every model's forward is GPT.forward, one code object, so dynamo's recompile limit (8)
+    # counts all their graphs together and past it silently runs eager: give each model its own 8,
+    # and have a hit fail (compiled_decoder then skips compiling) rather than time eager as compiled
+    torch._dynamo.config.recompile_limit = 8 * len(models)
+    torch._dynamo.config.fail_on_recompile_limit_hit = True
+    steps = {name: {"eager": m} for name, m in models.items()}
+    for name, m in models.items():  # all compiled or none: the tables compare like with like
+        steps[name]["compiled"] = compiled_decoder(m, batch, device, name) if compile else None
+        if steps[name]["compiled"] is None:
+            break
+    modes = ["eager"] + (["compiled"] if all(s.get("compiled") is not None for s in steps.values()) else [])
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     median = lambda xs: sorted(xs)[len(xs) // 2]
     rows = []
@@ -103,7 +127,7 @@ def bench_decode(cfg, model_args, device, patterns, contexts, new_tokens=32, rep
                         sync(); decode[name, B, mode].append(time.perf_counter() - t0)
         for name in patterns:
             row = {"model": name, "context": N, "prefill_s": median(prefill[name]), "cache_bytes": held[name]}
-            line = f"decode   {name:10s} context {N:6d} | prefill {row['prefill_s']:7.3f} s | cache {held[name] / 2**20:8.2f} MiB"
+            line = f"decode   {name:14s} context {N:6d} | prefill {row['prefill_s']:7.3f} s | cache {held[name] / 2**20:8.2f} MiB"
             for mode in modes:
                 tail = "" if mode == "eager" else "_compiled"  # decode_tok_s, decode_tok_s_compiled, ...
                 row["decode_tok_s" + tail] = 1 / median(decode[name, 1, mode])
@@ -112,12 +136,15 @@ def bench_decode(cfg, model_args, device, patterns, contexts, new_tokens=32, rep
             rows.append(row)
             print(line)
     return {"device": device, "machine": machine(), "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_embd": cfg.n_embd,
-            "new_tokens": new_tokens, "repeats": repeats, "batch": batch, "compiled": "compiled" in modes, "rows": rows}
+            "new_tokens": new_tokens, "repeats": repeats, "batch": batch, "compiled": "compiled" in modes,
+            "students": [n for n in patterns if n not in ("teacher", "m_opt")], "rows": rows}
 
 def markdown(bench, report):
-    """RESULTS.md's tables: speed and cache per model and context, then all_linear's and M_opt's
-    speed-ups against the teacher."""
+    """RESULTS.md's tables: speed and cache per model and context, then each model's speed-up and
+    cache against the teacher's. A file from before --students has one all-linear model, "all_linear"."""
     batch, L = bench["batch"], bench["n_layer"]
+    shown = {"teacher": "teacher", "m_opt": f"M_opt ({len(report['m_opt']['linear_layers'])}/{L} linear)",
+             "all_linear": "all-linear", **{name: f"all-linear `{name}`" for name in bench.get("students", [])}}
     speeds = [("decode_tok_s", "eager, 1 sequence"), (f"decode_tok_s_batch{batch}", f"eager, batch {batch}")]
     if bench.get("compiled"):
         speeds += [(key + "_compiled", label.replace("eager", "compiled")) for key, label in speeds]
@@ -125,9 +152,9 @@ def markdown(bench, report):
            f"median of {bench['repeats']} runs, {bench['machine']}):", "",
            "| context | model | prefill s | " + " | ".join(f"tok/s, {label}" for _, label in speeds) + " | cache MiB |",
            "|---" * (len(speeds) + 4) + "|"]
-    out += [f"| {w['context']} | {w['model']} | {w['prefill_s']:.3f} | " + " | ".join(f"{w[key]:.1f}" for key, _ in speeds)
+    out += [f"| {w['context']} | {shown[w['model']]} | {w['prefill_s']:.3f} | " + " | ".join(f"{w[key]:.1f}" for key, _ in speeds)
             + f" | {w['cache_bytes'] / 2**20:.2f} |" for w in bench["rows"]]
-    by = {(w["model"], w["context"]): w for w in bench["rows"]}
+    teacher = {w["context"]: w for w in bench["rows"] if w["model"] == "teacher"}
     # speed-ups: eager against eager; and, with compiling, each model in its faster mode (the
     # teacher's attention is not always faster compiled, and it should not be held back)
     ratios = [(label, key, False) for key, label in speeds[:2]]
@@ -135,14 +162,26 @@ def markdown(bench, report):
         ratios += [(label.replace("eager", "faster mode"), key, True) for key, label in speeds[:2]]
     tok_s = lambda w, key, best: max(w[key], w[key + "_compiled"]) if best else w[key]
     ratio = lambda a, b: a / b if b else float("nan")  # a zero measured (a cache of nothing, a stalled timing): no ratio
-    for name, k in (("all_linear", L), ("m_opt", len(report["m_opt"]["linear_layers"]))):
-        out += ["", f"{name} ({k}/{L} layers linear) against the teacher, same run:", "",
-                "| context | " + " | ".join(f"speed-up, {label}" for label, _, _ in ratios) + " | cache smaller by |",
-                "|---" * (len(ratios) + 2) + "|"]
-        out += [f"| {n} | " + " | ".join(f"{ratio(tok_s(by[name, n], key, best), tok_s(by['teacher', n], key, best)):.1f}x"
-                                         for _, key, best in ratios)
-                + f" | {ratio(by['teacher', n]['cache_bytes'], by[name, n]['cache_bytes']):.0f}x |" for n in sorted({c for _, c in by})]
+    out += ["", "Against the teacher, same run (random weights of its size):", "",
+            "| context | model | " + " | ".join(f"speed-up, {label}" for label, _, _ in ratios) + " | cache smaller by |",
+            "|---" * (len(ratios) + 3) + "|"]
+    out += [f"| {w['context']} | {shown[w['model']]} | "
+            + " | ".join(f"{ratio(tok_s(w, key, best), tok_s(teacher[w['context']], key, best)):.1f}x" for _, key, best in ratios)
+            + f" | {ratio(teacher[w['context']]['cache_bytes'], w['cache_bytes']):.0f}x |"
+            for w in bench["rows"] if w["model"] != "teacher"]
     return out + [""]
+
+def variants(args, cfg):
+    """{name: (student, levers)} of --students, each checked as dtr.py checks a run's settings (a
+    window at most an eighth of its context, rotary=after for gla and hedgehog only); default: the
+    run's own student."""
+    asked = levers.parse_variants(args.students, ",", "--students") if args.students else [(cfg.student, {})]
+    out = {}
+    for student, given in asked:
+        kw = {**DEFAULT_LEVERS, **given} if args.students else dtr.student_levers(cfg)
+        c = validate(dataclasses.replace(cfg, student=student, task="lm", task_text="", **kw))  # (the tasks' files are not needed)
+        out[variant_name(student, dtr.student_levers(c))] = (student, dtr.student_levers(c))
+    return out
 
 def run(args):
     device, _ = choose_device(args.device)
@@ -150,9 +189,12 @@ def run(args):
     cfg = frame.run_config(report, args.run_dir)
     model_args = load_file(frame.teacher_path(args.run_dir), "run python dtr.py first",
                            ("model_args",))["model_args"]  # its size; not its weights
-    patterns = {"teacher": [], "m_opt": report["m_opt"]["linear_layers"], "all_linear": list(range(cfg.n_layer))}
+    own = (cfg.student, dtr.student_levers(cfg))
+    patterns = {"teacher": (*own, []), "m_opt": (*own, report["m_opt"]["linear_layers"]),
+                **{name: (*v, list(range(cfg.n_layer))) for name, v in variants(args, cfg).items()}}
     contexts = [int(c) for c in args.contexts.split(",")]
-    result = bench_decode(cfg, model_args, device, patterns, contexts, args.new_tokens, args.repeats, args.batch)
+    result = bench_decode(cfg, model_args, device, patterns, contexts, args.new_tokens, args.repeats, args.batch, args.compile)
+    result["own_student"] = variant_name(*own)  # the run's own student: M_opt's, all-linear where it is one of --students
     return frame.write_result({"key": frame.run_key(args.run_dir, report), **result}, args, "decode_bench.json")
 
 def main(argv=None):

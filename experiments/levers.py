@@ -27,22 +27,23 @@ VARIANTS = ("gla; gla short_conv=4; gla rotary=none; gla rotary=after; gla out_n
             "gla short_conv=4 out_norm; gla short_conv=4 out_norm window=16; gdn; gdn short_conv=4; "
             "gdn window=16; jet; jet short_conv=4; jet window=16; hedgehog")
 
-def parse_variants(text):
+def parse_variants(text, sep=";", flag="--variants"):
     """'gla; gla short_conv=4 out_norm' -> [("gla", {}), ("gla", {"short_conv": 4, "out_norm": True})]: a
     student, then its levers as dtr.py's flags (name=value, or a switch's name alone), read by dtr.py's
-    own flag parser, so an unknown lever or a wrong value is refused as dtr.py refuses it."""
+    own flag parser, so an unknown lever or a wrong value is refused as dtr.py refuses it. sep and flag:
+    another script's separator and option (bench_decode.py's --students "gla,jet window=16")."""
     out = []
-    for part in filter(None, (p.strip() for p in text.split(";"))):
+    for part in filter(None, (p.strip() for p in text.split(sep))):
         student, *pairs = part.split()
         if student not in dtr.STUDENTS:
-            raise DtrError(f"--variants: {student!r} is not a student; start each variant with one of {', '.join(dtr.STUDENTS)}")
+            raise DtrError(f"{flag}: {student!r} is not a student; start each variant with one of {', '.join(dtr.STUDENTS)}")
         bad = [p for p in pairs if p.partition("=")[0] not in dtr.LEVERS]
         if bad:
-            raise DtrError(f"--variants: {bad[0]!r} is not a lever; give {', '.join(dtr.LEVERS)} (name=value, out_norm alone)")
+            raise DtrError(f"{flag}: {bad[0]!r} is not a lever; give {', '.join(dtr.LEVERS)} (name=value, out_norm alone)")
         argv = [a for p in pairs for a in ["--" + p.partition("=")[0]] + ([p.partition("=")[2]] if "=" in p else [])]
-        out.append((student, parse_flags(dtr.Config, argv, "--variants")))
+        out.append((student, parse_flags(dtr.Config, argv, flag)))
     if not out:
-        raise DtrError("--variants is empty; give e.g. \"gla; gla short_conv=4\"")
+        raise DtrError(f"{flag} is empty; give e.g. \"gla{sep} gla short_conv=4\"")
     return out
 
 @dataclass

@@ -99,8 +99,12 @@ def draw_decode(plt, r, title, path):
     """Decoding tokens/s (1 sequence solid, batch dashed) and cache memory against context."""
     bench = r["decode_bench"]
     batch, L, modes = bench["batch"], bench["n_layer"], ["eager"] + (["compiled"] if bench.get("compiled") else [])
-    same = len(r["m_opt"]["linear_layers"]) == L  # M_opt is the all-linear model: one curve, said so
-    names = {"teacher": "teacher (full attention)", "all_linear": "all-linear" + (" = M_opt" if same else "")}
+    students = bench.get("students", ["all_linear"])  # (a file from before --students: one, "all_linear")
+    own = bench.get("own_student", "all_linear")
+    same = len(r["m_opt"]["linear_layers"]) == L and own in students  # M_opt is that all-linear model: one curve, said so
+    names = {"teacher": "teacher (full attention)"}
+    names.update({s: ("all-linear" if s == "all_linear" else f"all-linear {s}") + (" = M_opt" if same and s == own else "")
+                  for s in students})
     if not same:
         names["m_opt"] = f"M_opt ({len(r['m_opt']['linear_layers'])}/{L} linear)"
     fig, axes = plt.subplots(1, len(modes) + 1, figsize=(5.2 * (len(modes) + 1), 4.2))
