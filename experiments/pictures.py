@@ -6,6 +6,7 @@ hybrids (§4) and decoding speed (Fig. 2) where it has them; for all runs, M_opt
 import os
 
 import frame  # noqa: F401  first: it puts the project's root on sys.path
+from plumbing import writing
 from tasks import METRICS
 
 def pyplot():
@@ -21,8 +22,9 @@ def pyplot():
 
 def save_figure(plt, fig, path):
     fig.tight_layout()
-    fig.savefig(path + ".tmp", format="png", dpi=110)
-    os.replace(path + ".tmp", path)
+    with writing(path):
+        fig.savefig(path + ".tmp", format="png", dpi=110)
+        os.replace(path + ".tmp", path)
     plt.close(fig)
     return path
 
@@ -147,7 +149,8 @@ def draw(runs, folder):
     plt = pyplot()
     if plt is None:
         return []
-    os.makedirs(folder, exist_ok=True)
+    with writing(folder):
+        os.makedirs(folder, exist_ok=True)
     paths = []
     for r in runs:
         title, ks, L = r["label"].replace("`", ""), range(1, r["n_layer"] + 1), r["n_layer"]
