@@ -538,13 +538,19 @@ def save_hybrids(model, students, result, cfg, meta, folder, task="lm"):
                          "config": dataclasses.asdict(cfg), "meta": meta, "student": cfg.student, "task": task,
                          **result[name]}, os.path.join(folder, name + ".pt"))
 
-def run(cfg):
-    """Teacher -> students -> distillation -> greedy replacement -> M_best, M_opt -> tasks -> report."""
-    t_start = time.time()
+def read_inputs(cfg):
+    """What a run reads before it works: the device, the data, every task's batches (task files read and
+    checked), so that a bad file is refused before the run folder is claimed (main)."""
     device, bf16 = choose_device(cfg.device)
     torch.manual_seed(cfg.seed)
     train, val, meta = load_data(cfg)
-    tasks = task_batches(cfg, val, meta, device)  # {task: (search batches, test batches)}
+    return device, bf16, train, val, meta, task_batches(cfg, val, meta, device)  # tasks: {task: (search, test batches)}
+
+def run(cfg, inputs=None):
+    """Teacher -> students -> distillation -> greedy replacement -> M_best, M_opt -> tasks -> report.
+    inputs: read_inputs(cfg), if read already."""
+    t_start = time.time()
+    device, bf16, train, val, meta, tasks = inputs or read_inputs(cfg)
     data = f"{cfg.dataset} in {cfg.init_from}'s tokens" if cfg.init_from else meta["dataset"]
     print(f"data     {data}: {len(train):,} train / {len(val):,} val tokens, vocab {len(meta['vocab']):,}")
 
@@ -642,8 +648,9 @@ def main(argv=None):
     def job(cfg):
         if cfg.sample:
             return sample(cfg)
+        inputs = read_inputs(cfg)  # every file checked first: a refused run leaves the folder untouched
         with claim(cfg.out_dir):  # one run at a time in a folder (the command line's; run() itself takes none)
-            return run(cfg)
+            return run(cfg, inputs)
     cli(job, parse_args, argv)
 
 if __name__ == "__main__":
