@@ -374,21 +374,21 @@ def greedy_round(model, students, batches, linear, device="cpu", bf16=False, met
     """One round of Algorithm 1: {layer: the metric of the current hybrid (`linear` already
     swapped in) with that still-full layer swapped too}."""
     blocks = model.transformer.h
-    # the current hybrid is shared by every candidate up to the layer it swaps: run it once
-    # and keep every layer's input, so a candidate only recomputes from its own layer on
+    candidates = my_share([i for i in range(len(blocks)) if i not in linear])  # torchrun: a share each
+    rows = {i: [] for i in candidates}
+    # the current hybrid is shared by every candidate up to the layer it swaps: run it once per
+    # batch and keep every layer's input, so a candidate only recomputes from its own layer on.
+    # subtle: one batch's inputs at a time (batches outer, candidates inner): memory of one batch, not of the task
     with autocast(device, bf16):
-        cached = [block_io(model, x)[0] for x, *_ in batches]  # [batch][layer] -> (B, T, C)
-        scores = {}
-        for i in my_share([i for i in range(len(blocks)) if i not in linear]):  # torchrun: a share each
-            rows = []
-            for (_, y, *choices), inputs in zip(batches, cached):
+        for x, y, *choices in batches:
+            inputs = block_io(model, x)[0]  # [layer] -> (B, T, C)
+            for i in candidates:
                 with hybrid(blocks, [i], students):
                     h = inputs[i]
                     for block in blocks[i:]:
                         h = block(h)
-                rows.append(batch_scores(*model.head(h, y), y, *choices))
-            scores[i] = reduce(rows, metric)
-    return gather_dict(scores)  # the same on every process
+                rows[i].append(batch_scores(*model.head(h, y), y, *choices))
+    return gather_dict({i: reduce(r, metric) for i, r in rows.items()})  # the same on every process
 
 @torch.no_grad()
 def greedy_replace(model, students, batches, device="cpu", bf16=False, resume=None, metric="loss"):
