@@ -274,21 +274,21 @@ def greedy_round(model, students, batches, linear, device="cpu", bf16=False, met
     """One round of Algorithm 1: {layer: the metric of the current hybrid (`linear` already
     swapped in) with that still-full layer swapped too}."""
     blocks = model.transformer.h
-    # the current hybrid is shared by every candidate up to the layer it swaps: run it once
-    # and keep every layer's input, so a candidate only recomputes from its own layer on
+    candidates = my_share([i for i in range(len(blocks)) if i not in linear])  # torchrun: a share each
+    rows = {i: [] for i in candidates}
+    # the current hybrid is shared by every candidate up to the layer it swaps: run it once per
+    # batch and keep every layer's input, so a candidate only recomputes from its own layer on.
+    # subtle: one batch's inputs at a time (batches outer, candidates inner): memory of one batch, not of the task
     with autocast(device, bf16):
-        cached = [block_io(model, x)[0] for x, *_ in batches]  # [batch][layer] -> (B, T, C)
-        scores = {}
-        for i in my_share([i for i in range(len(blocks)) if i not in linear]):  # torchrun: a share each
-            rows = []
-            for (_, y, *choices), inputs in zip(batches, cached):
+        for x, y, *choices in batches:
+            inputs = block_io(model, x)[0]  # [layer] -> (B, T, C)
+            for i in candidates:
                 with hybrid(blocks, [i], students):
                     h = inputs[i]
                     for block in blocks[i:]:
                         h = block(h)
-                rows.append(batch_scores(*model.head(h, y), y, *choices))
-            scores[i] = reduce(rows, metric)
-    return gather_dict(scores)  # the same on every process
+                rows[i].append(batch_scores(*model.head(h, y), y, *choices))
+    return gather_dict({i: reduce(r, metric) for i, r in rows.items()})  # the same on every process
 
 @torch.no_grad()
 def greedy_replace(model, students, batches, device="cpu", bf16=False, resume=None, metric="loss"):
@@ -438,13 +438,19 @@ def save_hybrids(model, students, result, cfg, meta, folder, task="lm"):
                          "config": dataclasses.asdict(cfg), "meta": meta, "student": cfg.student, "task": task,
                          **result[name]}, os.path.join(folder, name + ".pt"))
 
-def run(cfg):
-    """Teacher -> students -> distillation -> greedy replacement -> M_best, M_opt -> tasks -> report."""
-    t_start = time.time()
+def read_inputs(cfg):
+    """What a run reads before it works: the device, the data, every task's batches (task files read and
+    checked), so that a bad file is refused before the run folder is claimed (main)."""
     device, bf16 = choose_device(cfg.device)
     torch.manual_seed(cfg.seed)
     train, val, meta = load_data(cfg)
-    tasks = task_batches(cfg, val, meta, device)  # {task: (search batches, test batches)}
+    return device, bf16, train, val, meta, task_batches(cfg, val, meta, device)  # tasks: {task: (search, test batches)}
+
+def run(cfg, inputs=None):
+    """Teacher -> students -> distillation -> greedy replacement -> M_best, M_opt -> tasks -> report.
+    inputs: read_inputs(cfg), if read already."""
+    t_start = time.time()
+    device, bf16, train, val, meta, tasks = inputs or read_inputs(cfg)
     data = f"{cfg.dataset} in {cfg.init_from}'s tokens" if cfg.init_from else meta["dataset"]
     print(f"data     {data}: {len(train):,} train / {len(val):,} val tokens, vocab {len(meta['vocab']):,}")
 
@@ -544,8 +550,9 @@ def main(argv=None):
     def job(cfg):
         if cfg.sample:
             return sample(cfg)
+        inputs = read_inputs(cfg)  # every file checked first: a refused run leaves the folder untouched
         with claim(cfg.out_dir):  # one run at a time in a folder (the command line's; run() itself takes none)
-            return run(cfg)
+            return run(cfg, inputs)
     cli(job, parse_args, argv)
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ Imports nothing from the project.
 import argparse
 import contextlib
 import dataclasses
+import errno
 import glob
 import hashlib
 import json
@@ -14,7 +15,7 @@ import math
 import os
 import pickle
 import platform
-import shutil
+import re
 import sys
 import time
 import zipfile
@@ -45,6 +46,8 @@ RULES = {  # the valid values of a numeric setting, and how the error message sa
     ">=0": (lambda v: v >= 0, ">= 0"),
     ">=-1": (lambda v: v >= -1, ">= -1"),
     "[0,1)": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "ints>0": (lambda v: all(re.fullmatch(r" *0*[1-9][0-9]{0,8} *", s, re.ASCII) for s in v.split(",")),  # --steps 1,2
+               "a comma-separated list of whole numbers from 1 to 999,999,999 (ASCII digits), e.g. 200,400"),
 }
 
 def opt(default, help, valid=None, positional=False):
@@ -63,7 +66,7 @@ def validate(cfg):
         if isinstance(valid, tuple) and value not in valid:
             raise DtrError(f"unknown --{f.name} {value!r}; use one of {', '.join(valid)}")
         if isinstance(valid, str) and not RULES[valid][0](value):
-            raise DtrError(f"--{f.name} {value} is not {RULES[valid][1]}")
+            raise DtrError(f"--{f.name} {repr(value) if isinstance(value, str) else value} is not {RULES[valid][1]}")
     if hasattr(cfg, "check"):
         cfg.check()
     return cfg
@@ -73,6 +76,16 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message):
         raise DtrError(f"{message}; see --help")
+
+def number(kind):
+    """argparse's type for an int or float flag, ASCII digits only: int() and float() also read
+    other scripts' digits ('٣', full-width '３') and fail on '²', which str.isdigit() passes."""
+    def parse(text):
+        if not text.isascii():
+            raise ValueError(text)  # argparse says: invalid int value: '٣'
+        return kind(text)
+    parse.__name__ = kind.__name__
+    return parse
 
 def parse_flags(cls, argv, description, presets=None):
     """The command line of a settings dataclass: one --flag per field (generated from its type,
@@ -92,7 +105,8 @@ def parse_flags(cls, argv, description, presets=None):
         shown = ([f"one of {', '.join(valid)}"] if isinstance(valid, tuple) else []) + \
                 ([f"default {f.default!r}"] if f.default != "" else []) + \
                 [f"{p} {v[f.name]!r}" for p, v in (presets or {}).items() if f.name in v]
-        kind = dict(action=argparse.BooleanOptionalAction) if isinstance(f.default, bool) else dict(type=type(f.default))
+        kind = dict(action=argparse.BooleanOptionalAction) if isinstance(f.default, bool) else \
+            dict(type=number(type(f.default)) if isinstance(f.default, (int, float)) else str)
         sections[f.name].add_argument(f"--{f.name}", default=None, **kind, help=f.metadata["help"] + (f" ({', '.join(shown)})" if shown else ""))
     return {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
 
@@ -102,17 +116,32 @@ def parse_config(cls, argv, description):
 
 # ---- device, and torchrun (one process per device; in a single process these are no-ops) ----
 
+TORCHRUN = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")  # what torchrun sets in each process
+
+def launched():
+    """(rank, world size) as torchrun set them, before the process group exists; (0, 1) without it.
+    RANK or WORLD_SIZE left in the environment without the rest, or not numbers, is one DtrError."""
+    env = {k: os.environ.get(k) for k in TORCHRUN}
+    if env["RANK"] is None and env["WORLD_SIZE"] is None:
+        return 0, 1
+    if not (all(env.values()) and all(re.fullmatch(r"[0-9]+", env[k], re.ASCII) for k in TORCHRUN[:3])
+            and int(env["RANK"]) < int(env["WORLD_SIZE"])):
+        raise DtrError(f"{' '.join(f'{k}={v}' for k, v in env.items() if v is not None)} in the environment, but not "
+                       f"as torchrun sets them (all of {', '.join(TORCHRUN)}, RANK below WORLD_SIZE); unset "
+                       f"{' '.join(k for k in TORCHRUN if k in os.environ)} to run in one process, or start with torchrun")
+    return int(env["RANK"]), int(env["WORLD_SIZE"])
+
 def rank():
     return dist.get_rank() if dist.is_initialized() else 0
 
 def world(before_init=False):
     if before_init:  # settings are checked before the process group exists
-        return int(os.environ.get("WORLD_SIZE", 1))
+        return launched()[1]
     return dist.get_world_size() if dist.is_initialized() else 1
 
 def dist_init(device):
     """Join the process group when launched by torchrun (it sets RANK, LOCAL_RANK, WORLD_SIZE)."""
-    if "RANK" not in os.environ or dist.is_initialized():
+    if dist.is_initialized() or launched()[1] == 1:
         return
     dist.init_process_group("nccl" if device == "cuda" else "gloo")
     if device == "cuda":
@@ -163,6 +192,20 @@ def gather_dict(d):
 
 FORMAT = 2  # the version of the files this project writes; a file without one is from before versions (1)
 
+def cannot_write(path, e):
+    """The one message of a failed write or folder creation (its OSError e): the path, why, what to do."""
+    full = e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)  # else a read-only place, a file where a folder should be
+    return DtrError(f"cannot write {path} ({e.strerror or e}); " + ("free some disk space (or raise the file-size "
+                    "limit, ulimit -f), or " if full else "") + "pick a folder you can write to (--out_dir, --data_dir)")
+
+@contextlib.contextmanager
+def writing(path):
+    """File-system calls on path, their OSError (a read-only place, a file where a folder should be) as one line."""
+    try:
+        yield
+    except OSError as e:
+        raise cannot_write(path, e) from None
+
 def atomic_save(obj, path):
     """Write obj (a dict: JSON for .json, else torch.save; or a numpy array, raw) to a temp file of this
     process's own, then rename: a killed or failed write never leaves a half-written file, and two
@@ -189,9 +232,7 @@ def atomic_save(obj, path):
         # torch.save reports a failed write as a RuntimeError raised while handling the OSError
         cause = e if isinstance(e, OSError) else e.__context__ if isinstance(e.__context__, OSError) else None
         if cause is not None:
-            free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
-            raise DtrError(f"cannot write {path} ({cause.strerror or cause}; {free / 2**20:,.0f} MiB free on that disk); "
-                           f"free some disk space (or raise the file-size limit, ulimit -f), or pick another --out_dir") from None
+            raise cannot_write(path, cause) from None
         raise
 
 class PlainUnpickler(pickle.Unpickler):
@@ -232,20 +273,23 @@ def claim(folder):
     releases it even if the process is killed), with the holder's pid and command in it; a second run
     is refused at once, naming that process. Under torchrun rank 0 holds it for all (RANK is set before
     the process group exists); without fcntl (Windows) there is no lock."""
-    if int(os.environ.get("RANK", 0)) > 0 or fcntl is None:
+    if launched()[0] > 0 or fcntl is None:
         yield
         return
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, ".lock"), "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            f.seek(0)
-            raise DtrError(f"{folder} is in use by another run (process {f.read().strip() or '?'}); wait for it "
-                           f"to finish, or pick another --out_dir") from None
-        f.truncate(0)
-        f.write(f"{os.getpid()}: {' '.join(sys.argv)}")
-        f.flush()
+    with writing(folder):
+        os.makedirs(folder, exist_ok=True)
+        f = open(os.path.join(folder, ".lock"), "a+")
+    with f:
+        with writing(f.name):
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                raise DtrError(f"{folder} is in use by another run (process {f.read().strip() or '?'}); wait for it "
+                               f"to finish, or pick another --out_dir") from None
+            f.truncate(0)
+            f.write(f"{os.getpid()}: {' '.join(sys.argv)}")
+            f.flush()
         yield  # closing the file releases the lock
 
 def check_resumable(saved, want, path):
@@ -295,7 +339,8 @@ class Partial:
     def done(self):
         for p in [self.path] + glob.glob(glob.escape(self.path) + ".*.tmp"):  # and temp files killed writes left
             if rank() == 0 and os.path.exists(p):
-                os.remove(p)
+                with writing(p):
+                    os.remove(p)
 
 # ---- progress, and the one command-line wrapper ----
 
@@ -334,6 +379,7 @@ def cli(job, parse, argv=None):
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="replace")
     try:
+        launched()  # torchrun's variables left in the environment: refused before anything else
         cfg = parse(argv)
         return job(cfg)
     except DtrError as e:

@@ -69,8 +69,8 @@ def decode(ids, meta):
 
 def download(url, path):
     print(f"downloading {url} -> {path}")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
     try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
         with urllib.request.urlopen(url, timeout=30) as r:
             data = r.read()
         tmp = f"{path}.{os.getpid()}.tmp"  # under torchrun every process downloads: none renames another's file

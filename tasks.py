@@ -67,7 +67,7 @@ def choice_scores(rows):
     item's context, ll_ij = sum over the choice's tokens t of log p(t | context, earlier tokens):
 
         accuracy = 1/N sum_i [argmax_j ll_ij == gold_i]                  ("acc")
-        acc_norm = 1/N sum_i [argmax_j ll_ij / chars_ij == gold_i]       (chars: the choice's length in characters)
+        acc_norm = 1/N sum_i [argmax_j ll_ij / chars_ij == gold_i]       (chars: the continuation's length in characters)
         loss     = -(sum_i ll_i,gold_i) / (sum_i tokens_i,gold_i)        (per-token loss of the right answers)
 
     over the N items; ties go to the first choice (numpy's argmax, as in the harness)."""
@@ -187,9 +187,9 @@ ITEM = '{"context": "...", "choices": ["...", "..."], "gold": 0}'
 
 def read_items(path, meta, block_size):
     """Your multiple-choice task: a JSON Lines file, one item a line (blank lines skipped), ITEM
-    with gold the index of the right choice, tokenised with the teacher's tokenizer (context and
-    each choice apart, as the harness does). Every fault is one error naming its line. A context
-    too long for the window is cut from the left, as LM-Evaluation-Harness cuts it, and counted.
+    with gold the index of the right choice, tokenised with the teacher's tokenizer as the harness
+    does (below). Every fault is one error naming its line. A context too long for the window is
+    cut from the left, as LM-Evaluation-Harness cuts it, and counted.
     Returns ([{"where": line, "context", "choices", "gold", "chars"}], items cut)."""
     items, cut = [], 0
     for n, line in enumerate(read_text(path, "--task").splitlines(), 1):
@@ -212,16 +212,22 @@ def read_items(path, meta, block_size):
             raise DtrError(f"{where} has no choices; give at least one (two to be a question)")
         if not isinstance(gold, int) or isinstance(gold, bool) or not 0 <= gold < len(choices):
             raise DtrError(f"{where}: gold {gold!r} is not the index of one of its {len(choices)} choices (0 to {len(choices) - 1})")
-        ids = [encode(c, meta, f"{where}, choice {j},") for j, c in enumerate(choices)]
+        # the harness's split (lm-eval's _encode_pair): the context's trailing whitespace starts each continuation,
+        # context + continuation is encoded whole, and the continuation's tokens are those after the context's own
+        # (so "Am bold to " + "show" scores as "Am bold to" + " show": in GPT-2's BPE " show" is one token)
+        tail, context = context[len(context.rstrip()):], context.rstrip()
         context_ids = encode(context, meta, f"{where}, its context,")
         if not context_ids:
             raise DtrError(f"{where} has an empty context; the first token of a choice needs one before it")
+        ids = [encode(context + tail + c, meta, f"{where}, choice {j},")[len(context_ids):] for j, c in enumerate(choices)]
         for j, c in enumerate(ids):
             if not 0 < len(c) <= block_size:
-                raise DtrError(f"{where}: choice {j} ({choices[j][:40]!r}) is {len(c)} tokens; a choice must be "
+                merged = " (after the context: its tokens merge with the context's last; start it with a space)" \
+                    if choices[j] and not c else ""
+                raise DtrError(f"{where}: choice {j} ({choices[j][:40]!r}) is {len(c)} tokens{merged}; a choice must be "
                                f"1 to {block_size} (the window) tokens")
         cut += len(context_ids) + max(len(c) for c in ids) > block_size + 1
-        items.append({"where": n, "context": context_ids, "choices": ids, "gold": gold, "chars": [len(c) for c in choices]})
+        items.append({"where": n, "context": context_ids, "choices": ids, "gold": gold, "chars": [len(tail + c) for c in choices]})
     if len(items) < 2:
         raise DtrError(f"--task {path} has {len(items)} item(s); the search and the test need one each at least")
     return items, cut

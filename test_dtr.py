@@ -311,6 +311,26 @@ def test_greedy_follows_algorithm_1():
         linear.append(t["layer"])
     assert max(t["val_loss"] for t in traj) > 1.5 * teacher_loss  # the damage is real, the order matters
 
+def test_greedy_round_scores_each_candidate_as_a_plain_forward_bitwise():
+    # greedy_round runs the current hybrid once per batch and each candidate from its own layer on,
+    # one batch's layer inputs at a time: the same arithmetic as a plain forward of each candidate
+    # hybrid, so the same bits, on token batches (loss, accuracy) and multiple-choice ones
+    model, data = periodic_gpt(n_layer=4)
+    students = dtr.make_students(model, "gla")
+    tokens = train_teacher.fixed_batches(data, 32, 8, 3, "cpu")
+    items = [{"context": data[i:i + 20].tolist(), "choices": [data[i + 20:i + 24].tolist(), data[i + 3:i + 7].tolist()],
+              "gold": 0, "chars": [4, 4]} for i in range(0, 70, 7)]
+    choices = tasks.choice_batches(items, 32, 6, "cpu")  # 20 rows: batches of 6, 6, 6 and 2
+    for batches, metric in ((tokens, "loss"), (tokens, "accuracy"), (choices, "accuracy"), (choices, "acc_norm")):
+        for linear in ([], [2], [3, 0]):
+            with dtr.hybrid(model.transformer.h, linear, students):
+                got = dtr.greedy_round(model, students, batches, linear, metric=metric)
+            want = {}
+            for i in sorted(set(range(4)) - set(linear)):
+                with dtr.hybrid(model.transformer.h, linear + [i], students):
+                    want[i] = tasks.evaluate(model, batches)[metric]
+            assert got == want and list(got) == list(want), (metric, linear)
+
 def test_select_models():
     traj = [{"k": 1, "layer": 2, "val_loss": 0.99}, {"k": 2, "layer": 0, "val_loss": 0.99},
             {"k": 3, "layer": 1, "val_loss": 1.015}, {"k": 4, "layer": 3, "val_loss": 1.2}]

@@ -31,6 +31,8 @@ import runpy
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 import dtr
 import kernel
@@ -254,6 +256,32 @@ def test_ex2_chunked_strong_decay_stays_finite():
 
 def test_ex2_chunked_gradients():
     check_gradients("chunked_linear_attention, chunk_size=16", get("chunked_linear_attention"), 40, chunk_size=16)
+
+class CountWork(TorchDispatchMode):
+    """Counts the tensor operations run inside it, and the largest tensor any of them makes."""
+    ops = largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.ops += 1
+        self.largest = max([self.largest] + [t.numel() for t in tree_leaves(out) if isinstance(t, torch.Tensor)])
+        return out
+
+def test_ex2_chunked_does_chunked_work():
+    # the values cannot tell the chunked form from the loop it replaces or from the T x T form; its work can,
+    # without a clock. At T = 2048, C = 64 a chunked form runs a few operations per chunk (this project's: 122
+    # in all) where a loop runs several per step (43,008 for kernel.py's step), and doubling T doubles its
+    # largest tensor (C x C blocks per chunk) where the quadratic form's (T x T) grows 4x
+    work = {T: CountWork() for T in (1024, 2048)}
+    for T, count in work.items():
+        with count:
+            get("chunked_linear_attention")(*make_inputs(T, B=1, H=1), chunk_size=64)
+    if work[2048].ops > 2048:
+        fail(f"chunked_linear_attention ran {work[2048].ops:,} operations for T = 2048 (chunk_size 64): it loops over "
+             f"the time steps, as exercise 1's loop does; loop over the 32 chunks only, with dense work inside each")
+    if work[2048].largest > 3 * work[1024].largest:
+        fail(f"chunked_linear_attention's largest tensor grew {work[2048].largest / work[1024].largest:.1f}x when T "
+             f"doubled (1024 -> 2048): it is T x T, the quadratic form; cut time into chunks of chunk_size steps")
 
 # -- exercise 3: the one-token step --
 

@@ -10,6 +10,7 @@ Floats are compared by relative error ||a - b|| / ||b||; 1e-5 unless said otherw
 """
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -138,6 +139,26 @@ def test_choice_batches_score_each_choice_given_its_context(tmp_path):
     lls = [r for x, y, c in batches for r in tasks.batch_scores(*model(x, y), y, c)[3]]
     assert rel_err(torch.tensor([ll for _, ll in lls]), torch.tensor([ll for _, ll in want])) < 1e-5
 
+def test_a_context_ending_in_a_space_is_split_as_the_harness_splits_it(tmp_path):
+    # LM-Evaluation-Harness scores ("Am bold to ", "show") exactly as ("Am bold to", " show") (lm-eval's
+    # _encode_pair): the context's trailing whitespace starts the continuation, context + continuation is
+    # encoded whole, and the continuation is what follows the context's own tokens. In GPT-2's BPE that is
+    # the one token " show" (905), where "show" alone is another; acc_norm divides by the continuation's length
+    gpt2 = {"tokenizer": "gpt2", "vocab": list(range(50257)), "dataset": "test"}
+    spaced = {**META, "vocab": list(CHARS) + [" ", "\n"]}
+    for meta, context, choices, first in ((gpt2, "Am bold to ", ["show", "welcome"], [905]),
+                                          (gpt2, "Am bold to \n", ["show", "welcome"], None),
+                                          (spaced, "abc \n", ["de", "fgh"], [20, 21, 3, 4])):
+        tail = context[len(context.rstrip()):]
+        a = write_items(tmp_path / "a.jsonl", [{"context": context, "choices": choices, "gold": 1}] * 2)
+        b = write_items(tmp_path / "b.jsonl", [{"context": context.rstrip(), "choices": [tail + c for c in choices], "gold": 1}] * 2)
+        item = tasks.read_items(a, meta, 32)[0][0]
+        assert tasks.read_items(b, meta, 32)[0][0] == item
+        whole = [prepare.encode(context + c, meta) for c in choices]
+        assert item["context"] == whole[0][:len(item["context"])] == prepare.encode(context.rstrip(), meta)
+        assert item["choices"] == [w[len(item["context"]):] for w in whole] and item["chars"] == [len(tail + c) for c in choices]
+        assert first is None or item["choices"][0] == first
+
 def test_file_task_is_split_into_disjoint_search_and_test_items(tmp_path):
     items = [{"context": CHARS[i % 20], "choices": ["ab", "cd"], "gold": i % 2} for i in range(11)]
     read, _ = tasks.read_items(write_items(tmp_path / "mc.jsonl", items), META, 32)
@@ -226,6 +247,38 @@ def test_multiple_choice_tasks_end_to_end(tiny_run, data_dir, tmp_path, capsys):
     assert table[0].split("|")[0].strip() == "M_opt of" and [c.strip() for c in table[0].split("|")[2:]] == names
     assert len({tuple(i for i, ch in enumerate(line) if ch == "|") for line in table}) == 1
 
+def both_spellings(text, folder, n=12):
+    """Two files of the same n items from text: contexts (from a line's start) ending in a space, and that
+    space moved onto every choice. Each choice is a word; the first is the one that follows the context."""
+    g, words = torch.Generator().manual_seed(0), [i + 1 for i, c in enumerate(text[:-20]) if c == " " and i > 60]
+    a, b = [], []
+    for i in range(n):
+        p, *q = (words[j] for j in torch.randint(len(words), (3,), generator=g).tolist())
+        choices, start = [text[r:text.index(" ", r)] for r in [p] + q], text.rindex("\n", 0, p - 20) + 1
+        a.append({"context": text[start:p], "choices": choices, "gold": 0})
+        b.append({"context": text[start:p - 1], "choices": [" " + c for c in choices], "gold": 0})
+    return write_items(folder / "a.jsonl", a), write_items(folder / "b.jsonl", b)
+
+def same_search(report):
+    """The two spellings' searches, without their timings: equal when the two score alike."""
+    return [{k: v for k, v in report["tasks"][name].items() if k != "seconds"} for name in ("a.jsonl", "b.jsonl")]
+
+def test_both_spellings_of_a_context_ending_in_a_space_score_alike(tiny_run, data_dir, tmp_path):
+    # through the real command line: on the char teacher, then on a BPE teacher of a small text (2 layers,
+    # 2 steps: the tokens are what matter), every score of the two files is the same, acc_norm included
+    args, out, _ = tiny_run
+    shutil.copytree(out, tmp_path / "char")
+    text = open(os.path.join(data_dir, "shakespeare", "input.txt")).read()
+    dtr.main(with_out_dir(args, tmp_path / "char") + ["--task", ",".join(both_spellings(text[:20000], tmp_path))])
+    report = json.load(open(tmp_path / "char" / "gla" / "report.json"))
+    assert same_search(report)[0] == same_search(report)[1] and report["tasks"]["a.jsonl"]["n"]["test"] == 6
+    (tmp_path / "small.txt").write_text(text[:40000])
+    dtr.main(["--preset", "tiny", "--dataset", str(tmp_path / "small.txt"), "--tokenizer", "gpt2", "--n_layer", "2",
+              "--max_iters", "2", "--distill_iters", "2", "--sample_tokens", "0", "--data_dir", str(tmp_path / "d"),
+              "--out_dir", str(tmp_path / "bpe"), "--task", ",".join(both_spellings(text[:40000], tmp_path))])
+    report = json.load(open(tmp_path / "bpe" / "gla" / "report.json"))
+    assert same_search(report)[0] == same_search(report)[1]
+
 @pytest.mark.parametrize("line,says", [
     ('{"context": "to be", "choices": [" or", " not"], "gold": 0', "line 2 is not JSON"),
     ('{"context": "to be", "choices": [" or", " not"]}', "line 2 has no 'gold'"),
@@ -245,6 +298,24 @@ def test_a_bad_task_file_is_one_line_naming_the_line(tiny_run, tmp_path, line, s
     err = refused(args + ["--task", f"lm,{bad}"])
     assert says in err and str(bad) in err
     assert fingerprint(out) == before  # refused before the teacher is even read
+
+def test_a_refused_run_leaves_the_run_folder_untouched(tiny_run, data_dir, tmp_path):
+    # every file is read and checked before the run folder is claimed: a bad --task file (or text) neither
+    # creates the folder nor rewrites a finished one's .lock, its mtime included
+    args, out, _ = tiny_run
+    bad = write_items(tmp_path / "bad.jsonl", [{"context": "to be", "choices": [" or"], "gold": 0}, ["not an item"]])
+    assert "line 2 is a JSON list" in refused(with_out_dir(args, tmp_path / "new") + ["--task", bad])
+    (tmp_path / "bin.txt").write_bytes(b"\xff\xfe not utf-8")
+    assert "as UTF-8 text" in refused(["--preset", "tiny", "--dataset", str(tmp_path / "bin.txt"), "--data_dir",
+                                        str(tmp_path / "d"), "--out_dir", str(tmp_path / "new")], "train_teacher.py")
+    assert not (tmp_path / "new").exists()
+    shutil.copytree(out, tmp_path / "old")
+    (tmp_path / "old" / ".lock").write_text("123: the run before")
+    files = lambda: {f: (open(f, "rb").read(), os.stat(f).st_mtime_ns)
+                     for f in (os.path.join(d, f) for d, _, fs in os.walk(tmp_path / "old") for f in fs)}
+    before = files()
+    assert "line 2 is a JSON list" in refused(with_out_dir(args, tmp_path / "old") + ["--task", bad])
+    assert files() == before and str(tmp_path / "old" / ".lock") in before
 
 def test_task_names_never_collide(tiny_run, tmp_path):
     # a file named like a built-in task (or like another file's task) would replace that

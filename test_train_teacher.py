@@ -532,11 +532,66 @@ def test_a_failed_write_is_one_line_and_leaves_no_partial_file(data_dir, tmp_pat
         f"error: cannot write {tmp_path / 'o' / 'teacher.pt'} (File too large")
     assert files() == before  # neither teacher.pt nor a temp file
 
-def test_a_busy_folder_is_refused_at_once(tmp_path):
+def test_a_busy_folder_is_refused_at_once(data_dir, tmp_path):
     from plumbing import claim
     with claim(str(tmp_path / "o")):  # this process holds it, as a run in progress would
-        line = refused(["--preset", "tiny", "--out_dir", str(tmp_path / "o")])
+        line = refused(["--preset", "tiny", "--data_dir", data_dir, "--out_dir", str(tmp_path / "o")])
     assert f"{tmp_path / 'o'} is in use by another run (process {os.getpid()}" in line
+
+def test_an_out_dir_that_cannot_be_written_is_one_line(tiny_run, data_dir, tmp_path):
+    # a folder under a regular file cannot be created, even by root (for whom chmod 555 stops nothing):
+    # the lock, every write (the experiments' pictures and tables too) say so in one line, before any work
+    (tmp_path / "file").write_text("")
+    out = tmp_path / "file" / "out"
+    for script in ("dtr.py", "train_teacher.py"):
+        line = refused(["--preset", "tiny", "--data_dir", data_dir, "--out_dir", str(out)], script)
+        assert line == f"error: cannot write {out} (Not a directory); pick a folder you can write to (--out_dir, --data_dir)"
+    line = refused([os.path.join(tiny_run[1], "gla"), "--out", str(out)], "experiments/readme.py")
+    assert line.startswith(f"error: cannot write {out}/") and "(Not a directory)" in line
+    from plumbing import atomic_save, claim
+    with pytest.raises(DtrError, match=f"cannot write {out}/r.json \\(Not a directory\\)"):
+        atomic_save({"a": 1}, str(out / "r.json"))
+    with pytest.raises(DtrError, match="cannot write .* \\(Not a directory\\)"), claim(str(out)):
+        pass
+
+@pytest.mark.parametrize("env,script", [
+    pytest.param({"RANK": "1", "WORLD_SIZE": "2"}, "dtr.py", id="no-torchrun"),
+    pytest.param({"WORLD_SIZE": "abc"}, "train_teacher.py", id="not-a-number"),
+    pytest.param(dict(RANK="2", WORLD_SIZE="2", LOCAL_RANK="0", MASTER_ADDR="localhost", MASTER_PORT="29500"),
+                 "experiments/bench_decode.py", id="rank-too-high")])
+def test_torchrun_variables_left_in_the_environment_are_one_line(env, script, tmp_path, monkeypatch):
+    # RANK and WORLD_SIZE without torchrun's other variables (an exported shell, a job script) made a
+    # torch traceback or a batch-size error for processes that do not exist: one line that names them,
+    # from every script (plumbing.cli checks them first)
+    args = [str(tmp_path / "run")] if script.startswith("experiments") else ["--preset", "tiny", "--out_dir", str(tmp_path / "o")]
+    line = refused(args, script, env=env)
+    assert line.startswith(f"error: {' '.join(f'{k}={v}' for k, v in env.items())} in the environment, but not as "
+                           f"torchrun sets them") and line.endswith(f"unset {' '.join(env)} to run in one process, or start with torchrun")
+    assert not (tmp_path / "o").exists()
+    from plumbing import launched
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(DtrError, match="not as torchrun sets them"):
+        launched()
+    for k, v in dict(RANK="1", WORLD_SIZE="2", LOCAL_RANK="1", MASTER_ADDR="localhost", MASTER_PORT="29500").items():
+        monkeypatch.setenv(k, v)
+    assert launched() == (1, 2)  # as torchrun sets them
+
+@pytest.mark.parametrize("flag,value", [("--max_iters", "\u0663"), ("--batch_size", "\u00b2"), ("--lr", "\uff12e-3"),
+                                        ("--seed", "\uff17")])
+def test_numbers_in_other_digits_are_one_line(flag, value):
+    # int() reads Arabic-Indic and full-width digits and refuses '²', which str.isdigit() passes: ASCII only
+    with pytest.raises(DtrError, match=f"argument {flag}: invalid (int|float) value: '{value}'"):
+        dtr.parse_args(["--preset", "tiny", flag, value])
+
+def test_number_lists_in_other_digits_are_one_line(tmp_path):
+    # an int flag and the experiments' lists (--steps, --contexts: one rule, "ints>0"), on the real command line
+    assert refused(["--preset", "tiny", "--max_iters", "\u0663"]) == "error: argument --max_iters: invalid int value: '\u0663'; see --help"
+    line = refused([str(tmp_path), "--steps", "100,\u00b2"], "experiments/distill_curve.py")
+    assert line.startswith("error: --steps '100,\u00b2' is not a comma-separated list of whole numbers from 1 to")
+    from plumbing import RULES
+    ok = RULES["ints>0"][0]
+    assert ok("100,200") and ok(" 5 , 7") and not any(map(ok, ["0", "1,,2", "-3", "1.5", "\u0663", "\uff11", "9" * 5000, ""]))
 
 def test_changed_teacher_settings_are_refused_not_ignored(tiny_run):
     # a finished teacher trained with other settings is never reused under this run's settings

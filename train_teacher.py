@@ -577,15 +577,12 @@ def load_or_train(cfg, train_data, val_data, meta, device, bf16):
     print(f"teacher  reusing {path} (val loss {ckpt['val_loss']:.4f})")
     return model, ckpt.get("train_s"), 0.0
 
-def teach(cfg):
-    device, bf16 = choose_device(cfg.device)
-    train_data, val_data, meta = load_data(cfg)
-    load_or_train(cfg, train_data, val_data, meta, device, bf16)
-
 def main(argv=None):
     def job(cfg):
+        device, bf16 = choose_device(cfg.device)
+        data = load_data(cfg)  # checked before the run folder is claimed: a refused run leaves it untouched
         with claim(cfg.out_dir):  # one run at a time in a folder
-            teach(cfg)
+            load_or_train(cfg, *data, device, bf16)
     cli(job, lambda a: configure(TeacherConfig, a, __doc__, PRESETS), argv)
 
 if __name__ == "__main__":

@@ -6,9 +6,9 @@ To see them as a student would:
 
     DTR_SOLUTION=exercises/mistakes.py python -m pytest -q test_exercises.py
 
-Exercise 5 has two more mistakes here, which cannot share the name distill_loss:
-distill_loss_under_no_grad and distill_loss_summed; test_checks.py tries each in its place
-(EXPECTED_DISTILL_LOSS).
+Exercises 2 and 5 have more mistakes here, which cannot share the names chunked_linear_attention
+and distill_loss: chunked_calls_the_loop, chunked_calls_the_quadratic_form, distill_loss_under_no_grad
+and distill_loss_summed; test_checks.py tries each in its place (EXPECTED_CHUNKED, EXPECTED_DISTILL_LOSS).
 """
 import torch
 import torch.nn.functional as F
@@ -38,6 +38,19 @@ def chunked_linear_attention(q, k, v, log_g=None, initial_state=None, chunk_size
                                              None if log_g is None else log_g[:, :, part], initial_state)
         outs.append(o)
     return torch.cat(outs, 2), S
+
+def chunked_calls_the_loop(q, k, v, log_g=None, initial_state=None, chunk_size=64):
+    """Right values, no chunks: the recurrence one step at a time, as exercise 1's loop."""
+    outs, S = [], initial_state
+    for t in range(q.shape[2]):
+        o, S = kernel.linear_attention_step(q[:, :, t], k[:, :, t], v[:, :, t], None if log_g is None else log_g[:, :, t],
+                                            S, normalize=False)
+        outs.append(o)
+    return torch.stack(outs, 2), S
+
+def chunked_calls_the_quadratic_form(q, k, v, log_g=None, initial_state=None, chunk_size=64):
+    """Right values, no chunks: the T x T form (kernel.py's naive reference)."""
+    return kernel.naive_linear_attention(q, k, v, log_g, initial_state)
 
 def linear_attention_step(q, k, v, log_g=None, state=None, normalize=True):
     """Decays k v^T too, in place, and never normalises."""
@@ -173,6 +186,12 @@ EXPECTED = {
     "test_ex6_greedy_replace": "hurts least",
     "test_ex6_select_models": "is the lowest val loss seen",
     "test_ex7_reverse_greedy_trajectory_is_consistent": "scores",
+}
+
+# exercise 2's other mistakes, each in chunked_linear_attention's place: {function: {test: fragment}}
+EXPECTED_CHUNKED = {
+    "chunked_calls_the_loop": {"test_ex2_chunked_does_chunked_work": "it loops over the time steps"},
+    "chunked_calls_the_quadratic_form": {"test_ex2_chunked_does_chunked_work": "it is T x T, the quadratic form"},
 }
 
 # exercise 5's other mistakes, each in distill_loss's place: {function: {test: fragment}}

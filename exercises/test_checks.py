@@ -16,6 +16,7 @@ import pytest
 from conftest import HERE
 
 TEMPLATE, MISTAKES = (os.path.join(HERE, "exercises", name) for name in ("template.py", "mistakes.py"))
+OTHER_MISTAKES = [("chunked_linear_attention", "ex2", "EXPECTED_CHUNKED"), ("distill_loss", "ex5", "EXPECTED_DISTILL_LOSS")]
 
 def start_checks(solution, *args):
     """pytest on test_exercises.py with DTR_SOLUTION=solution, started in a subprocess."""
@@ -35,14 +36,15 @@ def outcomes(out):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """{file: (outcomes, output)} for the stubs, the mistakes, and each of exercise 5's other
-    mistakes: one file holds one distill_loss, so each of those runs on a copy of mistakes.py
-    with distill_loss pointing at it. The runs go side by side: two cores, four runs."""
+    """{file: (outcomes, output)} for the stubs, the mistakes, and each of exercises 2 and 5's other
+    mistakes: one file holds one chunked_linear_attention and one distill_loss, so each of those runs
+    on a copy of mistakes.py with that name pointing at it. The runs go side by side: two cores, six runs."""
     files, tmp = {"template.py": (TEMPLATE,), "mistakes.py": (MISTAKES,)}, tmp_path_factory.mktemp("mistakes")
-    for name in runpy.run_path(MISTAKES)["EXPECTED_DISTILL_LOSS"]:
-        with open(MISTAKES) as f:
-            (tmp / f"{name}.py").write_text(f.read() + f"\ndistill_loss = {name}\n")
-        files[name] = (tmp / f"{name}.py", "-k", "ex5")
+    for replaced, exercise, expected in OTHER_MISTAKES:
+        for name in runpy.run_path(MISTAKES)[expected]:
+            with open(MISTAKES) as f:
+                (tmp / f"{name}.py").write_text(f.read() + f"\n{replaced} = {name}\n")
+            files[name] = (tmp / f"{name}.py", "-k", exercise)
     started = {name: start_checks(*args) for name, args in files.items()}
     done = {name: p.communicate(timeout=300)[0] for name, p in started.items()}
     return {name: (outcomes(out), out) for name, out in done.items()}
@@ -64,5 +66,6 @@ def test_the_checks_fail_on_the_stubs(runs):
 def test_the_checks_name_each_typical_mistake(runs):
     mistakes = runpy.run_path(MISTAKES)
     assert_named(runs["mistakes.py"], mistakes["EXPECTED"])
-    for name, expected in mistakes["EXPECTED_DISTILL_LOSS"].items():
-        assert_named(runs[name], expected)
+    for _, _, others in OTHER_MISTAKES:
+        for name, expected in mistakes[others].items():
+            assert_named(runs[name], expected)

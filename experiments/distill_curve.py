@@ -39,7 +39,7 @@ def overrides(text):
 class CurveConfig(frame.RunConfig):
     """the distillation curve"""
     students: str = opt("gla,gdn", "comma-separated students to distill")
-    steps: str = opt("100,200,400,800,1500", "comma-separated step budgets, each a fresh distillation")
+    steps: str = opt("100,200,400,800,1500", "comma-separated step budgets, each a fresh distillation", "ints>0")
     set: str = opt("", "comma-separated distillation settings to change, e.g. distill_lr=4e-3,distill_batch_size=16")
     name: str = opt("default", "the result's name: distill_curve_<name>.json")
 
@@ -47,8 +47,6 @@ class CurveConfig(frame.RunConfig):
         bad = [s for s in self.students.split(",") if s not in dtr.STUDENTS]
         if bad:
             raise DtrError(f"--students {bad[0]!r} is not a student; use a comma-separated list of {', '.join(dtr.STUDENTS)}")
-        if not all(s.strip().isdigit() and int(s) > 0 for s in self.steps.split(",")):
-            raise DtrError(f"--steps {self.steps!r}: give comma-separated positive whole numbers of steps, e.g. 200,400")
         if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*", self.name):  # a file name, never a path
             raise DtrError(f"--name {self.name!r}: use letters, digits, '-', '_' or '.' (it names distill_curve_<name>.json)")
         overrides(self.set)  # before the run is loaded

@@ -7,6 +7,7 @@ import math
 import os
 
 import frame  # first: it puts the project's root on sys.path
+from plumbing import writing
 from tasks import METRICS
 
 def pyplot():
@@ -22,8 +23,9 @@ def pyplot():
 
 def save_figure(plt, fig, path):
     fig.tight_layout()
-    fig.savefig(path + ".tmp", format="png", dpi=110)
-    os.replace(path + ".tmp", path)
+    with writing(path):
+        fig.savefig(path + ".tmp", format="png", dpi=110)
+        os.replace(path + ".tmp", path)
     plt.close(fig)
     return path
 
@@ -166,7 +168,8 @@ def draw(runs, folder):
     plt = pyplot()
     if plt is None:
         return []
-    os.makedirs(folder, exist_ok=True)
+    with writing(folder):
+        os.makedirs(folder, exist_ok=True)
     paths = []
     for r in runs:
         title, ks, L = r["label"].replace("`", ""), range(1, r["n_layer"] + 1), r["n_layer"]

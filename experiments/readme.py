@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import frame  # first: it puts the project's root on sys.path
 import pictures
 import tables
-from plumbing import DtrError, load_file, opt
+from plumbing import DtrError, load_file, opt, writing
 
 @dataclass
 class ReadmeConfig:
@@ -95,9 +95,10 @@ def load_runs(run_dirs):
 # ---- writing ----
 
 def write(path, text):
-    with open(path + ".tmp", "w") as f:
+    with writing(path), open(path + ".tmp", "w") as f:
         f.write(text)
-    os.replace(path + ".tmp", path)
+    with writing(path):
+        os.replace(path + ".tmp", path)
 
 def fill(path, marker, lines):
     """Replace what sits between <!-- marker:start --> and <!-- marker:end --> in path, atomically."""
