@@ -276,9 +276,11 @@ def claim(folder):
     if launched()[0] > 0 or fcntl is None:
         yield
         return
+    lock = os.path.join(folder, ".lock")
+    made, had = not os.path.isdir(folder), os.path.exists(lock)  # what a refused run puts back as it was
     with writing(folder):
         os.makedirs(folder, exist_ok=True)
-        f = open(os.path.join(folder, ".lock"), "a+")
+        f = open(lock, "a+")
     with f:
         with writing(f.name):
             try:
@@ -287,10 +289,24 @@ def claim(folder):
                 f.seek(0)
                 raise DtrError(f"{folder} is in use by another run (process {f.read().strip() or '?'}); wait for it "
                                f"to finish, or pick another --out_dir") from None
+            f.seek(0)
+            before, times = f.read(), os.stat(lock)
             f.truncate(0)
             f.write(f"{os.getpid()}: {' '.join(sys.argv)}")
             f.flush()
-        yield  # closing the file releases the lock
+        try:
+            yield  # closing the file releases the lock
+        except DtrError:  # refused (a bad --init_from, a teacher of other settings): the folder as it was
+            f.seek(0)
+            f.truncate(0)
+            f.write(before)
+            f.flush()
+            os.utime(lock, ns=(times.st_atime_ns, times.st_mtime_ns))
+            if not had:
+                os.remove(lock)
+            if made and not os.listdir(folder):
+                os.rmdir(folder)
+            raise
 
 def check_resumable(saved, want, path):
     """Refuse to continue from a file written with other settings, naming the first that differs."""

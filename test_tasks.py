@@ -316,6 +316,12 @@ def test_a_refused_run_leaves_the_run_folder_untouched(tiny_run, data_dir, tmp_p
     before = files()
     assert "line 2 is a JSON list" in refused(with_out_dir(args, tmp_path / "old") + ["--task", bad])
     assert files() == before and str(tmp_path / "old" / ".lock") in before
+    # refused once the work has begun (a teacher of other settings, an --init_from that is no model): the same
+    assert "rerun with the settings it was written with" in refused(with_out_dir(args, tmp_path / "old") + ["--lr", "1e-3"])
+    assert files() == before
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    refused(with_out_dir(args, tmp_path / "new") + ["--init_from", str(tmp_path / "junk.pt")])
+    assert not (tmp_path / "new").exists()
 
 def test_task_names_never_collide(tiny_run, tmp_path):
     # a file named like a built-in task (or like another file's task) would replace that
