@@ -3,8 +3,8 @@ Distill-then-Replace (DtR, arXiv 2601.11667) in one file, in the paper's order:
 
 0. a pretrained full-attention GPT: the teacher (train_teacher.py trains one if it is missing,
    or imports yours: --init_from a nanoGPT checkpoint, GPT-2, or a Llama, Qwen2 or Mistral model);
-1. the linear-attention students: every block's attention gets a linear twin, q/k/v/o copied
-   (hedgehog, gla, or gdn: Gated DeltaNet);
+1. the linear-attention students (students.py): every block's attention gets a linear twin, q/k/v/o
+   copied (hedgehog, gla, gdn: Gated DeltaNet, or jet: JetBlock, each with optional levers);
 2. blockwise local distillation (§3.1): each twin learns to reproduce its teacher block's
    output from the teacher block's own input (MSE), all blocks at once;
 3. greedy replacement (Algorithm 1): swap in, one at a time, the twin whose swap hurts the
