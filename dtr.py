@@ -37,7 +37,8 @@ from plumbing import (DtrError, Pace, Partial, atomic_save, autocast, check_resu
 from prepare import load_data
 from tasks import (METRICS, batch_scores, evaluate, n_scored, reduce, task_batches, task_metric, task_sources,
                    without_repeat)
-from students import LEVERS, STUDENTS, GatedDeltaNet, JetBlock, LinearAttention, make_students, student_levers
+from students import (LEVERS, NO_LEVERS, STUDENTS, GatedDeltaNet, JetBlock, LinearAttention, auto_window, make_students,
+                      student_levers)
 from train_teacher import (PRESETS as TEACHER_PRESETS, TeacherConfig, configure, cosine_lr, get_batch, load_model,
                            load_or_train, sample_text)
 
@@ -54,8 +55,9 @@ class Config(TeacherConfig):
                               "(RoFormer's linear form; hedgehog, gla) or none; auto: before, none for jet",
                       ("auto", "before", "after", "none"))
     out_norm: bool = opt(False, "a per-head RMSNorm and SiLU output gate on the student's output (jet always has one)")
-    window: int = opt(0, "a sliding-window softmax branch over the last W tokens beside the linear one, at most "
-                         "block_size / 8 (0: none)", ">=0")
+    window: int = opt(-1, "a sliding-window softmax branch over the last W tokens beside the linear one, at most "
+                          "block_size / 8; 0: none (purely linear); -1 (auto): block_size / 8, at most 64, for a "
+                          "rotary teacher (Llama, Qwen2, Mistral, --arch llama), none for learned positions", ">=-1")
     distill_iters: int = opt(400, "distillation steps (all blocks train together)", ">0")
     distill_lr: float = opt(4e-3, "distillation peak learning rate", ">0")
     distill_batch_size: int = opt(8, "sequences per distillation step", ">0")
@@ -467,6 +469,9 @@ def run(cfg, inputs=None):
                    "distill_batch_size": cfg.distill_batch_size, "gate_init": cfg.gate_init, "seed": cfg.seed,
                    **student_levers(cfg)}
     students = [s.to(device) for s in make_students(model, cfg.student, **student_levers(cfg))]
+    s = students[0]
+    print(f"students {cfg.student} | short conv {cfg.short_conv or 'none'} | rotations {s.rotary} | output norm "
+          f"{'yes' if s.out_norm is not None else 'no'} | window {s.window or 'none'}" + (" (auto)" if cfg.window < 0 else ""))
     students_reused = os.path.exists(students_path)
     if students_reused:
         distill_train_s = load_students(students_path, students, device, distill_key)

@@ -20,6 +20,8 @@ would without it, or as close as a measured start allows:
 - out_norm: a per-head RMSNorm and a SiLU output gate on the attention's output (jet always has it);
 - window W: a softmax branch over the last W tokens (the teacher's own q, k, rotations and scale),
   mixed with the linear branch by a learned per-head gate. Its cache is W - 1 keys and values.
+  dtr.py's default (auto_window) gives one to rotary teachers only, where the linear branch alone
+  falls short; a student with window 0 is purely linear.
 
 Read: the feature map and convolution -> the window branch -> Student (q/k/v/o and the levers) ->
 the cores -> make_students.
@@ -35,7 +37,8 @@ from kernel import EPS, gated_delta_rule, gated_delta_rule_step, linear_attentio
 from train_teacher import rope
 
 STUDENTS = ("gla", "hedgehog", "gdn", "jet")
-LEVERS = ("short_conv", "rotary", "out_norm", "window")  # make_students' keywords, dtr.py's flags
+NO_LEVERS = dict(short_conv=0, rotary="auto", out_norm=False, window=0)  # a student with no lever pulled
+LEVERS = tuple(NO_LEVERS)  # make_students' keywords, dtr.py's flags
 SILU_ONE = 1.2785  # silu(1.2785) = 1.0000: an output gate that starts open, passing y unchanged
 
 # ---- the feature map, and the short causal convolution ----
@@ -298,9 +301,17 @@ class JetBlock(GatedDeltaNet):
         v = self.convolve("v_conv", v.transpose(1, 2).reshape(B, T, nh * hs), kernel, cache)
         return self.delta(q, k, v.view(B, T, nh, hs).transpose(1, 2), x, cache)  # (B, nh, T, hs)
 
+def auto_window(config):
+    """window=-1 (auto, dtr.py's default): a window where the linear students alone fall short, a
+    rotary teacher's (RESULTS.md's lever table), an eighth of its context up to LoLCATs' and
+    Liger's 64 tokens; none for a teacher with learned positions. config: the teacher's GPTConfig."""
+    return min(64, config.block_size // 8) if config.pos == "rope" else 0
+
 def make_students(model, kind, **levers):
     """One student per block, initialised from that block's attention. kind: one of STUDENTS;
-    levers: short_conv, rotary, out_norm, window (see the top of the file)."""
+    levers: short_conv, rotary, out_norm, window (see the top of the file; window=-1: auto_window)."""
+    if levers.get("window", 0) < 0:
+        levers["window"] = auto_window(model.config)
     make = {"hedgehog": lambda attn: LinearAttention(attn, gated=False, **levers),
             "gla": lambda attn: LinearAttention(attn, gated=True, **levers),
             "gdn": lambda attn: GatedDeltaNet(attn, **levers), "jet": lambda attn: JetBlock(attn, **levers)}[kind]

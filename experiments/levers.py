@@ -9,8 +9,10 @@ holds against full attention's at the run's context.
     python experiments/levers.py out/shakespeare_char-cpu/gla
     python experiments/levers.py out/llama/gla --variants "gla;gla short_conv=4;jet window=16"
     python experiments/levers.py out/shakespeare_char-cpu/gla,out/llama/gla --markdown   # RESULTS.md's table
+    python experiments/levers.py out/shakespeare_char-cpu/gla,out/llama/gla --summary    # README.md's, from the runs
 
-Writes levers.json beside the run, after each variant (times are this process's: run alone).
+Writes levers.json beside the run, after each variant (times are this process's: run alone). A
+variant's levers are pulled over none (students.NO_LEVERS), whatever dtr.py's defaults are.
 """
 import dataclasses
 import os
@@ -50,9 +52,10 @@ def parse_variants(text, sep=";", flag="--variants"):
 class LeversConfig(frame.RunConfig):
     """the lever table"""
     variants: str = opt(VARIANTS, "semicolon-separated variants, each a student and its levers as name=value")
-    markdown: bool = opt(False, "print RESULTS.md's table from the levers.json of the comma-separated run folders instead")
-    update_project: bool = opt(False, "with --markdown: write the table into this checkout's RESULTS.md and its summary "
-                                      "into README.md (between their levers markers)")
+    markdown: bool = opt(False, "print RESULTS.md's lever table from the levers.json of the comma-separated run folders")
+    summary: bool = opt(False, "print README.md's summary from the comma-separated finished runs' own reports")
+    update_project: bool = opt(False, "with --markdown or --summary: write it into this checkout's RESULTS.md or "
+                                      "README.md, between their levers markers")
 
     def check(self):
         parse_variants(self.variants)
@@ -61,54 +64,64 @@ def name(student, levers):
     return " ".join([f"`{student}`"] + [f"{k}={v}" for k, v in levers.items()])
 
 def markdown(run_dirs):
-    """RESULTS.md's lever table (a row per teacher and variant), and README.md's summary: per
-    teacher, dtr.py's default student and the variant with the best all-linear test loss."""
+    """RESULTS.md's lever table, a row per teacher and variant (from each run's levers.json). Times are
+    compared within a teacher (the same process, one variant after another), against its first row."""
     table = ["| teacher (test loss) | student and levers | all-linear test loss | linear branch off | M_opt at 1% "
-             "(test loss) | M_opt at 2% (test loss) | relative MSE per layer | distill + greedy | / teacher time | "
+             "(test loss) | M_opt at 2% (test loss) | relative MSE per layer | distill + greedy | x first row | "
              "cache per layer (numbers) |", "|---" * 10 + "|"]
-    summary = ["| teacher | student | all-linear test loss | M_opt at 2% | conversion / teacher time | cache per layer |",
-               "|---" * 6 + "|"]
-    default = {k: f.default for k, f in dtr.Config.__dataclass_fields__.items() if k in dtr.LEVERS + ("student",)}
-    effective = lambda r: (r["student"], {k: r["levers"].get(k, default[k]) for k in dtr.LEVERS})  # the levers it ran with
     for d in run_dirs:
         res = load_file(os.path.join(d, "levers.json"), f"run python experiments/levers.py {d} first", ("runs", "key"))
-        t0, rows = res["teacher_test_loss"], {}
+        t0, first = res["teacher_test_loss"], res["runs"][0]["distill_s"] + res["runs"][0]["greedy_s"]
         for r in res["runs"]:
             L, off, conv = len(r["mse"]), r.get("window_only_test_loss"), r["distill_s"] + r["greedy_s"]
             m = {p: f"{len(r[f'm_opt_{p}pct']['linear_layers'])}/{L} ({r[f'm_opt_{p}pct']['test_loss']:.4f})" for p in (1, 2)}
-            cells = [f"{res['arch']} ({t0:.4f})", name(r["student"], r["levers"]), f"{r['all_linear_test_loss']:.4f} "
-                     f"({frame.change_text(r['all_linear_test_loss'], t0, 'loss')})",
-                     f"{off:.4f} ({frame.change_text(off, t0, 'loss')})" if off is not None else "-", m[1], m[2],
-                     " ".join(f"{x:.3f}" for x in r["rel_mse"]), f"{conv:.0f} s",
-                     f"{100 * conv / res['teacher_train_s']:.0f}%", f"{r['cache_floats']:,}"]
-            table.append("| " + " | ".join(cells) + " |")
-            rows[(r["student"], tuple(sorted(r["levers"].items())))] = cells
+            table.append(f"| {res['arch']} ({t0:.4f}) | {name(r['student'], r['levers'])} | {r['all_linear_test_loss']:.4f} "
+                         f"({frame.change_text(r['all_linear_test_loss'], t0, 'loss')}) | "
+                         + (f"{off:.4f} ({frame.change_text(off, t0, 'loss')})" if off is not None else "-")
+                         + f" | {m[1]} | {m[2]} | {' '.join(f'{x:.3f}' for x in r['rel_mse'])} | {conv:.0f} s | "
+                         f"{conv / first:.2f} | {r['cache_floats']:,} |")
         table.append(f"| {res['arch']} | full attention at context {res['block_size']} |" + " |" * 7 +
                      f" {res['full_cache_floats']:,} |")
-        best = min(res["runs"], key=lambda r: r["all_linear_test_loss"])
-        for r in [r for r in res["runs"] if effective(r) == effective({"student": default["student"], "levers": {}})] + [best]:
-            c = rows[(r["student"], tuple(sorted(r["levers"].items())))]
-            line = f"| {c[0]} | {c[1]} | {c[2]} | {c[5]} | {c[8]} | {c[9]} (full attention: {res['full_cache_floats']:,}) |"
-            summary += [] if line in summary else [line]
-    return table, summary
+    return table
+
+def summary(run_dirs, device="cpu"):
+    """README.md's summary: per finished run (dtr.py's own report), the student it ran, its all-linear
+    model and M_opt against the teacher, conversion time against the teacher's training in that run,
+    and the decode cache a linear layer holds against full attention's."""
+    out = ["| teacher | student | all-linear test loss | M_opt at 2% | conversion / teacher time | cache per layer (numbers) |",
+           "|---" * 6 + "|"]
+    for d in run_dirs:
+        cfg, report, model, students, _ = frame.load_run(d, device)
+        t0, t1, L = report["test"][0]["loss"], report["test"][-1]["loss"], cfg.n_layer
+        s, k = students[0], len(report["m_opt"]["linear_layers"])
+        levers = {"short_conv": cfg.short_conv, "rotary": cfg.rotary, "out_norm": cfg.out_norm, "window": s.window}  # auto: its value
+        shown = {key: v for key, v in levers.items() if v != dtr.NO_LEVERS[key]}
+        conv = report["timings_s"]["distill"] + report["timings_s"]["greedy"]
+        full = 2 * model.transformer.h[0].attn.new_cache(1, cfg.block_size)["k"].numel()
+        teacher = cfg.init_from or {"gpt2": "GPT-2", "llama": "Llama"}[cfg.arch] + "-shaped"
+        out.append(f"| {teacher}, {'rotary' if model.config.pos == 'rope' else 'learned'} positions ({t0:.4f}) | "
+                   f"{name(cfg.student, shown)} | {t1:.4f} ({frame.change_text(t1, t0, 'loss')}) | {k}/{L} linear "
+                   f"({frame.change_text(report['m_opt']['test_loss'], t0, 'loss')}) | {100 * conv / report['teacher']['train_s']:.0f}% | "
+                   f"{distill_curve.cache_floats(s, cfg.block_size, device):,} (full attention {full:,}) |")
+    return out
 
 def run(args):
-    if args.markdown:
-        table, summary = markdown(args.run_dir.split(","))
-        print("\n".join(table + [""] + summary))
+    if args.markdown or args.summary:
+        lines = markdown(args.run_dir.split(",")) if args.markdown else summary(args.run_dir.split(","))
+        print("\n".join(lines))
         if args.update_project:
-            readme.fill(os.path.join(frame.ROOT, "RESULTS.md"), "levers", table)
-            readme.fill(os.path.join(frame.ROOT, "README.md"), "levers", summary)
-            print(f"wrote {frame.ROOT}/RESULTS.md and README.md (their levers sections)")
+            path = os.path.join(frame.ROOT, "RESULTS.md" if args.markdown else "README.md")
+            readme.fill(path, "levers", lines)
+            print(f"wrote {path} (its levers section)")
         return
     device, bf16, cfg, report, model, _, (train, val, meta) = frame.open_run(args)
     lm = (tasks.lm_batches(cfg, val, device), tasks.lm_batches(cfg, val, device, test=True))  # (search, test)
     teacher_test = report["test"][0]["loss"]
     result = {"key": frame.result_key(report, bf16, search=lm[0], test=lm[1]), "teacher_test_loss": teacher_test,
               "teacher_train_s": report["teacher"]["train_s"], "arch": cfg.arch, "block_size": cfg.block_size,
+              "rotary": model.config.pos == "rope",
               "full_cache_floats": 2 * model.transformer.h[0].attn.new_cache(1, cfg.block_size)["k"].numel(), "runs": []}
-    defaults = {k: f.default for k, f in dtr.Config.__dataclass_fields__.items() if k in dtr.LEVERS}
-    variants = [(student, levers, validate(dataclasses.replace(cfg, student=student, **{**defaults, **levers})))
+    variants = [(student, levers, validate(dataclasses.replace(cfg, student=student, **{**dtr.NO_LEVERS, **levers})))
                 for student, levers in parse_variants(args.variants)]  # every variant checked before any work
     for student, levers, c in variants:
         r = {"student": student, "levers": levers, **distill_curve.one_budget(model, c, train, lm, device, bf16)}

@@ -558,6 +558,8 @@ def test_levers_reproduce_the_run_and_show_the_windows_own_work(finished_run):
     assert gla["cache_floats"] < res["full_cache_floats"] * 4  # a state, not a growing KV cache
     table = launch([sys.executable, "experiments/levers.py", finished_run, "--markdown"])
     assert "| `jet` short_conv=4 window=4 |" in table and "| gpt2 | full attention at context" in table
+    summary = launch([sys.executable, "experiments/levers.py", finished_run, "--summary"])  # the run itself, as dtr.py ran it
+    assert f"| GPT-2-shaped, learned positions ({report['test'][0]['loss']:.4f}) | `gla` | {report['test'][-1]['loss']:.4f} (" in summary
 
 @pytest.mark.parametrize("variants,says", [("mamba", "'mamba' is not a student"), ("gla foo=1", "'foo=1' is not a lever"),
                                            ("gla window=x", "--window"), ("gdn rotary=after", "")])
