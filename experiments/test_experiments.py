@@ -76,30 +76,6 @@ def test_decode_speedups_compare_each_model_in_its_faster_mode():
     assert "| 8192 | all-linear | 2.0x | 2.0x | 4.0x | 4.0x | 100x |" in text  # all_linear: 200 / 100 eager, 400 / 100 best
     assert "| 8192 | M_opt (3/6 linear) | 1.5x | 1.5x | 2.0x | 2.0x | 2x |" in text  # m_opt
 
-def test_bench_decode_times_each_student_whose_cache_does_not_grow(finished_run, tmp_path, capsys):
-    """--students gla,jet: a row per model and context; each all-linear model's cache the same at
-    both contexts (a fixed-size state: the int "n" and tensors of several shapes) while the teacher's
-    KV cache grows; each its row of speed-up and cache ratio in the markdown. A bad variant: one line."""
-    run = copy_run(finished_run, tmp_path / "out")  # (the finished run's own decode_bench.json stays its own)
-    code, said = run_main(bench_decode, [run, "--contexts", "64,128", "--new_tokens", "2", "--repeats", "1", "--batch", "2",
-                                         "--students", "gla,jet", "--no-compile"], capsys)
-    assert code == 0, said
-    with open(os.path.join(run, "decode_bench.json")) as f:
-        bench = json.load(f)
-    cache = {(w["model"], w["context"]): w["cache_bytes"] for w in bench["rows"]}
-    assert bench["students"] == ["gla", "jet"] and bench["own_student"] == "gla"
-    assert sorted(cache) == sorted((m, n) for m in ("teacher", "m_opt", "gla", "jet") for n in (64, 128))
-    assert cache["teacher", 64] < cache["teacher", 128]
-    for m in ("gla", "jet"):
-        assert 0 < cache[m, 64] == cache[m, 128] < cache["teacher", 128]
-    with open(os.path.join(run, "report.json")) as f:
-        text = "\n".join(bench_decode.markdown(bench, json.load(f)))
-    for m, n in itertools.product(("gla", "jet"), (64, 128)):
-        assert re.search(rf"\| {n} \| all-linear `{m}` \| [0-9.]+x \| [0-9.]+x \| {round(cache['teacher', n] / cache[m, n])}x \|", text)
-    assert "--students: 'gnd' is not a student" in refused_here(bench_decode.main, [run, "--students", "gla,gnd"], capsys)
-    assert "--window 16 is more than an eighth of the context (64)" in refused_here(bench_decode.main, [run, "--students",
-                                                                                                       "jet window=16"], capsys)
-
 def checkout_files(root=ROOT):
     """The project's own files, each with its time and size (None: gone): git's tracked files and the
     untracked ones it does not ignore, so a run writing into out/ or data/ beside the suite is not
@@ -567,3 +543,27 @@ def test_levers_refuse_a_variant_dtr_would_refuse(finished_run, variants, says):
     if not says:  # a variant dtr.py's own checks refuse (Config.check), before any distillation
         says = "--rotary after (RoFormer's linear form) is for the hedgehog and gla students"
     assert says in refused([finished_run, "--variants", variants], "experiments/levers.py")
+
+def test_bench_decode_times_each_student_whose_cache_does_not_grow(finished_run, tmp_path, capsys):
+    """--students gla,jet: a row per model and context; each all-linear model's cache the same at
+    both contexts (a fixed-size state: the int "n" and tensors of several shapes) while the teacher's
+    KV cache grows; each its row of speed-up and cache ratio in the markdown. A bad variant: one line."""
+    run = copy_run(finished_run, tmp_path / "out")  # (the finished run's own decode_bench.json stays its own)
+    code, said = run_main(bench_decode, [run, "--contexts", "64,128", "--new_tokens", "2", "--repeats", "1", "--batch", "2",
+                                         "--students", "gla,jet", "--no-compile"], capsys)
+    assert code == 0, said
+    with open(os.path.join(run, "decode_bench.json")) as f:
+        bench = json.load(f)
+    cache = {(w["model"], w["context"]): w["cache_bytes"] for w in bench["rows"]}
+    assert bench["students"] == ["gla", "jet"] and bench["own_student"] == "gla"
+    assert sorted(cache) == sorted((m, n) for m in ("teacher", "m_opt", "gla", "jet") for n in (64, 128))
+    assert cache["teacher", 64] < cache["teacher", 128]
+    for m in ("gla", "jet"):
+        assert 0 < cache[m, 64] == cache[m, 128] < cache["teacher", 128]
+    with open(os.path.join(run, "report.json")) as f:
+        text = "\n".join(bench_decode.markdown(bench, json.load(f)))
+    for m, n in itertools.product(("gla", "jet"), (64, 128)):
+        assert re.search(rf"\| {n} \| all-linear `{m}` \| [0-9.]+x \| [0-9.]+x \| {round(cache['teacher', n] / cache[m, n])}x \|", text)
+    assert "--students: 'gnd' is not a student" in refused_here(bench_decode.main, [run, "--students", "gla,gnd"], capsys)
+    assert "--window 16 is more than an eighth of the context (64)" in refused_here(bench_decode.main, [run, "--students",
+                                                                                                       "jet window=16"], capsys)
