@@ -417,6 +417,14 @@ def run_tasks(model, students, tasks, cfg, device="cpu", bf16=False, done=None):
 
 # ---- 6. the pipeline ----
 
+def run_name(config):
+    """A run's folder under --out_dir (config: its settings as a dict): the student, then each lever
+    pulled away from dtr.py's default, so that students with other levers never share a folder
+    (gla, gla-window16, jet-short_conv4-out_norm)."""
+    pulled = [k if v is True else f"{k}{v}" for k, v in ((k, config.get(k, Config.__dataclass_fields__[k].default))
+                                                          for k in LEVERS) if v != Config.__dataclass_fields__[k].default]
+    return "-".join([config["student"]] + pulled)
+
 def load_students(path, students, device, key=None):
     """Load distilled students (refused if `key` differs); returns the seconds their training took."""
     saved = load_file(path, "delete it to distill again", ("key", "students"))
@@ -462,7 +470,7 @@ def run(cfg, inputs=None):
     model.requires_grad_(False)
 
     # 1-2. the students, distilled (or their saved result reused)
-    t0, run_dir = time.time(), os.path.join(cfg.out_dir, cfg.student)
+    t0, run_dir = time.time(), os.path.join(cfg.out_dir, run_name(vars(cfg)))
     students_path = os.path.join(run_dir, "students.pt")
     distill_key = {"teacher_sha256": weights_sha256(model), "student": cfg.student,
                    "distill_iters": cfg.distill_iters, "distill_lr": cfg.distill_lr,

@@ -59,7 +59,7 @@ def causal_conv(x, weight, past):
     K = weight.size(-1)
     xp = torch.cat([past.to(x.dtype), x], dim=1)  # (B, K - 1 + T, D)
     y = (xp.unfold(1, K, 1) * weight).sum(-1)  # windows (B, T, D, K) against the kernel
-    return y, xp[:, xp.size(1) - (K - 1):]
+    return y, xp[:, xp.size(1) - (K - 1):].clone()  # a copy: a view would hold the whole prefill
 
 def identity_kernel(D, K):
     """A (D, K) convolution kernel that passes x_t through unchanged: 1 on the newest tap."""

@@ -657,3 +657,9 @@ def test_imports_form_a_tree_and_names_are_defined_before_use():
         imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names} | \
                    {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
         assert not {m for m in imported if m.startswith("test_")}, path
+
+def test_students_with_other_levers_get_their_own_folder():
+    # a lever pulled away from dtr.py's default names the run folder, so --window 4 never meets plain gla's students.pt
+    name = lambda **kw: dtr.run_name(vars(dtr.Config(**kw)))
+    assert name() == "gla" and name(student="jet") == "jet" and dtr.run_name({"student": "gdn"}) == "gdn"
+    assert name(window=4, out_norm=True) == "gla-out_norm-window4" and name(window=0, rotary="none") == "gla-rotarynone-window0"

@@ -99,7 +99,7 @@ def bench_decode(cfg, model_args, device, patterns, contexts, new_tokens=32, rep
     torch._dynamo.config.fail_on_recompile_limit_hit = True
     steps = {name: {"eager": m} for name, m in models.items()}
     for name, m in models.items():  # all compiled or none: the tables compare like with like
-        steps[name]["compiled"] = compiled_decoder(m, batch, device, name) if compile else None
+        steps[name]["compiled"] = compiled_decoder(m, batch, device, name, min(70, m.config.block_size - 3)) if compile else None
         if steps[name]["compiled"] is None:
             break
     modes = ["eager"] + (["compiled"] if all(s.get("compiled") is not None for s in steps.values()) else [])

@@ -73,7 +73,7 @@ def run_cwds(run_dir, report):
     """The folders a run's relative paths (--data_dir data) may be relative to, likeliest first: the
     one python dtr.py ran in as found from where the run folder sits (<it>/<--out_dir>/<student>,
     right even after the project moved), the one the report recorded, and this one."""
-    here, out = os.path.abspath(run_dir), os.path.normpath(os.path.join(report["config"]["out_dir"], report["student"]))
+    here, out = os.path.abspath(run_dir), os.path.normpath(os.path.join(report["config"]["out_dir"], dtr.run_name(report["config"])))
     found = [here[:-len(out)].rstrip(os.sep) or os.sep] if not os.path.isabs(out) and not out.startswith("..") \
         and here.endswith(os.sep + out) else []
     return list(dict.fromkeys(found + [report.get("cwd", os.getcwd()), os.getcwd()]))

@@ -22,6 +22,7 @@ import frame  # first: it puts the project's root on sys.path
 import distill_curve
 import dtr
 import readme
+import tables
 import tasks
 from plumbing import DtrError, load_file, opt, parse_flags, validate
 
@@ -39,11 +40,16 @@ def parse_variants(text, sep=";", flag="--variants"):
         student, *pairs = part.split()
         if student not in dtr.STUDENTS:
             raise DtrError(f"{flag}: {student!r} is not a student; start each variant with one of {', '.join(dtr.STUDENTS)}")
-        bad = [p for p in pairs if p.partition("=")[0] not in dtr.LEVERS]
-        if bad:
-            raise DtrError(f"{flag}: {bad[0]!r} is not a lever; give {', '.join(dtr.LEVERS)} (name=value, out_norm alone)")
+        names = [p.partition("=")[0] for p in pairs]
+        bad = [p for p, n in zip(pairs, names) if n not in dtr.LEVERS or (n == "out_norm") == ("=" in p)]
+        if bad or len(set(names)) < len(names):
+            raise DtrError(f"{flag} {part!r}: " + (f"{bad[0]!r} is not a lever; give {', '.join(dtr.LEVERS[:2])}, "
+                           f"{dtr.LEVERS[3]} as name=value, out_norm alone" if bad else "a lever given twice"))
         argv = [a for p in pairs for a in ["--" + p.partition("=")[0]] + ([p.partition("=")[2]] if "=" in p else [])]
-        out.append((student, parse_flags(dtr.Config, argv, flag)))
+        try:
+            out.append((student, parse_flags(dtr.Config, argv, flag)))
+        except DtrError as e:  # dtr.py's own words, with the variant named
+            raise DtrError(f"{flag} {part!r}: {str(e).removesuffix('; see --help')}") from None
     if not out:
         raise DtrError(f"{flag} is empty; give e.g. \"gla{sep} gla short_conv=4\"")
     return out
@@ -96,12 +102,12 @@ def summary(run_dirs, device="cpu"):
         s, k = students[0], len(report["m_opt"]["linear_layers"])
         levers = {"short_conv": cfg.short_conv, "rotary": cfg.rotary, "out_norm": cfg.out_norm, "window": s.window}  # auto: its value
         shown = {key: v for key, v in levers.items() if v != dtr.NO_LEVERS[key]}
-        conv = report["timings_s"]["distill"] + report["timings_s"]["greedy"]
+        share = tables.conversion_share(report)  # distillation (as first trained, not a rerun's reuse) + greedy
         full = 2 * model.transformer.h[0].attn.new_cache(1, cfg.block_size)["k"].numel()
         teacher = cfg.init_from or {"gpt2": "GPT-2", "llama": "Llama"}[cfg.arch] + "-shaped"
         out.append(f"| {teacher}, {'rotary' if model.config.pos == 'rope' else 'learned'} positions ({t0:.4f}) | "
                    f"{name(cfg.student, shown)} | {t1:.4f} ({frame.change_text(t1, t0, 'loss')}) | {k}/{L} linear "
-                   f"({frame.change_text(report['m_opt']['test_loss'], t0, 'loss')}) | {100 * conv / report['teacher']['train_s']:.0f}% | "
+                   f"({frame.change_text(report['m_opt']['test_loss'], t0, 'loss')}) | {f'{share:.0%}' if share else '-'} | "
                    f"{distill_curve.cache_floats(s, cfg.block_size, device):,} (full attention {full:,}) |")
     return out
 
@@ -121,8 +127,13 @@ def run(args):
               "teacher_train_s": report["teacher"]["train_s"], "arch": cfg.arch, "block_size": cfg.block_size,
               "rotary": model.config.pos == "rope",
               "full_cache_floats": 2 * model.transformer.h[0].attn.new_cache(1, cfg.block_size)["k"].numel(), "runs": []}
-    variants = [(student, levers, validate(dataclasses.replace(cfg, student=student, **{**dtr.NO_LEVERS, **levers})))
-                for student, levers in parse_variants(args.variants)]  # every variant checked before any work
+    variants = []
+    for student, levers in parse_variants(args.variants):  # every variant checked before any work
+        try:
+            variants.append((student, levers, validate(dataclasses.replace(cfg, student=student, **{**dtr.NO_LEVERS, **levers}))))
+        except DtrError as e:
+            raise DtrError(f"--variants {name(student, levers).replace('`', '')!r}"
+                           f"{' (a default variant; give your own --variants)' if args.variants == VARIANTS else ''}: {e}") from None
     for student, levers, c in variants:
         r = {"student": student, "levers": levers, **distill_curve.one_budget(model, c, train, lm, device, bf16)}
         result["runs"].append(r)
