@@ -139,18 +139,9 @@ def world(before_init=False):
         return launched()[1]
     return dist.get_world_size() if dist.is_initialized() else 1
 
-def dist_init(device):
-    """Join the process group when launched by torchrun (it sets RANK, LOCAL_RANK, WORLD_SIZE)."""
-    if dist.is_initialized() or launched()[1] == 1:
-        return
-    dist.init_process_group("nccl" if device == "cuda" else "gloo")
-    if device == "cuda":
-        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))  # "cuda" now means this process's GPU
-    if rank() > 0:
-        sys.stdout = open(os.devnull, "w")  # one log, written by rank 0; errors still reach stderr
-
 def choose_device(name):
-    """The one place device and dtype are chosen: cuda -> mps -> cpu, bf16 autocast on CUDA."""
+    """The one place device and dtype are chosen: cuda -> mps -> cpu, bf16 autocast on CUDA; launched by
+    torchrun, this process joins the process group here."""
     reason = "asked for"
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
@@ -160,21 +151,18 @@ def choose_device(name):
     if name == "mps" and not torch.backends.mps.is_available():
         raise DtrError("--device mps, but MPS is not available; use --device cpu (or auto)")
     bf16 = name == "cuda" and torch.cuda.is_bf16_supported()
-    dist_init(name)
+    if not dist.is_initialized() and launched()[1] > 1:
+        dist.init_process_group("nccl" if name == "cuda" else "gloo")
+        if name == "cuda":
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))  # "cuda" now means this process's GPU
+        if rank() > 0:
+            sys.stdout = open(os.devnull, "w")  # one log, written by rank 0; errors still reach stderr
     print(f"device {name} ({reason}){', bf16 autocast' if bf16 else ', fp32'}"
           f"{f', {world()} processes (torchrun)' if world() > 1 else ''}")
     return name, bf16
 
 def autocast(device, bf16):
     return torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16)
-
-def all_gather(obj):
-    """Every process's obj (any picklable), in rank order; [obj] in a single process."""
-    if world() == 1:
-        return [obj]
-    out = [None] * world()
-    dist.all_gather_object(out, obj)
-    return out
 
 def barrier():
     if world() > 1:
@@ -186,7 +174,10 @@ def my_share(items):
 
 def gather_dict(d):
     """Every process's {index: value}, merged and sorted: the same on every process."""
-    return dict(sorted(kv for part in all_gather(d) for kv in part.items()))
+    parts = [d] * world()  # in a single process, d alone
+    if world() > 1:
+        dist.all_gather_object(parts, d)
+    return dict(sorted(kv for part in parts for kv in part.items()))
 
 # ---- files: written atomically, every file read back in one place, resumable phases ----
 
@@ -336,8 +327,7 @@ class Partial:
         self.path, self.key, self.t0, self.spent = path, key, time.time(), 0.0
 
     def load(self):
-        """The saved state, on the CPU (load_state_dict moves weights and optimizer states to their
-        parameters' device; random number states must stay on the CPU), or None."""
+        """The saved state, on the CPU as load_file reads every file, or None."""
         if not os.path.exists(self.path):
             return None
         saved = load_file(self.path, "delete it to redo that phase from its start", ("key",))

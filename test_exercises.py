@@ -22,6 +22,7 @@ Tolerance: fp32 results against an fp64 reference, relative error ||a - b|| / ||
 few hundred fp32 terms keep ~1e-6, so 1e-5 passes every correct form, while the mistakes the
 messages name are off by 1e-2 or more.
 """
+import contextlib
 import copy
 import itertools
 import math
@@ -38,6 +39,7 @@ import dtr
 import kernel
 import students
 from conftest import HERE, rel_err, tiny_gpt
+from train_teacher import get_batch, val_loss, windows
 
 TOL = 1e-5
 EPS = 1e-6  # the normaliser's eps, as in kernel.py
@@ -47,8 +49,7 @@ EPS = 1e-6  # the normaliser's eps, as in kernel.py
 SOLUTION = os.environ.get("DTR_SOLUTION")
 REVERSE_GREEDY = os.path.join(HERE, "experiments", "reverse_greedy.py")  # exercise 7's reference
 
-# name -> exercise number; exercises 1-3 live in kernel.py, 4 in students.py, 5-6 in dtr.py, 7 in REVERSE_GREEDY
-EXERCISE = {"naive_linear_attention": 1, "chunked_linear_attention": 2, "linear_attention_step": 3,
+EXERCISE = {"naive_linear_attention": 1, "chunked_linear_attention": 2, "linear_attention_step": 3,  # name -> exercise
             "hedgehog_feature_map": 4, "LinearAttention": 4, "distill_loss": 5,
             "greedy_round": 6, "greedy_replace": 6, "select_models": 6, "reverse_greedy": 7}
 
@@ -126,13 +127,6 @@ MISTAKES = {  # what each wrong version means, as a student would fix it
     "normalised": "this form is unnormalised (o_t = q_t^T S_t); yours divides by q_t . z_t",
 }
 
-def first_bad_step(got, ref):
-    """The first t where o differs from the reference by more than TOL relative to o_t's size."""
-    sq = lambda x: x.double().square().sum(dim=(0, 1, 3))  # (T,) squared size of each step's output
-    err = (sq(got - ref.to(got.dtype)) / sq(ref)).sqrt()
-    bad = (~(err <= TOL)).nonzero()  # ~(<=) so that NaN counts as bad
-    return int(bad[0]) if len(bad) else None
-
 def diagnose(what, out, q, k, v, log_g, S0, chunk_size=None):
     """Fail with a message a student can act on unless out = (o, state) follows the recurrence."""
     if not (isinstance(out, tuple) and len(out) == 2):
@@ -156,8 +150,11 @@ def diagnose(what, out, q, k, v, log_g, S0, chunk_size=None):
         wrong_o = recurrence(q, k, v, log_g, S0, mistake)[0]
         if (o.double() - wrong_o).norm() <= 1e-4 * ref_o.norm():  # relative to the right o: wrong_o may be 0
             fail(f"{what}: {hint}")
-    if e_o > TOL:
-        t = first_bad_step(o, ref_o)
+    if e_o > TOL:  # the first t where o differs by more than TOL relative to o_t's size
+        sq = lambda x: x.double().square().sum(dim=(0, 1, 3))  # (T,) squared size of each step's output
+        err = (sq(o - ref_o.to(o.dtype)) / sq(ref_o)).sqrt()
+        bad = (~(err <= TOL)).nonzero()  # ~(<=) so that NaN counts as bad
+        t = int(bad[0]) if len(bad) else None
         where = f"o first differs from the reference at t={t} (T={T}, relative error {e_o:.1e} > {TOL:g})"
         if chunk_size is None:
             hint = ("check the first update S_0 = g_0 S_init + k_0 v_0^T and the read o_0 = q_0^T S_0" if t == 0
@@ -549,19 +546,12 @@ def test_ex5_block_gets_its_attention_back():
     get("distill_loss")(block, student, x, target)
     if block.attn is not teacher_attn:
         fail("after distill_loss, block.attn is not the teacher's attention: swap the student in for this call only")
-    try:
+    with contextlib.suppress(ValueError):
         get("distill_loss")(block, Broken(), x, target)
-    except ValueError:
-        pass
     if block.attn is not teacher_attn:
         fail("when the student raises, block.attn stays swapped: put the teacher back in a `finally:` (or a `with`)")
 
 # ---- exercise 6: greedy replacement (Algorithm 1), M_best and M_opt ----
-
-def windows(data, starts, T):
-    x = torch.stack([data[i:i + T] for i in starts])
-    y = torch.stack([data[i + 1:i + 1 + T] for i in starts])
-    return x, y
 
 @pytest.fixture(scope="module")
 def greedy_case():
@@ -573,7 +563,7 @@ def greedy_case():
     data = torch.randint(20, (7,), generator=g).repeat(300)
     opt = torch.optim.Adam(model.parameters(), lr=2e-2)
     for _ in range(40):  # enough that the free swap is the best first move and the others hurt (loss 0.19 -> 0.31)
-        loss = model(*windows(data, torch.randint(len(data) - 33, (8,), generator=g), 32))[1]
+        loss = model(*get_batch(data, 32, 8, "cpu", g))[1]
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -584,39 +574,27 @@ def greedy_case():
     for s, ei in zip(students, e.tolist()):
         s.c_proj.weight.mul_(1 + ei)
     starts = torch.linspace(0, len(data) - 34, 24).long()
-    batches = [windows(data, s, 32) for s in starts.split(8)]
+    batches = [windows(data, s, 32, "cpu") for s in starts.split(8)]
     return model, students, batches
 
 def ref_loss(model, students, batches, linear):
     """Val loss of the hybrid with `linear` swapped, by plain setattr and a whole forward."""
-    blocks = model.transformer.h
-    own = [b.attn for b in blocks]
-    for i in linear:
-        blocks[i].attn = students[i]
-    with torch.no_grad():
-        loss = sum(model(x, y)[1].item() for x, y in batches) / len(batches)
-    for b, a in zip(blocks, own):
-        b.attn = a
-    return loss
+    with dtr.hybrid(model.transformer.h, linear, students):
+        return val_loss(model, batches)
 
-def check_handed_back(model, own, fn):
+def handed_back(fn, model, *args):
+    """get(fn)(model, *args), failing unless it hands the model back as it got it."""
+    own = [b.attn for b in model.transformer.h]
+    out = get(fn)(model, *args)
     if [b.attn for b in model.transformer.h] != own:  # modules compare by identity: the very same ones
         fail(f"{fn} should hand the model back as it got it: every block.attn restored")
+    return out
 
 def test_ex6_greedy_round(greedy_case):
     model, students, batches = greedy_case
-    blocks = model.transformer.h
-    teacher = [b.attn for b in blocks]
     for linear in ([], [2], [3, 0]):
-        for i in linear:  # the model arrives as the current hybrid, as greedy_replace holds it
-            blocks[i].attn = students[i]
-        own = [b.attn for b in blocks]
-        try:
-            got = get("greedy_round")(model, students, batches, list(linear))
-            check_handed_back(model, own, "greedy_round")
-        finally:
-            for b, a in zip(blocks, teacher):
-                b.attn = a
+        with dtr.hybrid(model.transformer.h, linear, students):  # the current hybrid, as greedy_replace holds it
+            got = handed_back("greedy_round", model, students, batches, list(linear))
         want = {i: ref_loss(model, students, batches, linear + [i]) for i in range(4) if i not in linear}
         if not isinstance(got, dict) or sorted(got) != sorted(want):
             fail(f"greedy_round(linear={linear}) should return {{layer: val loss}} for the still-full layers "
@@ -629,9 +607,7 @@ def test_ex6_greedy_round(greedy_case):
 
 def test_ex6_greedy_replace(greedy_case):
     model, students, batches = greedy_case
-    own = [b.attn for b in model.transformer.h]
-    out = get("greedy_replace")(model, students, batches)
-    check_handed_back(model, own, "greedy_replace")
+    out = handed_back("greedy_replace", model, students, batches)
     if not (isinstance(out, tuple) and len(out) == 2):
         fail("greedy_replace should return (teacher_loss, trajectory)")
     teacher_loss, traj = out
@@ -704,9 +680,7 @@ def test_ex7_reverse_greedy_trajectory_is_consistent(greedy_case):
     # no single right answer: only the shape, and that every reported loss is the loss of the
     # hybrid the entry names, so that trajectories from different strategies can be compared
     model, students, batches = greedy_case
-    own = [b.attn for b in model.transformer.h]
-    traj = get("reverse_greedy")(model, students, batches)
-    check_handed_back(model, own, "reverse_greedy")
+    traj = handed_back("reverse_greedy", model, students, batches)
     if not isinstance(traj, list) or len(traj) != 4:
         fail(f"reverse_greedy should return a list with one entry per round, 4 for 4 layers, got {traj!r:.80}")
     restored = []
