@@ -299,15 +299,15 @@ def claim(folder):
                 os.rmdir(folder)
             raise
 
-def check_resumable(saved, want, path):
+def check_resumable(saved, want, path, fix=None):
     """Refuse to continue from a file written with other settings, naming the first that differs."""
     for key, value in want.items():
         if saved.get(key) != value:
             said = ("was made from another text (a file of the same name, or this one changed)" if key == "data_sha256" else
                     f"was made from another {key[:-7]}" if key.endswith("_sha256") else
                     f"was written with {key}={saved.get(key)} but this run has {key}={value}")
-            raise DtrError(f"{path} {said}; rerun with the settings it was written with, "
-                           f"another --out_dir, or delete it to redo that phase")
+            raise DtrError(f"{path} {said}; " + (fix or "rerun with the settings it was written with, "
+                           "another --out_dir, or delete it to redo that phase"))
 
 def weights_sha256(model):
     """A fingerprint of a model's weights: a retrained teacher with the same weights keeps its students

@@ -27,7 +27,6 @@ Read: the feature map and convolution -> the window branch -> Student (q/k/v/o a
 the cores -> make_students.
 """
 import copy
-import math
 
 import torch
 import torch.nn as nn

@@ -30,7 +30,7 @@ import dtr
 import prepare
 import tasks
 import train_teacher
-from conftest import HERE, fingerprint, launch, periodic_gpt, refused, rel_err, tiny_gpt, torchrun, weights, with_out_dir
+from conftest import HERE, fingerprint, launch, periodic_gpt, refused, refused_here, rel_err, tiny_gpt, torchrun, weights, with_out_dir
 from plumbing import FORMAT, DtrError
 from students import hedgehog_feature_map
 from train_teacher import Cache, val_loss
@@ -462,24 +462,26 @@ def test_bad_settings_are_refused_before_any_work(flags, says, tmp_path):
         dtr.parse_args(["--preset", "tiny", "--out_dir", str(tmp_path)] + flags)
     assert says in str(e.value) and not os.listdir(tmp_path)
 
-def test_bad_inputs_through_the_command_line(tiny_run, data_dir, tmp_path):
+def test_bad_inputs_through_the_command_line(tiny_run, data_dir, tmp_path, capsys):
     args, out, _ = tiny_run
     base = ["--preset", "tiny", "--data_dir", data_dir, "--out_dir", str(tmp_path / "o")]
-    # a setting that fails in the teacher phase: the error class is the one dtr.py catches
+    # a setting that fails in the teacher phase: the error class is the one dtr.py catches (two as scripts,
+    # the rest through main in this process: the same command line, no second start-up)
     assert "--batch_size 8 does not split into --grad_accum 3" in refused(base + ["--grad_accum", "3"])
     assert "--n_head 5 does not divide" in refused(base + ["--n_head", "5"], "train_teacher.py")
-    assert "neither a built-in dataset" in refused(base + ["--dataset", "nope"])
+    assert "neither a built-in dataset" in refused_here(dtr.main, base + ["--dataset", "nope"], capsys)
     (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00 not utf-8 \xff")
-    assert "as UTF-8 text" in refused(base + ["--dataset", str(tmp_path / "bin.txt")])
+    assert "as UTF-8 text" in refused_here(dtr.main, base + ["--dataset", str(tmp_path / "bin.txt")], capsys)
     (tmp_path / "short.txt").write_text("too short for a context of 64 characters")
-    assert "fewer than the context" in refused(base + ["--dataset", str(tmp_path / "short.txt")])
+    assert "fewer than the context" in refused_here(dtr.main, base + ["--dataset", str(tmp_path / "short.txt")], capsys)
     (tmp_path / "odd.txt").write_text("caf\u00e9 " * 20)
-    assert "'\u00e9', which is not in the teacher's char vocabulary" in refused(base + ["--task_text", str(tmp_path / "odd.txt")])
+    line = refused_here(dtr.main, base + ["--task_text", str(tmp_path / "odd.txt")], capsys)
+    assert "'\u00e9', which is not in the teacher's char vocabulary" in line
     if not torch.cuda.is_available():
-        assert "no CUDA GPU" in refused(base + ["--device", "cuda"])
+        assert "no CUDA GPU" in refused_here(dtr.main, base + ["--device", "cuda"], capsys)
     # --sample of something that is not a checkpoint: the message says what to pass, not "delete it"
     for path in (tmp_path / "missing.pt", os.path.join(HERE, "README.md")):
-        line = refused(base + ["--sample", str(path)])
+        line = refused_here(dtr.main, base + ["--sample", str(path)], capsys)
         assert str(path) in line and "delete" not in line and "m_opt.pt" in line
     assert not (tmp_path / "o").exists() or not any(f.endswith(".tmp") for f in fingerprint(tmp_path / "o"))
 

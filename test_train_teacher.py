@@ -156,21 +156,21 @@ def test_gpt2_from_a_save_pretrained_folder(tmp_path):
     assert meta["tokenizer"] == "gpt2" and train[:4].tolist() == prepare.gpt2_encoding().encode("the quick brown fox")  # GPT-2's ids as they are
     assert dtr.run(cfg)["teacher"]["init_from"] == str(tmp_path / "gpt2-tiny")
 
-def test_bad_teachers_are_refused(tmp_path):
+def test_bad_teachers_are_refused(tmp_path, capsys):
     write_nanogpt_checkpoint(tmp_path)
     ckpt, text = str(tmp_path / "out" / "ckpt.pt"), tmp_path / "mine.txt"
     text.write_text("abc " * 100)
     base = ["--dataset", str(text), "--preset", "tiny", "--data_dir", str(tmp_path / "d"), "--out_dir", str(tmp_path / "o")]
-    assert "cannot read" in refused(base + ["--init_from", os.path.join(HERE, "README.md")])
+    assert "cannot read" in refused(base + ["--init_from", os.path.join(HERE, "README.md")])  # as a script; the rest in-process
     for i, other in enumerate([{"state_dict": {}}, torch.zeros(2)]):  # a dict without nanoGPT's keys, not a dict
         torch.save(other, tmp_path / f"other{i}.pt")
-        assert "is not a nanoGPT checkpoint" in refused(base + ["--init_from", str(tmp_path / f"other{i}.pt")])
-    assert "neither a file nor a folder" in refused(base + ["--init_from", "gpt3"])
+        assert "is not a nanoGPT checkpoint" in refused_here(dtr.main, base + ["--init_from", str(tmp_path / f"other{i}.pt")], capsys)
+    assert "neither a file nor a folder" in refused_here(dtr.main, base + ["--init_from", "gpt3"], capsys)
     with open(tmp_path / "short.pkl", "wb") as f:
         pickle.dump({"vocab_size": 9, "itos": dict(enumerate(VOCAB[:9]))}, f)
-    assert "has a vocabulary of 10 but" in refused(base + ["--init_from", ckpt, "--meta", str(tmp_path / "short.pkl")])
+    assert "has a vocabulary of 10 but" in refused_here(dtr.main, base + ["--init_from", ckpt, "--meta", str(tmp_path / "short.pkl")], capsys)
     os.remove(tmp_path / "data" / "mine" / "meta.pkl")  # no meta.pkl, and too few rows for GPT-2's BPE
-    assert "pass --meta path/to/meta.pkl" in refused(base + ["--init_from", ckpt])
+    assert "pass --meta path/to/meta.pkl" in refused_here(dtr.main, base + ["--init_from", ckpt], capsys)
     # without transformers, and offline: what to do
     (tmp_path / "fake" / "transformers").mkdir(parents=True)
     (tmp_path / "fake" / "transformers" / "__init__.py").write_text("raise ImportError('not installed')")
@@ -273,7 +273,7 @@ def test_a_llama_folder_converts_end_to_end(tmp_path, capsys):
     sampled = launch([sys.executable, "dtr.py", "--sample", str(tmp_path / "o" / "gla" / "m_opt.pt"), "--sample_tokens", "20"])
     assert "linear layers" in sampled and "Traceback" not in sampled
 
-def test_unsupported_models_are_refused(tmp_path):
+def test_unsupported_models_are_refused(tmp_path, capsys):
     transformers = pytest.importorskip("transformers")
     (tmp_path / "mine.txt").write_text(SAMPLE_TEXT)
     base = ["--dataset", str(tmp_path / "mine.txt"), "--preset", "tiny", "--data_dir", str(tmp_path / "d"), "--out_dir", str(tmp_path / "o")]
@@ -288,10 +288,10 @@ def test_unsupported_models_are_refused(tmp_path):
     ]
     for i, (kind, switches, says) in enumerate(cases):
         transformers.AutoConfig.for_model(kind, **switches).save_pretrained(tmp_path / str(i))
-        line = refused(base + ["--init_from", str(tmp_path / str(i)), "--block_size", "32"])
+        line = refused_here(dtr.main, base + ["--init_from", str(tmp_path / str(i)), "--block_size", "32"], capsys)
         assert says in line and "not implement" in line, line
     transformers.AutoConfig.for_model("llama", **size).save_pretrained(tmp_path / "fine")  # a teacher brings its own shape
-    assert "brings its own" in refused(base + ["--init_from", str(tmp_path / "fine"), "--arch", "llama"])
+    assert "brings its own" in refused(base + ["--init_from", str(tmp_path / "fine"), "--arch", "llama"])  # as a script
 
 # ---- an import is the model, or it is refused by name ----
 

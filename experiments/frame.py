@@ -19,7 +19,7 @@ import dtr  # noqa: E402
 import torch  # noqa: E402
 from plumbing import DtrError, atomic_save, choose_device, cli, load_file, opt, parse_config, weights_sha256  # noqa: E402
 from prepare import BUILTIN, load_data  # noqa: E402
-from train_teacher import load_model  # noqa: E402
+from train_teacher import check_teacher, load_model  # noqa: E402
 
 @dataclass
 class RunConfig:
@@ -105,12 +105,15 @@ def load_run(run_dir, device):
     report["key"] is run_key's."""
     report = load_file(os.path.join(run_dir, "report.json"), f"run python dtr.py first; it writes {run_dir}/report.json",
                        ("config", "trajectory", "m_opt"))
-    cfg = run_config(report, run_dir)
-    model, _ = load_model(teacher_path(run_dir), device, f"rerun the python dtr.py command that made {run_dir}")
+    cfg, path = run_config(report, run_dir), teacher_path(run_dir)
+    model, ckpt = load_model(path, device, f"rerun the python dtr.py command that made {run_dir}")
+    data = load_data(cfg)  # the text and tokenizer now at the run's paths: still the teacher's?
+    check_teacher(ckpt, dataclasses.replace(cfg, init_from=report["config"].get("init_from", "")), data[2], path,
+                  "put the run's text, tokenizer and --init_from folder back as they were, or run python dtr.py again in another --out_dir", folder=cfg.init_from)
     students = [s.to(device) for s in dtr.make_students(model, cfg.student, **dtr.student_levers(cfg))]
     dtr.load_students(os.path.join(run_dir, "students.pt"), students, device, {"teacher_sha256": weights_sha256(model)})
     report["key"] = run_key(run_dir, report)  # (its teacher's sha256: just checked against this teacher)
-    return cfg, report, model.requires_grad_(False), students, load_data(cfg)
+    return cfg, report, model.requires_grad_(False), students, data
 
 def open_run(args):
     """The device (chosen and printed once) and the finished run in args.run_dir:

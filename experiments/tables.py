@@ -150,15 +150,24 @@ def run_markdown(r):
         out += bench_decode.markdown(r["decode_bench"], r)
     return out
 
+SCORED_ON = ("dataset", "block_size", "batch_size", "val_batches", "metric")  # a run key's batches and metric
+
 def students_markdown(runs):
     """The students side by side on one teacher (paper Fig. 3: does the order depend on the linear
     module?): distillation quality and cost, the greedy order, M_opt at 1% and 2%, and Spearman's
     rank correlation between the students' orders. Runs share a teacher when its weights are the
-    same (readme.py's run key), whatever their folders are called."""
+    same (readme.py's run key), whatever their folders are called, and are compared only when they
+    were also searched and tested on the same batches by the same metric."""
     out, groups = [], {}
     for r in runs:
-        groups.setdefault(r["key"]["teacher_sha256"], []).append(r)
-    for sha, rs in groups.items():
+        groups.setdefault(tuple(r["key"][k] for k in ("teacher_sha256",) + SCORED_ON), []).append(r)
+    for sha in dict.fromkeys(g[0] for g in groups):  # a teacher whose runs were scored on other batches: say so
+        split = [g for g in groups if g[0] == sha]
+        if len(split) > 1:
+            out += [f"Runs on one teacher (weights sha256 {sha[:12]}) but scored on other batches, not compared: " + "; ".join(
+                ", ".join(f"`{r['config']['out_dir']}/{r['student']}`" for r in groups[g]) + " with "
+                + ", ".join(f"{k} {v}" for k, v in zip(SCORED_ON, g[1:])) for g in split) + ".", ""]
+    for (sha, *_), rs in groups.items():
         if len(rs) < 2:
             continue
         L, folders = rs[0]["n_layer"], dict.fromkeys(f"`{r['config']['out_dir']}/teacher.pt`" for r in rs)

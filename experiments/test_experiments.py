@@ -122,14 +122,19 @@ def finished_run(tmp_path_factory, data_dir):
     dtr.main(["--preset", "tiny", "--data_dir", data_dir, "--out_dir", str(out), "--task", "lm,copy,cloze", "--cloze_items", "40",
               "--sample_tokens", "5"])
     run_dir = str(out / "gla")
-    assert "greedy is" in launch([sys.executable, "experiments/baselines.py", run_dir, "--n_random", "2"])
-    assert "finetune 3 steps" in launch([sys.executable, "experiments/finetune.py", run_dir, "--iters", "3"])
-    launch([sys.executable, "experiments/bench_decode.py", run_dir, "--contexts", "16,32", "--new_tokens", "2",
-            "--repeats", "1", "--batch", "2"])
-    assert "greedy rounds won by" in launch([sys.executable, "experiments/oracle.py", run_dir, "--draws", "20"])
-    assert "select   test" in launch([sys.executable, "experiments/layer_selectors.py", run_dir, "--n_random", "2"])
-    assert "curve    gla 50 steps" in launch([sys.executable, "experiments/distill_curve.py", run_dir, "--students", "gla",
-                                                 "--steps", "50", "--name", "own"])  # the tiny preset's own budget
+    assert "greedy is" in launch([sys.executable, "experiments/baselines.py", run_dir, "--n_random", "2"])  # as scripts
+    launch([sys.executable, "experiments/bench_decode.py", run_dir, "--contexts", "16,32", "--new_tokens", "2", "--repeats", "1",
+            "--batch", "2"])  # (torch.compile's imports warn in a test process)
+
+    def said(module, argv):  # the others through their main, in this process: the same code, no second start-up
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            module.main([run_dir] + argv)
+        return out.getvalue()
+    assert "finetune 3 steps" in said(finetune, ["--iters", "3"])
+    assert "greedy rounds won by" in said(oracle, ["--draws", "20"])
+    assert "select   test" in said(layer_selectors, ["--n_random", "2"])
+    assert "curve    gla 50 steps" in said(distill_curve, ["--students", "gla", "--steps", "50", "--name", "own"])  # tiny's budget
     for name in ("baselines", "finetune", "decode_bench", "oracle", "layer_selectors"):
         assert os.path.exists(os.path.join(run_dir, name + ".json"))
     return run_dir
@@ -415,7 +420,8 @@ def test_a_tied_round_is_within_the_noise():
 
 def test_students_are_compared_only_on_the_same_teacher(finished_run, tmp_path, capsys):
     """Two runs made with the same --out_dir name: side by side (with a rank correlation) only when
-    their teacher's weights are the same; their pictures keep apart."""
+    their teacher's weights are the same, and they were scored on the same batches; their pictures
+    keep apart."""
     runs = []
     for name in ("char", "bpe"):
         os.makedirs(tmp_path / name / "run" / "gla")
@@ -428,11 +434,35 @@ def test_students_are_compared_only_on_the_same_teacher(finished_run, tmp_path, 
     text = (tmp_path / "results" / "RESULTS.md").read_text()
     assert "Students on the same teacher (`run/teacher.pt`, weights sha256 " in text and "`gla`-`gla` +1.00" in text
     assert "(assets/run-gla-tasks.png)" in text and "(assets/run-gla-2-tasks.png)" in text
+    edit_json(os.path.join(runs[1], "report.json"), lambda r: r["config"].update(val_batches=6))  # the same teacher, other batches
+    assert run_main(readme, args, capsys)[0] == 0
+    text = (tmp_path / "results" / "RESULTS.md").read_text()
+    assert "Students on the same teacher" not in text and "Spearman" not in text
+    assert "scored on other batches, not compared: `run/gla` with dataset shakespeare_char, block_size 64, batch_size 8, " \
+           "val_batches 2, metric loss; `run/gla` with dataset shakespeare_char, block_size 64, batch_size 8, val_batches 6" in text
     saved = load_file(os.path.join(runs[1], "students.pt"), "")
     saved["key"]["teacher_sha256"] = "0" * 64  # another teacher, in a folder of the same name
     atomic_save(saved, os.path.join(runs[1], "students.pt"))
     assert run_main(readme, args, capsys)[0] == 0
     assert "Students on the same teacher" not in (tmp_path / "results" / "RESULTS.md").read_text()
+
+@pytest.mark.parametrize("edit,says", [
+    pytest.param(lambda t: t[::-1], "teacher.pt was made from another text", id="edited"),
+    pytest.param(lambda t: t + "#", "teacher.pt was made from another text", id="new-character"),
+])
+def test_experiments_refuse_a_run_whose_text_changed_since(finished_run, data_dir, tmp_path, capsys, edit, says):
+    """The run's text edited in place after the run: every experiment that scores the run on its data
+    refuses in one line, none scores the old teacher on the new tokens (bench_decode times random ones)."""
+    run = copy_run(finished_run, tmp_path / "out")
+    os.makedirs(tmp_path / "data" / "shakespeare")
+    text = open(os.path.join(data_dir, "shakespeare", "input.txt")).read()
+    (tmp_path / "data" / "shakespeare" / "input.txt").write_text(edit(text))
+    edit_json(os.path.join(run, "report.json"), lambda r: r["config"].update(data_dir=str(tmp_path / "data")))
+    for module, argv in ((baselines, ["--n_random", "2"]), (oracle, ["--draws", "2"]), (layer_selectors, ["--n_random", "2"]),
+                         (finetune, ["--iters", "1"]), (distill_curve, ["--students", "gla", "--steps", "2"])):
+        code, said = run_main(module, [run] + argv, capsys)
+        assert code == 2 and said.strip().splitlines()[-1].startswith("error: ") and says in said, said
+        assert "put the run's text, tokenizer and --init_from folder back as they were" in said
 
 def every_float(obj, value):
     """obj with each float in it (not the ints: layers, counts) replaced by value."""
