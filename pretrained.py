@@ -30,7 +30,7 @@ INIT_FIX = ("pass the ckpt.pt nanoGPT's train.py writes, or a GPT-2, Llama, Qwen
 # what a transformers config may set: the switches read below, and what never changes the logits of a
 # model in eval mode (dropout, token ids, labels, ...); any other switch that is on is refused, by name
 READ = {"gpt2": {"vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "n_inner", "activation_function", "layer_norm_epsilon",
-                 "scale_attn_weights", "scale_attn_by_inverse_layer_idx", "add_cross_attention", "tie_word_embeddings",
+                 "scale_attn_weights", "scale_attn_by_inverse_layer_idx", "add_cross_attention", "tie_word_embeddings", "n_ctx",
                  "reorder_and_upcast_attn"},  # (only computes in fp32, which we do anyway)
         "llama": {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
                   "head_dim", "hidden_act", "max_position_embeddings", "rms_norm_eps", "tie_word_embeddings", "rope_parameters",
@@ -41,7 +41,9 @@ IGNORED = {"_name_or_path", "architectures", "model_type", "transformers_version
            "initializer_range", "bos_token_id", "eos_token_id", "pad_token_id", "attention_dropout", "resid_pdrop",
            "embd_pdrop", "attn_pdrop", "id2label", "label2id", "problem_type", "return_dict", "output_attentions",
            "output_hidden_states", "chunk_size_feed_forward", "tokenizer_class", "summary_type", "summary_use_proj",
-           "summary_activation", "summary_proj_to_labels", "summary_first_dropout", "is_llama_config"}  # (SmolLM2's export tag)
+           "summary_activation", "summary_proj_to_labels", "summary_first_dropout", "is_llama_config",  # (SmolLM2's export tag)
+           "task_specific_params", "n_special", "predict_special_tokens", "output_past", "_num_labels", "num_labels",
+           "gradient_checkpointing", "torchscript", "use_bfloat16", "finetuning_task"}  # (the hub's GPT-2 configs: generation, heads)
 LLAMA3 = {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}
 WHY = {  # each switch of a family we read but do not implement, and what it would change
     "attention_bias": "biases on q, k, v and o; Qwen2's q, k, v biases are implemented, a bias on o is not",
@@ -49,7 +51,8 @@ WHY = {  # each switch of a family we read but do not implement, and what it wou
     "head_dim": "heads whose width times their number is not hidden_size",
     "rope_parameters": "rope_scaling of another kind than Llama 3's", "layer_types": "layers other than (sliding) attention",
     "activation_function": "a GELU other than gelu, gelu_new or gelu_pytorch_tanh", "add_cross_attention": "cross-attention",
-    "scale_attn_by_inverse_layer_idx": "attention scores divided by the layer's index"}
+    "scale_attn_by_inverse_layer_idx": "attention scores divided by the layer's index",
+    "n_ctx": "a context other than n_positions"}
 
 # what a model saved from inside a wrapper carries before every key, and the fix
 WRAPPERS = {"base_model.model.": "a PEFT model's: merge the adapter (merge_and_unload()) and save the merged model",
@@ -134,7 +137,8 @@ def hf_config(c, name):
     if kind == "gpt2":
         gelu = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"}
         unsupported = {"activation_function": c.activation_function not in gelu, "add_cross_attention": c.add_cross_attention,
-                       "scale_attn_by_inverse_layer_idx": c.scale_attn_by_inverse_layer_idx}
+                       "scale_attn_by_inverse_layer_idx": c.scale_attn_by_inverse_layer_idx,
+                       "n_ctx": getattr(c, "n_ctx", None) not in (None, c.n_positions)}
     else:
         rope = dict(getattr(c, "rope_parameters", None) or {"rope_theta": getattr(c, "rope_theta", 1e4), **(getattr(c, "rope_scaling", None) or {})})
         rope_type, theta = rope.pop("rope_type", rope.pop("type", "default")), rope.pop("rope_theta", 1e4)
@@ -195,6 +199,44 @@ def check_keys(name, missing, unexpected, expected, misshapen=()):
         raise DtrError(f"{name}'s weights are not the model its config describes: {'; '.join(said)}; "
                        f"save the whole model again (save_pretrained writes every weight)")
 
+def check_weight_files(folder):
+    """A save_pretrained folder holds one copy of each weight: a single file (model.safetensors or
+    pytorch_model.bin) or an index and its shards, never both, and each shard holds exactly the tensors its
+    index sends to it. Otherwise which copy transformers reads is not the file's say: refused, by name."""
+    files = set(os.listdir(folder))
+    for single in ("model.safetensors", "pytorch_model.bin"):
+        index = single + ".index.json"
+        if index not in files:
+            continue
+        if single in files:
+            raise DtrError(f"{folder} holds both {single} and {index} (its shards): two copies of the weights; "
+                           f"delete the stale one (save_pretrained writes one or the other)")
+        weight_map = load_file(os.path.join(folder, index), "save the model again", ("weight_map",), ours=False)["weight_map"]
+        held = {}
+        for shard in sorted(set(weight_map.values())):
+            path = os.path.join(folder, shard)
+            if not os.path.isfile(path):
+                raise DtrError(f"{folder}/{index} names {shard}, which is missing; download or save the model again")
+            try:  # the names only: a safetensors header, a memory-mapped .bin
+                if shard.endswith(".safetensors"):
+                    from safetensors import safe_open
+                    with safe_open(path, "pt") as f:
+                        keys = list(f.keys())
+                else:
+                    keys = list(torch.load(path, map_location="cpu", mmap=True, weights_only=True))
+            except Exception as e:
+                raise DtrError(f"cannot read {path} ({type(e).__name__}: {first_words(e)}); download or save the model again") from None
+            for k in keys:
+                held.setdefault(k, []).append(shard)
+        twice = sorted(k for k, shards in held.items() if len(shards) > 1)
+        elsewhere = sorted(k for k, shards in held.items() if weight_map.get(k) not in shards)
+        unlisted = sorted(k for k, shard in weight_map.items() if shard not in held.get(k, []))
+        said = [f"{few(twice)} in two shards"] if twice else []
+        said += [f"{few([f'{k} in {held[k][0]}' for k in elsewhere])}, which the index places elsewhere or not at all"] if elsewhere else []
+        said += [f"{few(unlisted)} not in the shard the index names"] if unlisted else []
+        if said:
+            raise DtrError(f"{folder}'s shards do not match {index}: {'; '.join(said)}; save the model again")
+
 def read_source(init_from, weights=True):
     """--init_from as (our GPTConfig's arguments, its weights as our state_dict or None, what the source says: nanoGPT's
     dataset, iter_num and best_val_loss; transformers' model_type, sliding window, and the model itself, "hf")."""
@@ -203,6 +245,8 @@ def read_source(init_from, weights=True):
         config, info = hf_config(c, init_from)
         if not weights:
             return config, None, info
+        if os.path.isdir(init_from):
+            check_weight_files(init_from)
         hf, loaded = transformers_load("AutoModelForCausalLM", init_from, dtype=torch.float32, output_loading_info=True,
                                        ignore_mismatched_sizes=True)  # (named below with the rest)
         sd = hf.eval().state_dict()

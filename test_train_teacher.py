@@ -273,6 +273,43 @@ def test_a_llama_folder_converts_end_to_end(tmp_path, capsys):
     sampled = launch([sys.executable, "dtr.py", "--sample", str(tmp_path / "o" / "gla" / "m_opt.pt"), "--sample_tokens", "20"])
     assert "linear layers" in sampled and "Traceback" not in sampled
 
+HUB = dict(  # config.json as the hub serves them (the settings that matter here), older transformers' keys included
+    gpt2=dict(activation_function="gelu_new", architectures=["GPT2LMHeadModel"], attn_pdrop=0.1, bos_token_id=50256, embd_pdrop=0.1,
+              eos_token_id=50256, initializer_range=0.02, layer_norm_epsilon=1e-05, model_type="gpt2", n_ctx=1024, n_embd=768,
+              n_head=12, n_layer=12, n_positions=1024, resid_pdrop=0.1, summary_activation=None, summary_first_dropout=0.1,
+              summary_proj_to_labels=True, summary_type="cls_index", summary_use_proj=True, vocab_size=50257,
+              task_specific_params={"text-generation": {"do_sample": True, "max_length": 50}}),
+    gpt2_xl=dict(model_type="gpt2", n_ctx=1024, n_embd=1600, n_head=25, n_layer=48, n_positions=1024, output_past=True,
+                 n_special=0, predict_special_tokens=True, vocab_size=50257, task_specific_params={"text-generation": {}}),
+    distilgpt2=dict(model_type="gpt2", _num_labels=1, id2label={"0": "LABEL_0"}, label2id={"LABEL_0": 0}, n_ctx=1024, n_embd=768,
+                    n_head=12, n_layer=6, n_positions=1024, vocab_size=50257),
+    qwen2_5_1_5b=dict(architectures=["Qwen2ForCausalLM"], attention_dropout=0.0, bos_token_id=151643, eos_token_id=151643,
+                      hidden_act="silu", hidden_size=1536, initializer_range=0.02, intermediate_size=8960, max_position_embeddings=131072,
+                      max_window_layers=28, model_type="qwen2", num_attention_heads=12, num_hidden_layers=28, num_key_value_heads=2,
+                      rms_norm_eps=1e-06, rope_theta=1000000.0, sliding_window=131072, tie_word_embeddings=True, torch_dtype="bfloat16",
+                      use_cache=True, use_mrope=False, use_sliding_window=False, vocab_size=151936),
+    llama_3_2_3b=dict(architectures=["LlamaForCausalLM"], attention_bias=False, attention_dropout=0.0, bos_token_id=128000,
+                      eos_token_id=128001, head_dim=128, hidden_act="silu", hidden_size=3072, initializer_range=0.02,
+                      intermediate_size=8192, max_position_embeddings=131072, mlp_bias=False, model_type="llama",
+                      num_attention_heads=24, num_hidden_layers=28, num_key_value_heads=8, pretraining_tp=1, rms_norm_eps=1e-05,
+                      rope_scaling={"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                                    "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+                      rope_theta=500000.0, tie_word_embeddings=True, torch_dtype="bfloat16", use_cache=True, vocab_size=128256))
+
+@pytest.mark.parametrize("name,shape", [("gpt2", (12, 12, 768, 1024)), ("gpt2_xl", (48, 25, 1600, 1024)), ("distilgpt2", (6, 12, 768, 1024)),
+                                        ("qwen2_5_1_5b", (28, 12, 1536, 131072)), ("llama_3_2_3b", (28, 24, 3072, 131072))])
+def test_the_hubs_own_configs_are_read(name, shape):
+    """The configs users bring (the README's --init_from gpt2 among them) carry keys of older
+    transformers versions that change nothing: read, not refused."""
+    transformers = pytest.importorskip("transformers")
+    c = transformers.AutoConfig.for_model(**HUB[name])
+    args, _ = pretrained.hf_config(c, name)
+    assert (args["n_layer"], args["n_head"], args["n_embd"], args["block_size"]) == shape
+    c.n_ctx = 512  # a GPT-2 whose n_ctx is not its n_positions: refused by name
+    if HUB[name]["model_type"] == "gpt2":
+        with pytest.raises(DtrError, match="n_ctx=512 .a context other than n_positions"):
+            pretrained.hf_config(c, name)
+
 def test_unsupported_models_are_refused(tmp_path, capsys):
     transformers = pytest.importorskip("transformers")
     (tmp_path / "mine.txt").write_text(SAMPLE_TEXT)
@@ -347,6 +384,40 @@ def test_weights_that_are_not_the_model_are_refused_by_name(tmp_path, capsys, ki
     line = refused_here(train_teacher.main, ["--init_from", str(tmp_path / "m"), "--dataset", str(tmp_path / "mine.txt"), "--preset", "tiny",
                                              "--block_size", "32", "--data_dir", str(tmp_path / "d"), "--out_dir", str(tmp_path / "o")], capsys)
     assert line.startswith(f"error: {tmp_path / 'm'}'s weights ") and says in line, line
+    assert not os.path.exists(tmp_path / "o" / "teacher.pt")
+
+def shards_then(change):
+    """The folder's weights as two shards and their index, then change(folder, state_dict, shards, index)."""
+    def edit(folder, sd):
+        from safetensors.torch import load_file as load_safetensors, save_file
+        save_weights(folder, sd, "sharded")
+        shards = sorted(f for f in os.listdir(folder) if f.endswith(".safetensors"))
+        index = json.loads((folder / "model.safetensors.index.json").read_text())
+        change(folder, sd, shards, index, lambda f, d: save_file(d, folder / f, metadata={"format": "pt"}), load_safetensors)
+        (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    return edit
+
+@pytest.mark.parametrize("edit,says", [
+    pytest.param(shards_then(lambda folder, sd, shards, index, save, load: save(shards[1], {**load(folder / shards[1]),
+                 "model.norm.weight": sd["model.norm.weight"] + 5})), "model.norm.weight in two shards", id="twice"),
+    pytest.param(shards_then(lambda folder, sd, shards, index, save, load: save("model.safetensors", sd)),
+                 "holds both model.safetensors and model.safetensors.index.json (its shards): two copies", id="stale-single-file"),
+    pytest.param(shards_then(lambda folder, sd, shards, index, save, load: index["weight_map"].update(
+                 {k: shards[1 - shards.index(f)] for k, f in index["weight_map"].items() if k == "model.norm.weight"})),
+                 "which the index places elsewhere or not at all; model.norm.weight not in the shard the index names", id="index-elsewhere"),
+    pytest.param(shards_then(lambda folder, sd, shards, index, save, load: index["weight_map"].pop("lm_head.weight", None)
+                 or index["weight_map"].pop("model.norm.weight")), "which the index places elsewhere or not at all", id="index-lacks"),
+])
+def test_weight_files_that_disagree_are_refused_by_name(tmp_path, capsys, edit, says):
+    # transformers reads one copy of a tensor the folder holds twice (the single file beside shards, the later shard)
+    # and does not check the index against the shards: the logit check then compares that copy with itself
+    from safetensors.torch import load_file as load_safetensors
+    hf_folder(tmp_path / "m", "llama")
+    edit(tmp_path / "m", load_safetensors(tmp_path / "m" / "model.safetensors"))
+    (tmp_path / "mine.txt").write_text(SAMPLE_TEXT * 3)
+    line = refused_here(train_teacher.main, ["--init_from", str(tmp_path / "m"), "--dataset", str(tmp_path / "mine.txt"), "--preset", "tiny",
+                                             "--block_size", "32", "--data_dir", str(tmp_path / "d"), "--out_dir", str(tmp_path / "o")], capsys)
+    assert line.startswith(f"error: {tmp_path / 'm'}") and says in line, line
     assert not os.path.exists(tmp_path / "o" / "teacher.pt")
 
 @pytest.mark.parametrize("layout", ["sharded", "bin"])
