@@ -268,7 +268,10 @@ def claim(folder):
         yield
         return
     lock = os.path.join(folder, ".lock")
-    made, had = not os.path.isdir(folder), os.path.exists(lock)  # what a refused run puts back as it was
+    made, had, d = [], os.path.exists(lock), os.path.abspath(folder)  # what a refused run puts back as it was:
+    while not os.path.exists(d):  # the folders it creates (out/new/run: new and run), deepest first
+        made.append(d)
+        d = os.path.dirname(d)
     with writing(folder):
         os.makedirs(folder, exist_ok=True)
         f = open(lock, "a+")
@@ -295,8 +298,10 @@ def claim(folder):
             os.utime(lock, ns=(times.st_atime_ns, times.st_mtime_ns))
             if not had:
                 os.remove(lock)
-            if made and not os.listdir(folder):
-                os.rmdir(folder)
+            for d in made:
+                if os.listdir(d):
+                    break
+                os.rmdir(d)
             raise
 
 def check_resumable(saved, want, path, fix=None):

@@ -251,6 +251,10 @@ def read_source(init_from, weights=True):
                                        ignore_mismatched_sizes=True)  # (named below with the rest)
         sd = hf.eval().state_dict()
         check_keys(init_from, loaded["missing_keys"], loaded["unexpected_keys"], sd, loaded["mismatched_keys"])
+        head, emb = hf.get_output_embeddings().weight, hf.get_input_embeddings().weight
+        if config["tie_embeddings"] and not torch.equal(head, emb):  # transformers keeps the file's head: we would not
+            raise DtrError(f"{init_from}'s config says tie_word_embeddings=True, but its weights hold an output layer of "
+                           f"their own, other than the embeddings; set \"tie_word_embeddings\": false in its config.json")
         sd = {k: v.t() if k.endswith(CONV1D) else v for k, v in sd.items()} if c.model_type == "gpt2" else hf_state_dict(sd, config)
         return config, sd, {**info, "hf": hf}
     if not os.path.isfile(init_from):

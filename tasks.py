@@ -192,7 +192,7 @@ def read_items(path, meta, block_size):
     cut from the left, as LM-Evaluation-Harness cuts it, and counted.
     Returns ([{"where": line, "context", "choices", "gold", "chars"}], items cut)."""
     items, cut = [], 0
-    for n, line in enumerate(read_text(path, "--task").splitlines(), 1):
+    for n, line in enumerate(read_text(path, "--task").split("\n"), 1):  # (not splitlines: U+2028 may sit inside a string)
         if not line.strip():
             continue
         where = f"--task {path} line {n}"
@@ -218,7 +218,8 @@ def read_items(path, meta, block_size):
         tail, context = context[len(context.rstrip()):], context.rstrip()
         context_ids = encode(context, meta, f"{where}, its context,")
         if not context_ids:
-            raise DtrError(f"{where} has an empty context; the first token of a choice needs one before it")
+            raise DtrError(f"{where} has an empty context{' (only whitespace, which goes with the choices)' if tail else ''}; "
+                           f"the first token of a choice needs one before it")
         ids = [encode(context + tail + c, meta, f"{where}, choice {j},")[len(context_ids):] for j, c in enumerate(choices)]
         for j, c in enumerate(ids):
             if not 0 < len(c) <= block_size:

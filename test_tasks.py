@@ -19,7 +19,7 @@ import dtr
 import prepare
 import tasks
 import train_teacher
-from conftest import fingerprint, periodic_gpt, refused, rel_err, tiny_gpt, with_out_dir
+from conftest import fingerprint, periodic_gpt, refused, refused_here, rel_err, tiny_gpt, with_out_dir
 from plumbing import DtrError
 from train_teacher import val_loss
 
@@ -288,14 +288,16 @@ def test_both_spellings_of_a_context_ending_in_a_space_score_alike(tiny_run, dat
     ('{"context": "to be", "choices": ["", " not"], "gold": 0}', "line 2: choice 0 ('') is 0 tokens"),
     ('{"context": "to be", "choices": ["' + "a" * 65 + '"], "gold": 0}', "is 65 tokens; a choice must be 1 to 64"),
     ('{"context": "caf\u00e9", "choices": [" or"], "gold": 0}', "line 2, its context, contains '\u00e9'"),
-    ('{"context": "", "choices": [" or"], "gold": 0}', "line 2 has an empty context"),
+    ('{"context": "", "choices": [" or"], "gold": 0}', "line 2 has an empty context;"),
+    ('{"context": " \\n", "choices": [" or"], "gold": 0}', "line 2 has an empty context (only whitespace, which goes with the choices)"),
+    ('{"context": "to\u2028be", "choices": [" or"], "gold": 0}', "line 2, its context, contains '\\u2028'"),  # one line, raw U+2028
 ])
-def test_a_bad_task_file_is_one_line_naming_the_line(tiny_run, tmp_path, line, says):
+def test_a_bad_task_file_is_one_line_naming_the_line(tiny_run, tmp_path, capsys, line, says):
     args, out, _ = tiny_run
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"context": "to be", "choices": [" or", " not"], "gold": 1}\n' + line + "\n")
+    bad.write_text('{"context": "to be", "choices": [" or", " not"], "gold": 1}\n' + line + "\n", encoding="utf-8")
     before = fingerprint(out)
-    err = refused(args + ["--task", f"lm,{bad}"])
+    err = refused_here(dtr.main, args + ["--task", f"lm,{bad}"], capsys)
     assert says in err and str(bad) in err
     assert fingerprint(out) == before  # refused before the teacher is even read
 

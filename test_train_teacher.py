@@ -382,9 +382,10 @@ def test_weights_that_are_not_the_model_are_refused_by_name(tmp_path, capsys, ki
     save_weights(tmp_path / "m", edit(load_safetensors(tmp_path / "m" / "model.safetensors")), layout)
     (tmp_path / "mine.txt").write_text(SAMPLE_TEXT * 3)
     line = refused_here(train_teacher.main, ["--init_from", str(tmp_path / "m"), "--dataset", str(tmp_path / "mine.txt"), "--preset", "tiny",
-                                             "--block_size", "32", "--data_dir", str(tmp_path / "d"), "--out_dir", str(tmp_path / "o")], capsys)
+                                             "--block_size", "32", "--data_dir", str(tmp_path / "d"), "--out_dir", str(tmp_path / "o" / "run")],
+                        capsys)
     assert line.startswith(f"error: {tmp_path / 'm'}'s weights ") and says in line, line
-    assert not os.path.exists(tmp_path / "o" / "teacher.pt")
+    assert not os.path.exists(tmp_path / "o")  # refused inside the run folder's claim: the folders it made are gone
 
 def shards_then(change):
     """The folder's weights as two shards and their index, then change(folder, state_dict, shards, index)."""
@@ -419,6 +420,20 @@ def test_weight_files_that_disagree_are_refused_by_name(tmp_path, capsys, edit, 
                                              "--block_size", "32", "--data_dir", str(tmp_path / "d"), "--out_dir", str(tmp_path / "o")], capsys)
     assert line.startswith(f"error: {tmp_path / 'm'}") and says in line, line
     assert not os.path.exists(tmp_path / "o" / "teacher.pt")
+
+@pytest.mark.parametrize("kind,head,emb", [("llama", "lm_head.weight", "model.embed_tokens.weight"),
+                                           ("gpt2", "lm_head.weight", "transformer.wte.weight")])
+def test_a_tied_config_with_its_own_output_layer_is_refused_by_name(tmp_path, capsys, kind, head, emb):
+    # transformers keeps the file's own output layer (untied, with a warning); our model would tie it to the embeddings
+    from safetensors.torch import load_file as load_safetensors
+    hf_folder(tmp_path / "m", kind, tie_word_embeddings=True, **(dict(vocab_size=50257) if kind == "gpt2" else {}))
+    sd = load_safetensors(tmp_path / "m" / "model.safetensors")
+    save_weights(tmp_path / "m", {**sd, head: sd[emb] + 1}, "one")
+    (tmp_path / "mine.txt").write_text(SAMPLE_TEXT * 3)
+    line = refused_here(train_teacher.main, ["--init_from", str(tmp_path / "m"), "--dataset", str(tmp_path / "mine.txt"), "--preset", "tiny",
+                                             "--block_size", "32", "--data_dir", str(tmp_path / "d"), "--out_dir", str(tmp_path / "o")], capsys)
+    assert line == f"error: {tmp_path / 'm'}'s config says tie_word_embeddings=True, but its weights hold an output layer of their " \
+                   f"own, other than the embeddings; set \"tie_word_embeddings\": false in its config.json"
 
 @pytest.mark.parametrize("layout", ["sharded", "bin"])
 def test_sharded_and_bin_weights_import_exactly(tmp_path, layout):
