@@ -187,7 +187,8 @@ def cannot_write(path, e):
     """The one message of a failed write or folder creation (its OSError e): the path, why, what to do."""
     full = e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)  # else a read-only place, a file where a folder should be
     return DtrError(f"cannot write {path} ({e.strerror or e}); " + ("free some disk space (or raise the file-size "
-                    "limit, ulimit -f), or " if full else "") + "pick a folder you can write to (--out_dir, --data_dir)")
+                    "limit, ulimit -f), or " if full else "") + "pick a folder you can write to (--out_dir, --data_dir; "
+                    "an experiment's run folder or --out)")
 
 @contextlib.contextmanager
 def writing(path):

@@ -35,7 +35,7 @@ READ = {"gpt2": {"vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "n_
         "llama": {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
                   "head_dim", "hidden_act", "max_position_embeddings", "rms_norm_eps", "tie_word_embeddings", "rope_parameters",
                   "rope_theta", "rope_scaling", "attention_bias", "mlp_bias", "sliding_window", "use_sliding_window",
-                  "max_window_layers", "layer_types", "pretraining_tp"}}  # (pretraining_tp: the same matmuls, split)
+                  "max_window_layers", "layer_types", "pretraining_tp", "partial_rotary_factor"}}  # (pretraining_tp: the same matmuls, split)
 READ["qwen2"] = READ["mistral"] = READ["llama"]
 IGNORED = {"_name_or_path", "architectures", "model_type", "transformers_version", "dtype", "torch_dtype", "use_cache",
            "initializer_range", "bos_token_id", "eos_token_id", "pad_token_id", "attention_dropout", "resid_pdrop",
@@ -50,6 +50,7 @@ WHY = {  # each switch of a family we read but do not implement, and what it wou
     "mlp_bias": "biases in the MLP's gate, up and down projections", "hidden_act": "an MLP activation other than SiLU",
     "head_dim": "heads whose width times their number is not hidden_size",
     "rope_parameters": "rope_scaling of another kind than Llama 3's", "layer_types": "layers other than (sliding) attention",
+    "partial_rotary_factor": "rotations on part of each head only",
     "activation_function": "a GELU other than gelu, gelu_new or gelu_pytorch_tanh", "add_cross_attention": "cross-attention",
     "scale_attn_by_inverse_layer_idx": "attention scores divided by the layer's index",
     "n_ctx": "a context other than n_positions"}
@@ -124,7 +125,8 @@ def from_transformers(init_from):
 def hf_config(c, name):
     """A transformers config as (our GPTConfig's arguments, what else it says: model_type, sliding_window)."""
     def refuse(k, why):  # a supported family: name the switch, not the families
-        raise DtrError(f"{name} is a {kind} model with {k}={getattr(c, k, None)!r} ({why}), which this project does "
+        value = partial if k == "partial_rotary_factor" else getattr(c, k, None)
+        raise DtrError(f"{name} is a {kind} model with {k}={value!r} ({why}), which this project does "
                        f"not implement; only a {kind} without it converts")
     kind = getattr(c, "model_type", "?")
     if kind not in READ:
@@ -142,11 +144,12 @@ def hf_config(c, name):
     else:
         rope = dict(getattr(c, "rope_parameters", None) or {"rope_theta": getattr(c, "rope_theta", 1e4), **(getattr(c, "rope_scaling", None) or {})})
         rope_type, theta = rope.pop("rope_type", rope.pop("type", "default")), rope.pop("rope_theta", 1e4)
-        if rope.get("partial_rotary_factor") == 1.0:
-            del rope["partial_rotary_factor"]
+        rope.setdefault("partial_rotary_factor", getattr(c, "partial_rotary_factor", 1.0))
+        partial = rope.pop("partial_rotary_factor")
         layer_types = getattr(c, "layer_types", None) or ["sliding_attention" if getattr(c, "sliding_window", None) else "full_attention"]
         head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-        unsupported = {"hidden_act": c.hidden_act != "silu", "head_dim": head_dim * c.num_attention_heads != c.hidden_size,
+        unsupported = {"hidden_act": c.hidden_act not in ("silu", "swish"), "head_dim": head_dim * c.num_attention_heads != c.hidden_size,
+                       "partial_rotary_factor": partial != 1.0,
                        "attention_bias": getattr(c, "attention_bias", False), "mlp_bias": getattr(c, "mlp_bias", False),
                        "rope_parameters": (rope_type, set(rope)) not in (("default", set()), ("llama3", LLAMA3)),
                        "layer_types": set(layer_types) - {"full_attention", "sliding_attention"}}

@@ -305,6 +305,8 @@ def test_the_hubs_own_configs_are_read(name, shape):
     c = transformers.AutoConfig.for_model(**HUB[name])
     args, _ = pretrained.hf_config(c, name)
     assert (args["n_layer"], args["n_head"], args["n_embd"], args["block_size"]) == shape
+    if HUB[name]["model_type"] == "llama":  # swish is SiLU by another name (transformers' ACT2FN)
+        assert pretrained.hf_config(transformers.AutoConfig.for_model(**{**HUB[name], "hidden_act": "swish"}), name)[0] == args
     c.n_ctx = 512  # a GPT-2 whose n_ctx is not its n_positions: refused by name
     if HUB[name]["model_type"] == "gpt2":
         with pytest.raises(DtrError, match="n_ctx=512 .a context other than n_positions"):
@@ -319,6 +321,7 @@ def test_unsupported_models_are_refused(tmp_path, capsys):
         ("qwen3", dict(**size), "model_type 'qwen3'"),  # q/k norms
         ("llama", dict(**size, rope_parameters=dict(rope_type="yarn", rope_theta=1e4, factor=2.0)), "rope_parameters="),
         ("llama", dict(**size, attention_bias=True), "attention_bias=True"),
+        ("llama", dict(**size, partial_rotary_factor=0.5), "partial_rotary_factor=0.5 (rotations on part of each head only)"),
         ("mistral", dict(**size, sliding_window=16), "sliding window of 16 tokens"),
         ("llama", dict(**size, some_new_switch=3), "some_new_switch=3"),
         ("gpt2", dict(n_layer=2, n_embd=32, n_head=2, scale_attn_by_inverse_layer_idx=True), "scale_attn_by_inverse_layer_idx=True"),
@@ -631,7 +634,8 @@ def test_an_out_dir_that_cannot_be_written_is_one_line(tiny_run, data_dir, tmp_p
     out = tmp_path / "file" / "out"
     for script in ("dtr.py", "train_teacher.py"):
         line = refused(["--preset", "tiny", "--data_dir", data_dir, "--out_dir", str(out)], script)
-        assert line == f"error: cannot write {out} (Not a directory); pick a folder you can write to (--out_dir, --data_dir)"
+        assert line == f"error: cannot write {out} (Not a directory); pick a folder you can write to (--out_dir, --data_dir; "
+                        f"an experiment's run folder or --out)"
     line = refused([os.path.join(tiny_run[1], "gla"), "--out", str(out)], "experiments/readme.py")
     assert line.startswith(f"error: cannot write {out}/") and "(Not a directory)" in line
     from plumbing import atomic_save, claim

@@ -77,16 +77,21 @@ def markdown(run_dirs):
              "cache per layer (numbers) |", "|---" * 10 + "|"]
     for d in run_dirs:
         res = load_file(os.path.join(d, "levers.json"), f"run python experiments/levers.py {d} first", ("runs", "key"))
+        run = load_file(os.path.join(d, "report.json"), f"give a finished run folder (python dtr.py wrote {d}/report.json)")
+        why = frame.differs(res["key"], {k: v for k, v in frame.run_key(d, run).items() if k in readme.CURVE_KEY})
+        if why:  # its own students are distilled afresh: the teacher and the batches must be the run's
+            raise DtrError(f"{d}/levers.json was computed {why}: not the run now in {d}; rerun python experiments/levers.py {d}")
+        teacher = res.get("teacher", res["arch"])
         t0, first = res["teacher_test_loss"], res["runs"][0]["distill_s"] + res["runs"][0]["greedy_s"]
         for r in res["runs"]:
             L, off, conv = len(r["mse"]), r.get("window_only_test_loss"), r["distill_s"] + r["greedy_s"]
             m = {p: f"{len(r[f'm_opt_{p}pct']['linear_layers'])}/{L} ({r[f'm_opt_{p}pct']['test_loss']:.4f})" for p in (1, 2)}
-            table.append(f"| {res['arch']} ({t0:.4f}) | {name(r['student'], r['levers'])} | {r['all_linear_test_loss']:.4f} "
+            table.append(f"| {teacher} ({t0:.4f}) | {name(r['student'], r['levers'])} | {r['all_linear_test_loss']:.4f} "
                          f"({frame.change_text(r['all_linear_test_loss'], t0, 'loss')}) | "
                          + (f"{off:.4f} ({frame.change_text(off, t0, 'loss')})" if off is not None else "-")
                          + f" | {m[1]} | {m[2]} | {' '.join(f'{x:.3f}' for x in r['rel_mse'])} | {conv:.0f} s | "
                          f"{conv / first:.2f} | {r['cache_floats']:,} |")
-        table.append(f"| {res['arch']} | full attention at context {res['block_size']} |" + " |" * 7 +
+        table.append(f"| {teacher} | full attention at context {res['block_size']} |" + " |" * 7 +
                      f" {res['full_cache_floats']:,} |")
     return table
 
@@ -124,7 +129,7 @@ def run(args):
     lm = (tasks.lm_batches(cfg, val, device), tasks.lm_batches(cfg, val, device, test=True))  # (search, test)
     teacher_test = report["test"][0]["loss"]
     result = {"key": frame.result_key(report, bf16, search=lm[0], test=lm[1]), "teacher_test_loss": teacher_test,
-              "teacher_train_s": report["teacher"]["train_s"], "arch": cfg.arch, "block_size": cfg.block_size,
+              "teacher_train_s": report["teacher"]["train_s"], "arch": cfg.arch, "teacher": cfg.init_from or cfg.arch, "block_size": cfg.block_size,
               "rotary": model.config.pos == "rope",
               "full_cache_floats": 2 * model.transformer.h[0].attn.new_cache(1, cfg.block_size)["k"].numel(), "runs": []}
     variants = []

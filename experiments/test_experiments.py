@@ -36,6 +36,7 @@ import dtr  # noqa: E402
 import finetune  # noqa: E402
 import tasks  # noqa: E402
 import layer_selectors  # noqa: E402
+import levers  # noqa: E402
 import oracle  # noqa: E402
 import readme  # noqa: E402
 import train_teacher  # noqa: E402
@@ -567,12 +568,23 @@ def test_levers_reproduce_the_run_and_show_the_windows_own_work(finished_run):
     summary = launch([sys.executable, "experiments/levers.py", finished_run, "--summary"])  # the run itself, as dtr.py ran it
     assert f"| GPT-2-shaped, learned positions ({report['test'][0]['loss']:.4f}) | `gla` | {report['test'][-1]['loss']:.4f} (" in summary
 
+def test_a_lever_table_of_another_teacher_or_other_batches_is_refused(finished_run, tmp_path, capsys):
+    run = copy_run(finished_run, tmp_path / "out")
+    assert run_main(levers, [run, "--variants", "gla"], capsys)[0] == 0
+    path, key = os.path.join(run, "levers.json"), json.load(open(os.path.join(run, "levers.json")))["key"]
+    for field, value, says in (("teacher_sha256", "0" * 64, "from another teacher"), ("val_batches", 6, "with val_batches 6, not 2")):
+        edit_json(path, lambda r: r.update(key={**key, field: value}))
+        assert refused_here(levers.main, [run, "--markdown"], capsys) == \
+            f"error: {path} was computed {says}: not the run now in {run}; rerun python experiments/levers.py {run}"
+    edit_json(path, lambda r: r.update(key=key))
+    assert run_main(levers, [run, "--markdown"], capsys)[0] == 0
+
 @pytest.mark.parametrize("variants,says", [("mamba", "'mamba' is not a student"), ("gla foo=1", "'foo=1' is not a lever"),
                                            ("gla window=x", "--window"), ("gdn rotary=after", "")])
-def test_levers_refuse_a_variant_dtr_would_refuse(finished_run, variants, says):
+def test_levers_refuse_a_variant_dtr_would_refuse(finished_run, variants, says, capsys):
     if not says:  # a variant dtr.py's own checks refuse (Config.check), before any distillation
         says = "--rotary after (RoFormer's linear form) is for the hedgehog and gla students"
-    assert says in refused([finished_run, "--variants", variants], "experiments/levers.py")
+    assert says in refused_here(levers.main, [finished_run, "--variants", variants], capsys)
 
 def test_bench_decode_times_each_student_whose_cache_does_not_grow(finished_run, tmp_path, capsys):
     """--students gla,jet: a row per model and context; each all-linear model's cache the same at
