@@ -634,8 +634,8 @@ def test_an_out_dir_that_cannot_be_written_is_one_line(tiny_run, data_dir, tmp_p
     out = tmp_path / "file" / "out"
     for script in ("dtr.py", "train_teacher.py"):
         line = refused(["--preset", "tiny", "--data_dir", data_dir, "--out_dir", str(out)], script)
-        assert line == f"error: cannot write {out} (Not a directory); pick a folder you can write to (--out_dir, --data_dir; "
-                        f"an experiment's run folder or --out)"
+        assert line == (f"error: cannot write {out} (Not a directory); pick a folder you can write to (--out_dir, --data_dir; "
+                        f"an experiment's run folder or --out)")
     line = refused([os.path.join(tiny_run[1], "gla"), "--out", str(out)], "experiments/readme.py")
     assert line.startswith(f"error: cannot write {out}/") and "(Not a directory)" in line
     from plumbing import atomic_save, claim
