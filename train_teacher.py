@@ -557,6 +557,17 @@ def configure(cls, argv, description, presets):
     cfg.out_dir = cfg.out_dir or os.path.join("out", f"{data_name(cfg)}-{preset}" + ("-llama" if cfg.arch == "llama" else ""))
     return validate(cfg)
 
+def check_teacher(ckpt, cfg, meta, path, fix=None, folder=None):
+    """A saved teacher is reused only if every setting that shaped it matches this run's: the same text
+    and tokenizer (their fingerprints, in meta), model and schedule, and an --init_from folder not saved
+    again since (folder: where that is now, if not at cfg.init_from as given). Otherwise one line naming
+    the first difference, and `fix`."""
+    fields = MODEL_FIELDS + ("copy_frac",) + (() if cfg.init_from else TRAIN_FIELDS)
+    check_resumable(teacher_key(types.SimpleNamespace(**ckpt["config"]), ckpt["meta"], fields), teacher_key(cfg, meta, fields), path, fix)
+    if cfg.init_from and ckpt.get("init_sha256") != init_sha256(folder or cfg.init_from):  # the same path, saved again in place
+        raise DtrError(f"{cfg.init_from}'s weights or config have changed since {path} was imported from it; " +
+                       (fix or f"delete {path} to import it again, or pass another --out_dir"))
+
 def load_or_train(cfg, train_data, val_data, meta, device, bf16):
     """The teacher of this out_dir: teacher.pt if it exists (refused if made with other settings), else
     trained now (or imported, with --init_from). Returns (model, seconds its training took, seconds
@@ -571,17 +582,6 @@ def load_or_train(cfg, train_data, val_data, meta, device, bf16):
     check_teacher(ckpt, cfg, meta, path)
     print(f"teacher  reusing {path} (val loss {ckpt['val_loss']:.4f})")
     return model, ckpt.get("train_s"), 0.0
-
-def check_teacher(ckpt, cfg, meta, path, fix=None, folder=None):
-    """A saved teacher is reused only if every setting that shaped it matches this run's: the same text
-    and tokenizer (their fingerprints, in meta), model and schedule, and an --init_from folder not saved
-    again since (folder: where that is now, if not at cfg.init_from as given). Otherwise one line naming
-    the first difference, and `fix`."""
-    fields = MODEL_FIELDS + ("copy_frac",) + (() if cfg.init_from else TRAIN_FIELDS)
-    check_resumable(teacher_key(types.SimpleNamespace(**ckpt["config"]), ckpt["meta"], fields), teacher_key(cfg, meta, fields), path, fix)
-    if cfg.init_from and ckpt.get("init_sha256") != init_sha256(folder or cfg.init_from):  # the same path, saved again in place
-        raise DtrError(f"{cfg.init_from}'s weights or config have changed since {path} was imported from it; " +
-                       (fix or f"delete {path} to import it again, or pass another --out_dir"))
 
 def main(argv=None):
     def job(cfg):

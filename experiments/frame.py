@@ -109,7 +109,8 @@ def load_run(run_dir, device):
     model, ckpt = load_model(path, device, f"rerun the python dtr.py command that made {run_dir}")
     data = load_data(cfg)  # the text and tokenizer now at the run's paths: still the teacher's?
     check_teacher(ckpt, dataclasses.replace(cfg, init_from=report["config"].get("init_from", "")), data[2], path,
-                  "put the run's text, tokenizer and --init_from folder back as they were, or run python dtr.py again in another --out_dir", folder=cfg.init_from)
+                  "put the run's text, tokenizer and --init_from folder back as they were, or run python dtr.py "
+                  "again in another --out_dir", folder=cfg.init_from)
     students = [s.to(device) for s in dtr.make_students(model, cfg.student, **dtr.student_levers(cfg))]
     dtr.load_students(os.path.join(run_dir, "students.pt"), students, device, {"teacher_sha256": weights_sha256(model)})
     report["key"] = run_key(run_dir, report)  # (its teacher's sha256: just checked against this teacher)
