@@ -27,6 +27,7 @@ import torch
 import dtr
 import levers
 from plumbing import choose_device, load_file, machine, opt, validate
+from students import auto_window
 from train_teacher import GPT, Cache, GPTConfig
 
 @dataclass
@@ -187,12 +188,14 @@ def run(args):
     cfg = frame.run_config(report, args.run_dir)
     model_args = load_file(frame.teacher_path(args.run_dir), "run python dtr.py first",
                            ("model_args",))["model_args"]  # its size; not its weights
-    own = (cfg.student, dtr.student_levers(cfg))
+    # subtle: an auto window is the run's own (an eighth of the run's context), not one of each benchmarked context's
+    fixed = lambda kw: {**kw, "window": auto_window(GPTConfig(**model_args))} if kw.get("window", 0) < 0 else kw
+    own = (cfg.student, fixed(dtr.student_levers(cfg)))
     patterns = {"teacher": (*own, []), "m_opt": (*own, report["m_opt"]["linear_layers"]),
-                **{name: (*v, list(range(cfg.n_layer))) for name, v in variants(args, cfg).items()}}
+                **{name: (student, fixed(kw), list(range(cfg.n_layer))) for name, (student, kw) in variants(args, cfg).items()}}
     contexts = [int(c) for c in args.contexts.split(",")]
     result = bench_decode(cfg, model_args, device, patterns, contexts, args.new_tokens, args.repeats, args.batch, args.compile)
-    result["own_student"] = variant_name(*own)  # the run's own student: M_opt's, all-linear where it is one of --students
+    result["own_student"] = variant_name(cfg.student, dtr.student_levers(cfg))  # M_opt's, all-linear where one of --students
     return frame.write_result({"key": frame.run_key(args.run_dir, report), **result}, args, "decode_bench.json")
 
 def main(argv=None):

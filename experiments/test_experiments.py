@@ -579,6 +579,20 @@ def test_a_lever_table_of_another_teacher_or_other_batches_is_refused(finished_r
     edit_json(path, lambda r: r.update(key=key))
     assert run_main(levers, [run, "--markdown"], capsys)[0] == 0
 
+def test_bench_decode_keeps_a_rotary_runs_own_window_at_every_context(data_dir, tmp_path, capsys):
+    """A rotary teacher's auto window is the run's (an eighth of its context, 8 at the tiny preset), not an
+    eighth of the longest context benchmarked: its cache is the same whatever --contexts are given."""
+    dtr.main(["--preset", "tiny", "--arch", "llama", "--max_iters", "2", "--distill_iters", "2", "--sample_tokens", "0",
+              "--data_dir", data_dir, "--out_dir", str(tmp_path / "out")])
+    run, cache = str(tmp_path / "out" / "gla"), {}
+    for contexts in ("64", "64,512"):
+        assert run_main(bench_decode, [run, "--contexts", contexts, "--new_tokens", "1", "--repeats", "1", "--batch", "1",
+                                       "--no-compile"], capsys)[0] == 0
+        bench = json.load(open(os.path.join(run, "decode_bench.json")))
+        cache[contexts] = {(w["model"], w["context"]): w["cache_bytes"] for w in bench["rows"]}
+        assert bench["own_student"] == "gla"
+    assert cache["64"]["gla", 64] == cache["64,512"]["gla", 64] == cache["64,512"]["gla", 512]
+
 @pytest.mark.parametrize("variants,says", [("mamba", "'mamba' is not a student"), ("gla foo=1", "'foo=1' is not a lever"),
                                            ("gla window=x", "--window"), ("gdn rotary=after", "")])
 def test_levers_refuse_a_variant_dtr_would_refuse(finished_run, variants, says, capsys):
