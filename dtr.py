@@ -82,6 +82,12 @@ class Config(TeacherConfig):
     def check(self):
         super().check()
         task_sources(self)  # unknown tasks, clashing names and windows too short for a task are refused here
+        rotary_teacher = self.arch == "llama" or bool(self.init_from) and self.tokenizer == "auto"  # (a Llama-family import)
+        if self.rotary != "auto" and not rotary_teacher:
+            raise DtrError(f"--rotary {self.rotary} places a rotary teacher's rotations, and this teacher has learned "
+                           f"positions instead; leave --rotary out (or train a rotary one: --arch llama)")
+        if self.out_norm and self.student == "jet":
+            raise DtrError("--out_norm: jet always has its output norm and gate; leave --out_norm out")
         if self.rotary == "after" and self.student not in ("hedgehog", "gla"):
             raise DtrError(f"--rotary after (RoFormer's linear form) is for the hedgehog and gla students; "
                            f"give --student {self.student} --rotary before or none")

@@ -479,6 +479,12 @@ def test_bad_inputs_through_the_command_line(tiny_run, data_dir, tmp_path, capsy
     assert "'\u00e9', which is not in the teacher's char vocabulary" in line
     if not torch.cuda.is_available():
         assert "no CUDA GPU" in refused_here(dtr.main, base + ["--device", "cuda"], capsys)
+    # a lever that would do nothing (and name a folder of its own) is refused, as is one a student cannot take
+    assert "--rotary before places a rotary teacher's rotations, and this teacher has learned positions instead; leave " \
+           "--rotary out" in refused_here(dtr.main, base + ["--rotary", "before"], capsys)
+    assert "jet always has its output norm and gate" in refused_here(dtr.main, base + ["--student", "jet", "--out_norm"], capsys)
+    assert "is for the hedgehog and gla students" in refused_here(dtr.main, base + ["--arch", "llama", "--student", "gdn",
+                                                                                    "--rotary", "after"], capsys)
     # --sample of something that is not a checkpoint: the message says what to pass, not "delete it"
     for path in (tmp_path / "missing.pt", os.path.join(HERE, "README.md")):
         line = refused_here(dtr.main, base + ["--sample", str(path)], capsys)

@@ -30,6 +30,13 @@ VARIANTS = ("gla; gla short_conv=4; gla rotary=none; gla rotary=after; gla out_n
             "gla short_conv=4 out_norm; gla short_conv=4 out_norm window=16; gdn; gdn short_conv=4; "
             "gdn window=16; jet; jet short_conv=4; jet window=16; hedgehog")
 
+def default_variants(block_size, rotary):
+    """VARIANTS as they apply to a run: the window at most an eighth of its context, and the rotations'
+    places only for a rotary teacher."""
+    w = min(16, block_size // 8)
+    return [(student, {k: w if k == "window" else v for k, v in levers.items()}) for student, levers in parse_variants(VARIANTS)
+            if rotary or "rotary" not in levers]
+
 def parse_variants(text, sep=";", flag="--variants"):
     """'gla; gla short_conv=4 out_norm' -> [("gla", {}), ("gla", {"short_conv": 4, "out_norm": True})]: a
     student, then its levers as dtr.py's flags (name=value, or a switch's name alone), read by dtr.py's
@@ -133,7 +140,8 @@ def run(args):
               "rotary": model.config.pos == "rope",
               "full_cache_floats": 2 * model.transformer.h[0].attn.new_cache(1, cfg.block_size)["k"].numel(), "runs": []}
     variants = []
-    for student, levers in parse_variants(args.variants):  # every variant checked before any work
+    asked = default_variants(cfg.block_size, model.config.pos == "rope") if args.variants == VARIANTS else parse_variants(args.variants)
+    for student, levers in asked:  # every variant checked before any work
         try:
             variants.append((student, levers, validate(dataclasses.replace(cfg, student=student, **{**dtr.NO_LEVERS, **levers}))))
         except DtrError as e:

@@ -597,7 +597,7 @@ def test_bench_decode_keeps_a_rotary_runs_own_window_at_every_context(data_dir, 
                                            ("gla window=x", "--window"), ("gdn rotary=after", "")])
 def test_levers_refuse_a_variant_dtr_would_refuse(finished_run, variants, says, capsys):
     if not says:  # a variant dtr.py's own checks refuse (Config.check), before any distillation
-        says = "--rotary after (RoFormer's linear form) is for the hedgehog and gla students"
+        says = "--rotary after places a rotary teacher's rotations, and this teacher has learned positions instead"
     assert says in refused_here(levers.main, [finished_run, "--variants", variants], capsys)
 
 def test_bench_decode_times_each_student_whose_cache_does_not_grow(finished_run, tmp_path, capsys):
