@@ -208,8 +208,8 @@ def read_items(path, meta, block_size):
         context, choices, gold = item["context"], item["choices"], item["gold"]
         if not isinstance(context, str) or not isinstance(choices, list) or not all(isinstance(c, str) for c in choices):
             raise DtrError(f"{where}: the context must be a string and the choices a list of strings: {ITEM}")
-        if not choices:
-            raise DtrError(f"{where} has no choices; give at least one (two to be a question)")
+        if len(choices) < 2:  # one choice is always right: an accuracy of 1 that measures nothing
+            raise DtrError(f"{where} has {'1 choice' if choices else 'no choices'}; give two at least, the right one and another")
         if not isinstance(gold, int) or isinstance(gold, bool) or not 0 <= gold < len(choices):
             raise DtrError(f"{where}: gold {gold!r} is not the index of one of its {len(choices)} choices (0 to {len(choices) - 1})")
         # the harness's split (lm-eval's _encode_pair): the context's trailing whitespace starts each continuation,

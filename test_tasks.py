@@ -285,12 +285,13 @@ def test_both_spellings_of_a_context_ending_in_a_space_score_alike(tiny_run, dat
     ('[1, 2, 3]', "line 2 is a JSON list, not an object"),
     ('{"context": "to be", "choices": [" or", " not"], "gold": 2}', "line 2: gold 2 is not the index of one of its 2 choices"),
     ('{"context": "to be", "choices": [], "gold": 0}', "line 2 has no choices"),
+    ('{"context": "to be", "choices": [" or"], "gold": 0}', "line 2 has 1 choice; give two at least"),
     ('{"context": "to be", "choices": ["", " not"], "gold": 0}', "line 2: choice 0 ('') is 0 tokens"),
-    ('{"context": "to be", "choices": ["' + "a" * 65 + '"], "gold": 0}', "is 65 tokens; a choice must be 1 to 64"),
-    ('{"context": "caf\u00e9", "choices": [" or"], "gold": 0}', "line 2, its context, contains '\u00e9'"),
-    ('{"context": "", "choices": [" or"], "gold": 0}', "line 2 has an empty context;"),
-    ('{"context": " \\n", "choices": [" or"], "gold": 0}', "line 2 has an empty context (only whitespace, which goes with the choices)"),
-    ('{"context": "to\u2028be", "choices": [" or"], "gold": 0}', "line 2, its context, contains '\\u2028'"),  # one line, raw U+2028
+    ('{"context": "to be", "choices": [" not", "' + "a" * 65 + '"], "gold": 0}', "is 65 tokens; a choice must be 1 to 64"),
+    ('{"context": "caf\u00e9", "choices": [" or", " not"], "gold": 0}', "line 2, its context, contains '\u00e9'"),
+    ('{"context": "", "choices": [" or", " not"], "gold": 0}', "line 2 has an empty context;"),
+    ('{"context": " \\n", "choices": [" or", " not"], "gold": 0}', "line 2 has an empty context (only whitespace, which goes with the choices)"),
+    ('{"context": "to\u2028be", "choices": [" or", " not"], "gold": 0}', "line 2, its context, contains '\\u2028'"),  # one line, raw U+2028
 ])
 def test_a_bad_task_file_is_one_line_naming_the_line(tiny_run, tmp_path, capsys, line, says):
     args, out, _ = tiny_run
@@ -305,7 +306,7 @@ def test_a_refused_run_leaves_the_run_folder_untouched(tiny_run, data_dir, tmp_p
     # every file is read and checked before the run folder is claimed: a bad --task file (or text) neither
     # creates the folder nor rewrites a finished one's .lock, its mtime included
     args, out, _ = tiny_run
-    bad = write_items(tmp_path / "bad.jsonl", [{"context": "to be", "choices": [" or"], "gold": 0}, ["not an item"]])
+    bad = write_items(tmp_path / "bad.jsonl", [{"context": "to be", "choices": [" or", " not"], "gold": 0}, ["not an item"]])
     assert "line 2 is a JSON list" in refused(with_out_dir(args, tmp_path / "new") + ["--task", bad])
     (tmp_path / "bin.txt").write_bytes(b"\xff\xfe not utf-8")
     assert "as UTF-8 text" in refused(["--preset", "tiny", "--dataset", str(tmp_path / "bin.txt"), "--data_dir",

@@ -80,7 +80,7 @@ def draw_tasks(plt, r, title, path):
            for name, t in tasks.items()}  # a loss in %, an accuracy in points (frame.change)
     for name, curve in rel.items():
         ax1.plot(range(L + 1), curve, marker="o", label=f"{name} ({m[name]})")
-    ax1.plot([0, L], [100 * tol] * 2, color="gray", ls="--", label=f"tolerance {tol:.0%} (of a loss)")
+    ax1.plot([0, L], [100 * tol] * 2, color="gray", ls="--", label=f"tolerance {100 * tol:g}% (of a loss)")
     ax1.set(xlabel="layers replaced, in each task's greedy order (k)",
             ylabel="test metric vs the task's teacher\n(loss: %, accuracy: points; up: worse)",
             title="each task's own greedy search")
@@ -94,7 +94,7 @@ def draw_tasks(plt, r, title, path):
         for j, f in enumerate(row):
             ax2.text(j, i, "full" if f else "linear", ha="center", va="center", color="white" if f else "black")
     ax2.set(xticks=range(len(names)), xticklabels=names, yticks=range(L), yticklabels=[f"L{i}" for i in range(L)],
-            title=f"each task's M_opt (tolerance {tol:.0%})")
+            title=f"each task's M_opt (tolerance {100 * tol:g}%)")
     return save_figure(plt, fig, path)
 
 def draw_decode(plt, r, title, path):
