@@ -365,7 +365,7 @@ def machine():
         with open("/proc/cpuinfo") as f:
             names = [l.split(":", 1)[1].strip() for l in f if l.startswith("model name")]
         cpu = names[0] if names else cpu
-    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    return f"{cpu}, {torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''}, torch {torch.__version__}"
 
 class Pace:
     """ms/step over the steps since the last report, and the ETA from it: a validation pass

@@ -474,7 +474,7 @@ class TeacherConfig:
     dataset: str = opt("shakespeare_char", "shakespeare (GPT-2 BPE), shakespeare_char, or path/to/your.txt")
     tokenizer: str = opt("char", "how to tokenize your own text file (auto: an --init_from model's own)", ("char", "gpt2", "auto"))
     data_dir: str = opt("data", "where datasets are downloaded and their encoded splits cached")
-    out_dir: str = opt("", "default out/<dataset>-<preset>: teacher.pt there, a run per student below it")
+    out_dir: str = opt("", "default out/<dataset>-<preset>[-llama]: teacher.pt there, a run per student below it")
     init_from: str = opt("", "a teacher you already have instead of training one: nanoGPT's ckpt.pt, gpt2 (-medium, "
                              "-large, -xl) or a folder saved by save_pretrained; its size and tokenizer replace ours")
     meta: str = opt("", "the meta.pkl of a character-level nanoGPT checkpoint (default: looked for beside it)")

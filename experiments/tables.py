@@ -32,7 +32,7 @@ def name(path):
 def budget(r):
     """How M_opt was chosen: within the tolerance, or with --keep_full K full layers."""
     k = r["config"].get("keep_full", -1)
-    return f"{k} full layers" if k >= 0 else f"tolerance {100 * r['tolerance']:g}%"
+    return f"{k} full layer{'s' if k != 1 else ''}" if k >= 0 else f"tolerance {100 * r['tolerance']:g}%"
 
 def gap(r):
     """The largest difference between the search and the test batches' change against the teacher
