@@ -279,15 +279,23 @@ def read_source(init_from, weights=True):
             print(f"teacher  {init_from}: every weight under {prefix!r} ({WRAPPERS[prefix].split(':')[0]}), read without it")
     return config, sd, info
 
-def import_settings(cfg):
+def import_settings(cfg, given=()):
     """--init_from decides the model and the tokenizer, checked before any work: its size replaces
     ours, the context is at most its own (and within its sliding window), and its vocabulary is a character
     model's meta.pkl (given, or found where nanoGPT keeps it), a Llama family model's own tokenizer, or else GPT-2's BPE."""
-    if cfg.arch != "gpt2":
-        raise DtrError(f"--arch {cfg.arch} is the shape of a teacher trained here; --init_from {cfg.init_from} brings its own")
+    shape = [f for f in ("arch", "n_layer", "n_head", "n_embd") if f in given] + ["arch"] * (cfg.arch != "gpt2")
+    if shape:  # (given: the flags on the command line)
+        raise DtrError(f"--{shape[0]} {getattr(cfg, shape[0])} is the shape of a teacher trained here; --init_from "
+                       f"{cfg.init_from} brings its own: leave --{shape[0]} out")
+    if "tokenizer" in given:
+        raise DtrError(f"--tokenizer {cfg.tokenizer}: --init_from {cfg.init_from} brings its own tokenizer (a Llama family "
+                       f"model's, nanoGPT's meta.pkl, or else GPT-2's BPE); leave --tokenizer out")
     config, _, info = read_source(cfg.init_from, weights=False)
+    if "block_size" in given and cfg.block_size > config["block_size"]:
+        raise DtrError(f"--block_size {cfg.block_size} is more than {cfg.init_from}'s context ({config['block_size']}); "
+                       f"pass {config['block_size']} or less")
     cfg.n_layer, cfg.n_head, cfg.n_embd = config["n_layer"], config["n_head"], config["n_embd"]
-    cfg.block_size = min(cfg.block_size, config["block_size"])
+    cfg.block_size = min(cfg.block_size, config["block_size"])  # a preset's longer context: the model's
     if info.get("sliding_window") and info["sliding_window"] < cfg.block_size:
         raise DtrError(f"{cfg.init_from} attends within a sliding window of {info['sliding_window']} tokens, which this "
                        f"project does not implement; pass --block_size {info['sliding_window']} or less")

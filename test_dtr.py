@@ -470,6 +470,8 @@ def test_bad_inputs_through_the_command_line(tiny_run, data_dir, tmp_path, capsy
     assert "--batch_size 8 does not split into --grad_accum 3" in refused(base + ["--grad_accum", "3"])
     assert "--n_head 5 does not divide" in refused(base + ["--n_head", "5"], "train_teacher.py")
     assert "neither a built-in dataset" in refused_here(dtr.main, base + ["--dataset", "nope"], capsys)
+    assert "--dataset shakespeare_char is tokenized by char; leave --tokenizer out, or use --dataset shakespeare" in \
+        refused_here(dtr.main, base + ["--tokenizer", "gpt2"], capsys)
     (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00 not utf-8 \xff")
     assert "as UTF-8 text" in refused_here(dtr.main, base + ["--dataset", str(tmp_path / "bin.txt")], capsys)
     (tmp_path / "short.txt").write_text("too short for a context of 64 characters")

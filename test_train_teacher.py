@@ -332,6 +332,11 @@ def test_unsupported_models_are_refused(tmp_path, capsys):
         assert says in line and "not implement" in line, line
     transformers.AutoConfig.for_model("llama", **size).save_pretrained(tmp_path / "fine")  # a teacher brings its own shape
     assert "brings its own" in refused(base + ["--init_from", str(tmp_path / "fine"), "--arch", "llama"])  # as a script
+    fine = base + ["--init_from", str(tmp_path / "fine")]  # a flag the import would override is refused, not ignored
+    assert "--n_layer 3 is the shape of a teacher trained here; --init_from " in refused_here(dtr.main, fine + ["--n_layer", "3"], capsys)
+    assert "brings its own tokenizer" in refused_here(dtr.main, fine + ["--tokenizer", "char"], capsys)
+    assert f"--block_size 4096 is more than {tmp_path / 'fine'}'s context (2048); pass 2048 or less" in \
+        refused_here(dtr.main, fine + ["--block_size", "4096"], capsys)
 
 # ---- an import is the model, or it is refused by name ----
 

@@ -553,7 +553,11 @@ def configure(cls, argv, description, presets):
     bpe = BUILTIN.get(args.get("dataset"), args.get("tokenizer")) == "gpt2"
     cfg = cls(**{**presets[preset], **(BPE_OVERRIDES.get(preset, {}) if bpe else {}), **args, "preset": preset})
     if cfg.init_from:
-        import_settings(cfg)
+        import_settings(cfg, given=args)
+    elif cfg.dataset in BUILTIN and args.get("tokenizer") not in (None, BUILTIN[cfg.dataset]):
+        other = [d for d, t in BUILTIN.items() if t == args["tokenizer"]]
+        raise DtrError(f"--dataset {cfg.dataset} is tokenized by {BUILTIN[cfg.dataset]}; leave --tokenizer out"
+                       + (f", or use --dataset {other[0]}" if other else ""))
     cfg.out_dir = cfg.out_dir or os.path.join("out", f"{data_name(cfg)}-{preset}" + ("-llama" if cfg.arch == "llama" else ""))
     return validate(cfg)
 
