@@ -256,7 +256,7 @@ def load_file(path, fix, keys=(), ours=True):
         raise DtrError(f"{path} was written by {'an older' if version is not None and version < FORMAT else 'another'} "
                        f"version of this project (file format {version}, this one reads {FORMAT}); {fix}")
     if missing:
-        raise DtrError(f"{path} is not what this project writes there (no {', '.join(missing)}); {fix}")
+        raise DtrError(f"{path} is not the file this step reads (it has no {', '.join(missing)}); {fix}")
     return obj
 
 @contextlib.contextmanager

@@ -17,7 +17,6 @@ stretched to the longest context just for timing.
 import copy
 import dataclasses
 import itertools
-import os
 import time
 from dataclasses import dataclass
 
@@ -184,7 +183,7 @@ def variants(args, cfg):
 
 def run(args):
     device, _ = choose_device(args.device)
-    report = load_file(os.path.join(args.run_dir, "report.json"), "run python dtr.py first", ("config", "m_opt"))
+    report = frame.read_report(args.run_dir)
     cfg = frame.run_config(report, args.run_dir)
     model_args = load_file(frame.teacher_path(args.run_dir), "run python dtr.py first",
                            ("model_args",))["model_args"]  # its size; not its weights

@@ -100,11 +100,20 @@ def teacher_path(run_dir):
                        f"teacher.pt (<out_dir>/<student>)")
     return path
 
+def read_report(run_dir):
+    """<run_dir>/report.json, python dtr.py's record of a finished run; an --out_dir given instead of one
+    of its run folders is named, with them."""
+    runs = sorted(d for d in os.listdir(run_dir) if os.path.isfile(os.path.join(run_dir, d, "report.json"))) \
+        if os.path.isdir(run_dir) else []
+    if runs and not os.path.exists(os.path.join(run_dir, "report.json")):
+        raise DtrError(f"{run_dir} is an --out_dir; give one of its run folders: " + ", ".join(os.path.join(run_dir, d) for d in runs))
+    return load_file(os.path.join(run_dir, "report.json"), f"run python dtr.py first; it writes {run_dir}/report.json",
+                     ("config", "trajectory", "m_opt"))
+
 def load_run(run_dir, device):
     """A finished run, for the experiments: (cfg, report, teacher, students, (train, val, meta));
     report["key"] is run_key's."""
-    report = load_file(os.path.join(run_dir, "report.json"), f"run python dtr.py first; it writes {run_dir}/report.json",
-                       ("config", "trajectory", "m_opt"))
+    report = read_report(run_dir)
     cfg, path = run_config(report, run_dir), teacher_path(run_dir)
     model, ckpt = load_model(path, device, f"rerun the python dtr.py command that made {run_dir}")
     data = load_data(cfg)  # the text and tokenizer now at the run's paths: still the teacher's?

@@ -30,13 +30,6 @@ VARIANTS = ("gla; gla short_conv=4; gla rotary=none; gla rotary=after; gla out_n
             "gla short_conv=4 out_norm; gla short_conv=4 out_norm window=16; gdn; gdn short_conv=4; "
             "gdn window=16; jet; jet short_conv=4; jet window=16; hedgehog")
 
-def default_variants(block_size, rotary):
-    """VARIANTS as they apply to a run: the window at most an eighth of its context, and the rotations'
-    places only for a rotary teacher."""
-    w = min(16, block_size // 8)
-    return [(student, {k: w if k == "window" else v for k, v in levers.items()}) for student, levers in parse_variants(VARIANTS)
-            if rotary or "rotary" not in levers]
-
 def parse_variants(text, sep=";", flag="--variants"):
     """'gla; gla short_conv=4 out_norm' -> [("gla", {}), ("gla", {"short_conv": 4, "out_norm": True})]: a
     student, then its levers as dtr.py's flags (name=value, or a switch's name alone), read by dtr.py's
@@ -60,6 +53,13 @@ def parse_variants(text, sep=";", flag="--variants"):
     if not out:
         raise DtrError(f"{flag} is empty; give e.g. \"gla{sep} gla short_conv=4\"")
     return out
+
+def default_variants(block_size, rotary):
+    """VARIANTS as they apply to a run: the window at most an eighth of its context, and the rotations'
+    places only for a rotary teacher."""
+    w = min(16, block_size // 8)
+    return [(student, {k: w if k == "window" else v for k, v in levers.items()}) for student, levers in parse_variants(VARIANTS)
+            if rotary or "rotary" not in levers]
 
 @dataclass
 class LeversConfig(frame.RunConfig):

@@ -523,7 +523,7 @@ def test_a_table_says_what_was_measured_in_the_runs_unit(finished_run, data_dir,
     assert f"`lm`, searched by acc_norm on {n['search']:,} tokens, tested on {n['test']:,} others (" in text
     assert "items, tested" not in text.split("`lm`, searched")[1].split("\n")[0]
 
-@pytest.mark.parametrize("case", ["dot", "recorded cwd", "from the run folder", "no teacher"])
+@pytest.mark.parametrize("case", ["dot", "recorded cwd", "from the run folder", "no teacher", "the out_dir"])
 def test_paths_resolve_from_anywhere(finished_run, data_dir, tmp_path, monkeypatch, capsys, case):
     """A run made in a project folder with a relative --data_dir (and --out_dir), read as `.` from
     inside its run folder, or from another folder: through the cwd its report recorded, or (an older
@@ -540,7 +540,12 @@ def test_paths_resolve_from_anywhere(finished_run, data_dir, tmp_path, monkeypat
         os.remove(proj / "out" / "tiny" / "teacher.pt")
     os.makedirs(tmp_path / "elsewhere")
     monkeypatch.chdir(run if case == "dot" else tmp_path / "elsewhere")
-    code, said = run_main(finetune, ["." if case == "dot" else run, "--iters", "1"], capsys)
+    code, said = run_main(finetune, ["." if case == "dot" else os.path.dirname(run) if case == "the out_dir" else run,
+                                     "--iters", "1"], capsys)
+    if case == "the out_dir":  # the folder above the run's: its run folders named
+        assert code == 2 and said.strip().splitlines()[-1] == f"error: {os.path.dirname(run)} is an --out_dir; give one of " \
+                                                               f"its run folders: {run}"
+        return
     if case == "no teacher":
         assert code == 2 and said.strip().splitlines()[-1] == (
             f"error: {proj}/out/tiny/teacher.pt is missing: give a run folder where python dtr.py wrote it, beside its "
@@ -567,6 +572,13 @@ def test_levers_reproduce_the_run_and_show_the_windows_own_work(finished_run):
     assert "| `jet` short_conv=4 window=4 |" in table and "| gpt2 | full attention at context" in table
     summary = launch([sys.executable, "experiments/levers.py", finished_run, "--summary"])  # the run itself, as dtr.py ran it
     assert f"| GPT-2-shaped, learned positions ({report['test'][0]['loss']:.4f}) | `gla` | {report['test'][-1]['loss']:.4f} (" in summary
+
+def test_the_default_variants_fit_the_run():
+    """levers.py without --variants: the windows at most an eighth of the run's context, the rotations'
+    places only on a rotary teacher, so that every default variant is one dtr.py would run."""
+    tiny, cpu_llama = levers.default_variants(64, rotary=False), levers.default_variants(128, rotary=True)
+    assert {kw.get("window") for _, kw in tiny} == {None, 8} and not any("rotary" in kw for _, kw in tiny)
+    assert {kw.get("window") for _, kw in cpu_llama} == {None, 16} and ("gla", {"rotary": "after"}) in cpu_llama
 
 def test_a_lever_table_of_another_teacher_or_other_batches_is_refused(finished_run, tmp_path, capsys):
     run = copy_run(finished_run, tmp_path / "out")
