@@ -79,9 +79,11 @@ def transformers_load(kind, name, **kwargs):
     try:
         return getattr(transformers, kind).from_pretrained(name, **kwargs)
     except Exception as e:  # offline and not cached, or a folder that holds no such model
-        raise DtrError(f"transformers could not load {name} ({type(e).__name__}: {first_words(e)}); "
-                       f"download it once while online (it is cached in ~/.cache/huggingface), or pass a folder "
-                       f"saved by save_pretrained") from None
+        what = {"AutoConfig": "its config", "AutoTokenizer": "its tokenizer"}.get(kind, "the model")
+        fix = (f"save the tokenizer into the folder too (AutoTokenizer...save_pretrained('{name}'))"
+               if kind == "AutoTokenizer" and os.path.isdir(name) else
+               "download it once while online (it is cached in ~/.cache/huggingface), or pass a folder saved by save_pretrained")
+        raise DtrError(f"transformers could not load {what} from {name} ({type(e).__name__}: {first_words(e)}); {fix}") from None
 
 @functools.cache
 def read_tokenizer(name, stamp):

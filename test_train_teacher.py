@@ -443,6 +443,17 @@ def test_a_tied_config_with_its_own_output_layer_is_refused_by_name(tmp_path, ca
     assert line == f"error: {tmp_path / 'm'}'s config says tie_word_embeddings=True, but its weights hold an output layer of their " \
                    f"own, other than the embeddings; set \"tie_word_embeddings\": false in its config.json"
 
+def test_a_folder_without_its_tokenizer_says_so(tmp_path, capsys):
+    hf_folder(tmp_path / "m", "llama")
+    for f in os.listdir(tmp_path / "m"):
+        if f.startswith(("tokenizer", "special_tokens")):
+            os.remove(tmp_path / "m" / f)
+    (tmp_path / "mine.txt").write_text(SAMPLE_TEXT * 3)
+    line = refused_here(train_teacher.main, ["--init_from", str(tmp_path / "m"), "--dataset", str(tmp_path / "mine.txt"), "--preset", "tiny",
+                                             "--block_size", "32", "--data_dir", str(tmp_path / "d"), "--out_dir", str(tmp_path / "o")], capsys)
+    assert line.startswith(f"error: transformers could not load its tokenizer from {tmp_path / 'm'} (") and \
+        line.endswith(f"save the tokenizer into the folder too (AutoTokenizer...save_pretrained('{tmp_path / 'm'}'))"), line
+
 @pytest.mark.parametrize("layout", ["sharded", "bin"])
 def test_sharded_and_bin_weights_import_exactly(tmp_path, layout):
     from safetensors.torch import load_file as load_safetensors
