@@ -309,6 +309,8 @@ def auto_window(config):
 def make_students(model, kind, **levers):
     """One student per block, initialised from that block's attention. kind: one of STUDENTS;
     levers: short_conv, rotary, out_norm, window (see the top of the file; window=-1: auto_window)."""
+    if levers.get("rotary") == "after" and kind not in ("hedgehog", "gla"):  # (dtr.py's Config.check says so first)
+        raise ValueError(f"rotary='after' (RoFormer's linear form) is for hedgehog and gla, not {kind}")
     if levers.get("window", 0) < 0:
         levers["window"] = auto_window(model.config)
     make = {"hedgehog": lambda attn: LinearAttention(attn, gated=False, **levers),

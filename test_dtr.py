@@ -180,6 +180,9 @@ def test_rotations_after_the_feature_map_are_roformers_linear_form():
     den = (fq @ fk.mT).masked_fill(~causal, 0).sum(-1, keepdim=True)
     want = s.c_proj((num / den).transpose(1, 2).reshape(B, T, C))
     assert rel_err(s(x), want) < 1e-4  # rope turns in fp32 even for fp64 inputs
+    for kind in ("gdn", "jet"):  # the delta rule's cores have no such form: refused, not read as "none"
+        with pytest.raises(ValueError, match=f"rotary='after' .RoFormer's linear form. is for hedgehog and gla, not {kind}"):
+            dtr.make_students(model, kind, rotary="after")
 
 def test_the_window_branch_is_softmax_over_the_last_w_tokens():
     # linear branch switched off: exactly the teacher's attention restricted to the last W keys

@@ -24,7 +24,6 @@ import frame  # first: it puts the project's root on sys.path
 import torch
 
 import dtr
-import levers
 from plumbing import choose_device, load_file, machine, opt, validate
 from students import auto_window
 from train_teacher import GPT, Cache, GPTConfig
@@ -42,7 +41,7 @@ class BenchConfig(frame.RunConfig):
 
     def check(self):
         if self.students:
-            levers.parse_variants(self.students, ",", "--students")
+            frame.parse_variants(self.students, ",", "--students")
 
 DEFAULT_LEVERS = {k: f.default for k, f in dtr.Config.__dataclass_fields__.items() if k in dtr.LEVERS}
 
@@ -173,7 +172,7 @@ def variants(args, cfg):
     """{name: (student, levers)} of --students, each checked as dtr.py checks a run's settings (a
     window at most an eighth of its context, rotary=after for gla and hedgehog only); default: the
     run's own student."""
-    asked = levers.parse_variants(args.students, ",", "--students") if args.students else [(cfg.student, {})]
+    asked = frame.parse_variants(args.students, ",", "--students") if args.students else [(cfg.student, {})]
     out = {}
     for student, given in asked:
         kw = {**DEFAULT_LEVERS, **given} if args.students else dtr.student_levers(cfg)

@@ -17,7 +17,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checko
 sys.path.insert(0, ROOT)
 import dtr  # noqa: E402
 import torch  # noqa: E402
-from plumbing import DtrError, atomic_save, choose_device, cli, load_file, opt, parse_config, weights_sha256  # noqa: E402
+from plumbing import (DtrError, atomic_save, choose_device, cli, load_file, opt, parse_config, parse_flags,  # noqa: E402
+                      weights_sha256)
 from prepare import BUILTIN, load_data  # noqa: E402
 from train_teacher import check_teacher, load_model  # noqa: E402
 
@@ -137,6 +138,32 @@ def write_result(result, args, name):
     atomic_save(result, path)
     print(f"wrote {path}")
     return result
+
+# ---- variants of the students, as --variants and --students spell them ----
+
+def parse_variants(text, sep=";", flag="--variants"):
+    """'gla; gla short_conv=4 out_norm' -> [("gla", {}), ("gla", {"short_conv": 4, "out_norm": True})]: a
+    student, then its levers as dtr.py's flags (name=value, or a switch's name alone), read by dtr.py's
+    own flag parser, so an unknown lever or a wrong value is refused as dtr.py refuses it. sep and flag:
+    another script's separator and option (bench_decode.py's --students "gla,jet window=16")."""
+    out = []
+    for part in filter(None, (p.strip() for p in text.split(sep))):
+        student, *pairs = part.split()
+        if student not in dtr.STUDENTS:
+            raise DtrError(f"{flag}: {student!r} is not a student; start each variant with one of {', '.join(dtr.STUDENTS)}")
+        names = [p.partition("=")[0] for p in pairs]
+        bad = [p for p, n in zip(pairs, names) if n not in dtr.LEVERS or (n == "out_norm") == ("=" in p)]
+        if bad or len(set(names)) < len(names):
+            raise DtrError(f"{flag} {part!r}: " + (f"{bad[0]!r} is not a lever; give {', '.join(dtr.LEVERS[:2])}, "
+                           f"{dtr.LEVERS[3]} as name=value, out_norm alone" if bad else "a lever given twice"))
+        argv = [a for p in pairs for a in ["--" + p.partition("=")[0]] + ([p.partition("=")[2]] if "=" in p else [])]
+        try:
+            out.append((student, parse_flags(dtr.Config, argv, flag)))
+        except DtrError as e:  # dtr.py's own words, with the variant named
+            raise DtrError(f"{flag} {part!r}: {str(e).removesuffix('; see --help')}") from None
+    if not out:
+        raise DtrError(f"{flag} is empty; give e.g. \"gla{sep} gla short_conv=4\"")
+    return out
 
 # ---- a change as the console shows it (dtr.print_trajectory) ----
 

@@ -24,41 +24,17 @@ import dtr
 import readme
 import tables
 import tasks
-from plumbing import DtrError, load_file, opt, parse_flags, validate
+from plumbing import DtrError, load_file, opt, validate
 
 VARIANTS = ("gla; gla short_conv=4; gla rotary=none; gla rotary=after; gla out_norm; gla window=16; "
             "gla short_conv=4 out_norm; gla short_conv=4 out_norm window=16; gdn; gdn short_conv=4; "
             "gdn window=16; jet; jet short_conv=4; jet window=16; hedgehog")
 
-def parse_variants(text, sep=";", flag="--variants"):
-    """'gla; gla short_conv=4 out_norm' -> [("gla", {}), ("gla", {"short_conv": 4, "out_norm": True})]: a
-    student, then its levers as dtr.py's flags (name=value, or a switch's name alone), read by dtr.py's
-    own flag parser, so an unknown lever or a wrong value is refused as dtr.py refuses it. sep and flag:
-    another script's separator and option (bench_decode.py's --students "gla,jet window=16")."""
-    out = []
-    for part in filter(None, (p.strip() for p in text.split(sep))):
-        student, *pairs = part.split()
-        if student not in dtr.STUDENTS:
-            raise DtrError(f"{flag}: {student!r} is not a student; start each variant with one of {', '.join(dtr.STUDENTS)}")
-        names = [p.partition("=")[0] for p in pairs]
-        bad = [p for p, n in zip(pairs, names) if n not in dtr.LEVERS or (n == "out_norm") == ("=" in p)]
-        if bad or len(set(names)) < len(names):
-            raise DtrError(f"{flag} {part!r}: " + (f"{bad[0]!r} is not a lever; give {', '.join(dtr.LEVERS[:2])}, "
-                           f"{dtr.LEVERS[3]} as name=value, out_norm alone" if bad else "a lever given twice"))
-        argv = [a for p in pairs for a in ["--" + p.partition("=")[0]] + ([p.partition("=")[2]] if "=" in p else [])]
-        try:
-            out.append((student, parse_flags(dtr.Config, argv, flag)))
-        except DtrError as e:  # dtr.py's own words, with the variant named
-            raise DtrError(f"{flag} {part!r}: {str(e).removesuffix('; see --help')}") from None
-    if not out:
-        raise DtrError(f"{flag} is empty; give e.g. \"gla{sep} gla short_conv=4\"")
-    return out
-
 def default_variants(block_size, rotary):
     """VARIANTS as they apply to a run: the window at most an eighth of its context, and the rotations'
     places only for a rotary teacher."""
     w = min(16, block_size // 8)
-    return [(student, {k: w if k == "window" else v for k, v in levers.items()}) for student, levers in parse_variants(VARIANTS)
+    return [(student, {k: w if k == "window" else v for k, v in levers.items()}) for student, levers in frame.parse_variants(VARIANTS)
             if rotary or "rotary" not in levers]
 
 @dataclass
@@ -71,7 +47,7 @@ class LeversConfig(frame.RunConfig):
                                       "README.md, between their levers markers")
 
     def check(self):
-        parse_variants(self.variants)
+        frame.parse_variants(self.variants)
 
 def name(student, levers):
     return " ".join([f"`{student}`"] + [f"{k}={v}" for k, v in levers.items()])
@@ -140,7 +116,8 @@ def run(args):
               "rotary": model.config.pos == "rope",
               "full_cache_floats": 2 * model.transformer.h[0].attn.new_cache(1, cfg.block_size)["k"].numel(), "runs": []}
     variants = []
-    asked = default_variants(cfg.block_size, model.config.pos == "rope") if args.variants == VARIANTS else parse_variants(args.variants)
+    asked = default_variants(cfg.block_size, model.config.pos == "rope") if args.variants == VARIANTS else \
+        frame.parse_variants(args.variants)
     for student, levers in asked:  # every variant checked before any work
         try:
             variants.append((student, levers, validate(dataclasses.replace(cfg, student=student, **{**dtr.NO_LEVERS, **levers}))))
