@@ -367,7 +367,8 @@ def print_trajectory(result, cfg):
     for t in result["trajectory"]:
         print(f"{t['k']:3d} |       L{t['layer']} | {show(t['val_' + metric], 'search'):>{ws}s} | {vs(t['val_' + metric], teacher)} | "
               f"{show(test[t['k']][metric], 'test'):>{wt}s} | {vs(test[t['k']][metric], test[0][metric])}")
-    budget = f"{cfg.keep_full} full layer{'s' if cfg.keep_full != 1 else ''}" if cfg.keep_full >= 0 else f"tolerance {100 * cfg.tolerance:g}%"
+    budget = f"{cfg.keep_full} full layer{'s' if cfg.keep_full != 1 else ''}" if cfg.keep_full >= 0 else \
+        f"tolerance {100 * cfg.tolerance:g}%"
     for name, m in (("M_best", result["m_best"]), (f"M_opt ({budget})", result["m_opt"])):
         print(f"{name}: linear layers {m['linear_layers']}, search {metric} {m['val_' + metric]:.4f}, test " +
               ", ".join(f"{p} {m['test_' + p]:.4f}" for p in METRICS if p != "acc_norm" or result["multiple_choice"]))

@@ -362,6 +362,13 @@ def without(*names):
 def prefixed(prefix):
     return lambda sd: {prefix + k: v for k, v in sd.items()}
 
+def import_refused(tmp_path, capsys, out=None):
+    """train_teacher.py --init_from <tmp_path>/m on a small text, refused: its one error line."""
+    (tmp_path / "mine.txt").write_text(SAMPLE_TEXT * 3)
+    return refused_here(train_teacher.main, ["--init_from", str(tmp_path / "m"), "--dataset", str(tmp_path / "mine.txt"), "--preset",
+                                             "tiny", "--block_size", "32", "--data_dir", str(tmp_path / "d"),
+                                             "--out_dir", str(out or tmp_path / "o")], capsys)
+
 @pytest.mark.parametrize("kind,switches,edit,layout,says", [
     pytest.param("llama", dict(tie_word_embeddings=False), without("lm_head.weight"), "one", "missing lm_head.weight (the file lacks them);", id="untied-no-lm_head"),
     pytest.param("llama", {}, without("model.layers.1.mlp.up_proj.weight"), "one", "missing model.layers.1.mlp.up_proj.weight (the file lacks them);", id="no-layer-weight"),
@@ -388,10 +395,7 @@ def test_weights_that_are_not_the_model_are_refused_by_name(tmp_path, capsys, ki
     from safetensors.torch import load_file as load_safetensors
     hf_folder(tmp_path / "m", kind, **switches)
     save_weights(tmp_path / "m", edit(load_safetensors(tmp_path / "m" / "model.safetensors")), layout)
-    (tmp_path / "mine.txt").write_text(SAMPLE_TEXT * 3)
-    line = refused_here(train_teacher.main, ["--init_from", str(tmp_path / "m"), "--dataset", str(tmp_path / "mine.txt"), "--preset", "tiny",
-                                             "--block_size", "32", "--data_dir", str(tmp_path / "d"), "--out_dir", str(tmp_path / "o" / "run")],
-                        capsys)
+    line = import_refused(tmp_path, capsys, tmp_path / "o" / "run")
     assert line.startswith(f"error: {tmp_path / 'm'}'s weights ") and says in line, line
     assert not os.path.exists(tmp_path / "o")  # refused inside the run folder's claim: the folders it made are gone
 
@@ -423,9 +427,7 @@ def test_weight_files_that_disagree_are_refused_by_name(tmp_path, capsys, edit, 
     from safetensors.torch import load_file as load_safetensors
     hf_folder(tmp_path / "m", "llama")
     edit(tmp_path / "m", load_safetensors(tmp_path / "m" / "model.safetensors"))
-    (tmp_path / "mine.txt").write_text(SAMPLE_TEXT * 3)
-    line = refused_here(train_teacher.main, ["--init_from", str(tmp_path / "m"), "--dataset", str(tmp_path / "mine.txt"), "--preset", "tiny",
-                                             "--block_size", "32", "--data_dir", str(tmp_path / "d"), "--out_dir", str(tmp_path / "o")], capsys)
+    line = import_refused(tmp_path, capsys)
     assert line.startswith(f"error: {tmp_path / 'm'}") and says in line, line
     assert not os.path.exists(tmp_path / "o" / "teacher.pt")
 
@@ -437,9 +439,7 @@ def test_a_tied_config_with_its_own_output_layer_is_refused_by_name(tmp_path, ca
     hf_folder(tmp_path / "m", kind, tie_word_embeddings=True, **(dict(vocab_size=50257) if kind == "gpt2" else {}))
     sd = load_safetensors(tmp_path / "m" / "model.safetensors")
     save_weights(tmp_path / "m", {**sd, head: sd[emb] + 1}, "one")
-    (tmp_path / "mine.txt").write_text(SAMPLE_TEXT * 3)
-    line = refused_here(train_teacher.main, ["--init_from", str(tmp_path / "m"), "--dataset", str(tmp_path / "mine.txt"), "--preset", "tiny",
-                                             "--block_size", "32", "--data_dir", str(tmp_path / "d"), "--out_dir", str(tmp_path / "o")], capsys)
+    line = import_refused(tmp_path, capsys)
     assert line == f"error: {tmp_path / 'm'}'s config says tie_word_embeddings=True, but its weights hold an output layer of their " \
                    f"own, other than the embeddings; set \"tie_word_embeddings\": false in its config.json"
 
@@ -448,9 +448,7 @@ def test_a_folder_without_its_tokenizer_says_so(tmp_path, capsys):
     for f in os.listdir(tmp_path / "m"):
         if f.startswith(("tokenizer", "special_tokens")):
             os.remove(tmp_path / "m" / f)
-    (tmp_path / "mine.txt").write_text(SAMPLE_TEXT * 3)
-    line = refused_here(train_teacher.main, ["--init_from", str(tmp_path / "m"), "--dataset", str(tmp_path / "mine.txt"), "--preset", "tiny",
-                                             "--block_size", "32", "--data_dir", str(tmp_path / "d"), "--out_dir", str(tmp_path / "o")], capsys)
+    line = import_refused(tmp_path, capsys)
     assert line.startswith(f"error: transformers could not load its tokenizer from {tmp_path / 'm'} (") and \
         line.endswith(f"save the tokenizer into the folder too (AutoTokenizer...save_pretrained('{tmp_path / 'm'}'))"), line
 
